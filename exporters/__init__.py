@@ -1,0 +1,1 @@
+"""Where finished calls go. One sink per module, all behind ``exporters.base.RecordSink``."""

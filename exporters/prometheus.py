@@ -1,0 +1,152 @@
+"""Prometheus metrics of every call: the ``spendgate_*`` set served on ``GET /metrics``.
+
+Metrics live in the ``CollectorRegistry`` passed in (no module-level state), so tests build a
+fresh registry and read ``get_sample_value``. One ``export`` per batch of records, from the
+pipeline's worker thread; the proxy touches only the in-flight gauge on the hot path.
+
+Money is summed exactly: ``spendgate_cost_usd_total`` keeps a ``Decimal`` per label set and
+converts to float only when scraped, so millions of micro-dollar calls never drift.
+
+Label values for ``project`` and ``model`` are capped (``label_limit`` distinct values each);
+later values become ``other`` so a caller cannot explode the series count.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from service.records import UsageRecord
+
+LLM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+               60.0, 120.0, 300.0)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                    0.05, 0.1, 0.25, 1.0)
+COST_LABELS = ("upstream", "provider", "model", "project")
+LATENCY_LABELS = ("upstream", "model", "project")
+OTHER = "other"
+
+
+class LabelCap:
+    """Admits the first ``limit`` distinct values; the rest read ``other``. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+class _ExactCostCollector(Collector):
+    """``spendgate_cost_usd_total`` summed in Decimal, exposed as a counter."""
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, ...], Decimal] = {}
+        self._lock = threading.Lock()
+
+    def add(self, labels: tuple[str, ...], amount: Decimal) -> None:
+        with self._lock:
+            self._totals[labels] = self._totals.get(labels, Decimal(0)) + amount
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily("spendgate_cost_usd", "Spend in USD, exact sum of priced calls.",
+                                     labels=COST_LABELS)
+        with self._lock:
+            items = list(self._totals.items())
+        for labels, total in items:
+            family.add_metric(list(labels), float(total))
+        yield family
+
+    def total(self, labels: tuple[str, ...]) -> Decimal:
+        with self._lock:
+            return self._totals.get(labels, Decimal(0))
+
+
+class PrometheusSink:
+    """The ``spendgate_*`` metrics. ``export`` runs on the pipeline thread only."""
+
+    name = "prometheus"
+
+    def __init__(self, registry: CollectorRegistry, label_limit: int = 200) -> None:
+        self.registry = registry
+        self._project = LabelCap(label_limit)
+        self._model = LabelCap(label_limit)
+        self.requests = Counter("spendgate_requests", "Proxied calls by final HTTP status "
+                                "(499: the caller hung up).",
+                                ("upstream", "provider", "model", "project", "status"),
+                                registry=registry)
+        self.tokens = Counter("spendgate_tokens", "Tokens by normalised type and by source "
+                              "(reported by the upstream, or estimated by spendgate).",
+                              ("upstream", "provider", "model", "project", "type", "source"),
+                              registry=registry)
+        self.cost = _ExactCostCollector()
+        registry.register(self.cost)
+        self.duration = Histogram("spendgate_request_duration_seconds",
+                                  "Whole call, arrival to last byte.", LATENCY_LABELS,
+                                  buckets=LLM_BUCKETS, registry=registry)
+        self.ttft = Histogram("spendgate_time_to_first_token_seconds",
+                              "Streams: arrival to the first event.", LATENCY_LABELS,
+                              buckets=LLM_BUCKETS, registry=registry)
+        self.tpot = Histogram("spendgate_time_per_output_token_seconds",
+                              "Generation time per output token.", LATENCY_LABELS,
+                              buckets=TPOT_BUCKETS, registry=registry)
+        self.overhead = Histogram("spendgate_proxy_overhead_seconds",
+                                  "Time spent in the proxy itself, upstream waits excluded.",
+                                  LATENCY_LABELS, buckets=OVERHEAD_BUCKETS, registry=registry)
+        self.in_flight = Gauge("spendgate_in_flight_requests", "Calls being proxied now.",
+                               ("upstream",), registry=registry)
+        self.unpriced = Counter("spendgate_unpriced_requests", "Calls whose model has no price "
+                                "(costed at 0).", ("model",), registry=registry)
+        self.usage_missing = Counter("spendgate_usage_missing", "Calls whose usage had to be "
+                                     "estimated, wholly or in part.", LATENCY_LABELS,
+                                     registry=registry)
+        self.sink_errors = Counter("spendgate_sink_errors", "Exports that failed, by sink.",
+                                   ("sink",), registry=registry)
+
+    def export(self, records: Sequence[UsageRecord]) -> None:
+        for record in records:
+            self._export_one(record)
+
+    def _export_one(self, r: UsageRecord) -> None:
+        model = self._model(r.model)
+        project = self._project(r.project)
+        self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
+        latency = (r.upstream, model, project)
+        self.duration.labels(*latency).observe(r.duration_s)
+        self.overhead.labels(*latency).observe(r.overhead_s)
+        if r.ttft_s is not None:
+            self.ttft.labels(*latency).observe(r.ttft_s)
+        if r.tpot_s is not None:
+            self.tpot.labels(*latency).observe(r.tpot_s)
+        if not r.metered:
+            return
+        for token_type, count in r.usage.items():
+            if count:
+                self.tokens.labels(r.upstream, r.provider, model, project, token_type,
+                                   r.usage.source(token_type)).inc(count)
+        if r.usage.estimated:
+            self.usage_missing.labels(*latency).inc()
+        if r.cost_usd:
+            self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
+        if not r.priced and not r.usage.is_empty:
+            self.unpriced.labels(model).inc()
+
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        return None

@@ -1,0 +1,191 @@
+"""The configuration file: YAML with ``${ENV_VAR}`` interpolation, validated strictly.
+
+Contract keys (issue-defined; acceptance checks use them)::
+
+    server:    {host, port, max_body_mb}
+    upstreams: {NAME: {url, provider, api_key, timeout_s, pricing: {input_per_mtok, ...}}}
+    pricing:   {catalog: builtin | PATH, overrides: {MODEL: {input_per_mtok, ...}}}
+    keys:      [{key, project}]
+
+Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
+``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``).
+
+``${VAR}`` is replaced by the environment variable (``${VAR:-default}`` gives a default); an
+unset variable becomes the empty string, and an empty ``api_key`` means "forward the caller's
+credential". Unknown keys are errors naming their path. ``load_config`` raises ``ConfigError``
+carrying every problem, one ``path: message`` line each. A ``Config`` is immutable once loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.errors import ConfigError
+
+# Paths the proxy serves itself; an upstream may not take these names.
+RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "admin", "docs", "openapi.json"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(_Strict):
+    """USD per million tokens; ``None`` falls back as ``service.pricing.Price`` documents."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal = Decimal(0)
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _not_negative(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+    max_body_mb: float = Field(default=32, gt=0)
+
+
+class UpstreamConfig(_Strict):
+    url: str
+    provider: Literal["openai", "anthropic"] = "openai"
+    api_key: str | None = None
+    api_key_header: str | None = None
+    provider_name: str | None = None    # gen_ai.provider.name; derived from url when unset
+    timeout_s: float = Field(default=600, gt=0)
+    connect_timeout_s: float = Field(default=10, gt=0)
+    pricing: PriceConfig | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not a URL")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("not a URL: no query, fragment or credentials allowed")
+        return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class PricingConfig(_Strict):
+    catalog: str = "builtin"
+    overrides: dict[str, PriceConfig] = Field(default_factory=dict)
+
+
+class VirtualKey(_Strict):
+    key: str = Field(min_length=1)
+    project: str = Field(min_length=1)
+
+
+class MetricsConfig(_Strict):
+    label_limit: int = Field(default=200, ge=1)
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    keys: list[VirtualKey] | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _names(cls, value: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
+        for name in value:
+            if name in RESERVED_NAMES or not _NAME.match(name):
+                raise ValueError(f"{name!r} cannot name an upstream (reserved or not a path segment)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> Config:
+        if self.keys is not None:
+            seen = [k.key for k in self.keys]
+            if len(seen) != len(set(seen)):
+                raise ValueError("keys: the same key is listed twice")
+        return self
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "upstreams": {
+        "openai": {"url": "https://api.openai.com", "provider": "openai"},
+        "anthropic": {"url": "https://api.anthropic.com", "provider": "anthropic"},
+    }
+}
+
+
+def interpolate(value: Any, environ: dict[str, str] | os._Environ[str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ) for v in value]
+    return value
+
+
+def _problems(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required"
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
+    """Validate an already-parsed YAML tree (``None`` means the embedded default)."""
+    if data is None:
+        data = DEFAULT_CONFIG
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping"])
+    data = interpolate(data, os.environ if environ is None else environ)
+    if not data.get("upstreams"):
+        data = {**data, "upstreams": DEFAULT_CONFIG["upstreams"]}
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_problems(error)) from None
+
+
+def load_config(path: str | Path | None = None,
+                environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
+    """Read and validate a config file; ``None`` gives the embedded default."""
+    if path is None:
+        return parse_config(None, environ)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read ({error.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML ({error})"]) from None
+    return parse_config(data if data is not None else {}, environ)

@@ -1,0 +1,96 @@
+"""spendgate's exceptions, and error bodies in the caller's own protocol.
+
+Hierarchy::
+
+    SpendgateError
+    ├── ConfigError            a config file is invalid (carries every problem)
+    └── ProxyError             a call the proxy answers itself, with an HTTP status
+        ├── BadRequest           400: a path that could escape the upstream
+        ├── Unauthorized         401: missing or wrong virtual key
+        ├── NotFound             404: unknown upstream
+        ├── BodyTooLarge         413: body over ``server.max_body_mb``
+        ├── UpstreamUnreachable  502: connect/read failure
+        └── UpstreamTimeout      504: ``timeout_s`` passed
+
+Library errors (aiohttp, OS) are translated into these at the boundary (``upstream.py``),
+so the proxy deals with one family only. Messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class SpendgateError(Exception):
+    """Base of every error spendgate raises on purpose."""
+
+
+class ConfigError(SpendgateError):
+    """Invalid configuration; ``problems`` holds one ``path: message`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class ProxyError(SpendgateError):
+    status = 500
+    error_type = "proxy_error"
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ProxyError):
+    status = 400
+    error_type = "bad_request"
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    error_type = "unauthorized"
+    openai_type = "invalid_request_error"
+    anthropic_type = "authentication_error"
+
+
+class NotFound(ProxyError):
+    status = 404
+    error_type = "not_found"
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    error_type = "body_too_large"
+    openai_type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    error_type = "upstream_unreachable"
+    openai_type = "upstream_unreachable"
+    anthropic_type = "api_error"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    error_type = "timeout"
+    openai_type = "upstream_timeout"
+    anthropic_type = "timeout_error"
+
+
+def error_body(error: ProxyError, protocol: str) -> bytes:
+    """The JSON error body a client of ``protocol`` (openai | anthropic) expects."""
+    if protocol == "anthropic":
+        return orjson.dumps(
+            {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}})
+    code = "spendgate_" + error.error_type
+    return orjson.dumps({"error": {"message": error.message, "type": error.openai_type,
+                                   "param": None, "code": code}})

@@ -1,0 +1,198 @@
+"""The Anthropic Messages API wire protocol.
+
+``POST .../v1/messages`` is the metered ``chat`` operation; everything else
+(``/v1/messages/count_tokens``, batches, models) is ``other`` and unmetered. Bodies are never
+rewritten: Anthropic streams always carry usage. A streamed call looks like::
+
+    event: message_start
+    data: {"type":"message_start","message":{"id":"msg_01","model":"claude-sonnet-4-5",
+           "usage":{"input_tokens":12,"cache_creation_input_tokens":0,
+                    "cache_read_input_tokens":2048,"output_tokens":1}}}
+
+    event: content_block_delta
+    data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}
+
+    event: message_delta
+    data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},
+           "usage":{"output_tokens":57}}
+
+    event: message_stop
+    data: {"type":"message_stop"}
+
+Usage mapping: Anthropic's ``input_tokens`` excludes cache tokens, so
+``input = input_tokens + cache_creation_input_tokens + cache_read_input_tokens``;
+``cached_input = cache_read_input_tokens``; ``cache_write = cache_creation_input_tokens``;
+``output = output_tokens``; ``reasoning = output_tokens_details.thinking_tokens``. A cache
+field the upstream did not send stays None (input is then ``input_tokens`` alone); without
+``input_tokens`` the total is unknown, so input stays None.
+
+Streamed output is taken only from ``message_delta`` (cumulative; the last one wins). The
+``output_tokens`` in ``message_start`` is a provisional count (usually 1) and is ignored: a
+stream cut off before ``message_delta`` reports output None, so the pipeline estimates it
+from the text seen instead of billing a placeholder. Input and cache counts come from
+``message_start``; any of them repeated in ``message_delta`` (newer API versions, server
+tools) win, as in Anthropic's own SDK.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from service.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from service.providers.openai import count, loads_object
+from service.sse import SSEEvent
+from service.usage import Usage
+
+_OPENS_OBJECT = re.compile(rb"[ \t\n\r]*\{")
+# Input-side fields of ``usage``: from message_start, overridden by message_delta.
+_INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+# Only these events carry anything we read; ping, content_block_start/stop, message_stop
+# and error are forwarded without parsing.
+_WANTED = frozenset({"message_start", "content_block_delta", "message_delta"})
+# content_block_delta payload field per delta type; all of it is generated output.
+_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking",
+               "input_json_delta": "partial_json"}
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def anthropic_usage(raw: dict[str, Any]) -> Usage:
+    """Normalise Anthropic usage fields (see the module docstring) into ``Usage``."""
+    base = count(raw.get("input_tokens"))
+    cache_write = count(raw.get("cache_creation_input_tokens"))
+    cache_read = count(raw.get("cache_read_input_tokens"))
+    total = None if base is None else base + (cache_write or 0) + (cache_read or 0)
+    return Usage(
+        input=total,
+        output=count(raw.get("output_tokens")),
+        cached_input=cache_read,
+        cache_write=cache_write,
+        reasoning=count(_dict(raw.get("output_tokens_details")).get("thinking_tokens")),
+    )
+
+
+class AnthropicProvider:
+    """Anthropic Messages protocol. Stateless; see the module docstring for the contract."""
+
+    name = "anthropic"
+
+    def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
+        """Classify the call; the body is always forwarded unchanged. Never raises."""
+        path = path.partition("?")[0].rstrip("/")
+        post = method.upper() == "POST"
+        metered = post and (path.endswith("/messages") or path == "messages")
+        parsed: dict[str, Any] | None = None
+        if metered or (post and _OPENS_OBJECT.match(body)):
+            parsed = loads_object(body)
+        if parsed is None:
+            return RequestInfo(operation="chat" if metered else "other", model=None,
+                               stream=False, upstream_body=body, metered=metered)
+        return RequestInfo(
+            operation="chat" if metered else "other",
+            model=_str(parsed.get("model")),
+            stream=metered and parsed.get("stream") is True,
+            upstream_body=body,
+            json=parsed,
+            max_tokens=count(parsed.get("max_tokens")) if metered else None,
+            metered=metered,
+        )
+
+    def parse_response(self, info: RequestInfo, body: bytes) -> ResponseSummary:
+        """Usage and metadata of a complete Message; empty summary on anything odd."""
+        if not info.metered:
+            return ResponseSummary()
+        message = loads_object(body)
+        if message is None:
+            return ResponseSummary()
+        usage = _dict(message.get("usage"))
+        parts: list[str] = []
+        content = message.get("content")
+        for block in content if isinstance(content, list) else ():
+            block = _dict(block)
+            kind = block.get("type")
+            if kind == "text":
+                _append(parts, block.get("text"))
+            elif kind == "thinking":
+                _append(parts, block.get("thinking"))
+            elif kind == "tool_use" and isinstance(block.get("input"), dict):
+                # The model generated this JSON; count it like streamed input_json_delta.
+                parts.append(orjson.dumps(block["input"]).decode())
+        stop = _str(message.get("stop_reason"))
+        return ResponseSummary(
+            usage=anthropic_usage(usage),
+            response_model=_str(message.get("model")),
+            response_id=_str(message.get("id")),
+            finish_reasons=(stop,) if stop else (),
+            service_tier=_str(usage.get("service_tier")),
+            output_text="".join(parts),
+        )
+
+    def stream_tracker(self, info: RequestInfo) -> StreamTracker:
+        return AnthropicStreamTracker()
+
+
+def _append(parts: list[str], value: Any) -> None:
+    if isinstance(value, str) and value:
+        parts.append(value)
+
+
+class AnthropicStreamTracker:
+    """Follows one Messages stream; forwards every event (``feed`` always returns True)."""
+
+    __slots__ = ("_id", "_model", "_parts", "_stop", "_tier", "_usage")
+
+    def __init__(self) -> None:
+        self._usage: dict[str, Any] = {}  # raw Anthropic usage fields, merged as they come
+        self._id: str | None = None
+        self._model: str | None = None
+        self._stop: str | None = None
+        self._tier: str | None = None
+        self._parts: list[str] = []
+
+    def feed(self, event: SSEEvent) -> bool:
+        if event.event is not None and event.event not in _WANTED:
+            return True
+        if not event.data.startswith(b"{"):
+            return True
+        data = loads_object(event.data)
+        if data is None:
+            return True
+        kind = data.get("type")
+        if kind == "content_block_delta":
+            delta = _dict(data.get("delta"))
+            field = _DELTA_TEXT.get(delta.get("type"))
+            if field is not None:
+                _append(self._parts, delta.get(field))
+        elif kind == "message_start":
+            message = _dict(data.get("message"))
+            self._id = _str(message.get("id")) or self._id
+            self._model = _str(message.get("model")) or self._model
+            usage = _dict(message.get("usage"))
+            self._tier = _str(usage.get("service_tier")) or self._tier
+            # Input side only: message_start's output_tokens is a provisional placeholder.
+            for name in _INPUT_FIELDS:
+                if count(usage.get(name)) is not None:
+                    self._usage[name] = usage[name]
+        elif kind == "message_delta":
+            self._stop = _str(_dict(data.get("delta")).get("stop_reason")) or self._stop
+            usage = _dict(data.get("usage"))
+            self._tier = _str(usage.get("service_tier")) or self._tier
+            for name, value in usage.items():
+                if value is not None:  # present values win; nulls do not erase
+                    self._usage[name] = value
+        return True
+
+    def summary(self) -> ResponseSummary:
+        return ResponseSummary(
+            usage=anthropic_usage(self._usage), response_model=self._model,
+            response_id=self._id, finish_reasons=(self._stop,) if self._stop else (),
+            service_tier=self._tier, output_text="".join(self._parts))

@@ -1,0 +1,329 @@
+"""The OpenAI-compatible wire protocol: OpenAI, Azure OpenAI, vLLM, Ollama, TGI, llama.cpp.
+
+Operations are recognised by the suffix of the upstream path, so any base prefix works
+(``/v1/chat/completions``, ``/openai/deployments/my-gpt4o/chat/completions``)::
+
+    POST .../chat/completions -> chat          POST .../embeddings -> embeddings
+    POST .../completions      -> text_completion  POST .../responses -> responses
+    anything else             -> other (metered=False, never parsed beyond "model")
+
+A streamed chat call reports usage only when asked, so the proxy asks. The caller's body::
+
+    {"model":"gpt-4o","stream":true,"messages":[...]}
+
+goes upstream as (bytes inserted after the opening brace, the rest byte for byte)::
+
+    {"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[...]}
+
+and the tracker then hides the extra usage-only chunk the caller did not ask for::
+
+    data: {"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[],
+           "usage":{"prompt_tokens":1200,"completion_tokens":80,
+                    "prompt_tokens_details":{"cached_tokens":1024},
+                    "completion_tokens_details":{"reasoning_tokens":0}}}
+
+Usage mapping: ``prompt_tokens``/``input_tokens`` -> input (cached included, as OpenAI
+reports it), ``*_tokens_details.cached_tokens`` -> cached_input, ``cache_write_tokens``
+(only if an upstream reports it) -> cache_write, ``completion_tokens``/``output_tokens`` ->
+output, ``reasoning_tokens`` -> reasoning. Unreported fields stay None.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from service.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from service.sse import SSEEvent
+from service.usage import Usage
+
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+# JSON whitespace then a brace; matched in place so a large body is never copied.
+_OPENS_OBJECT = re.compile(rb"[ \t\n\r]*\{")
+_CLOSES_OBJECT = re.compile(rb"[ \t\n\r]*\}")
+# Responses API events worth parsing; every other event is forwarded without a look.
+_RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
+                               "response.function_call_arguments.delta"})
+_RESPONSES_WANTED = _RESPONSES_FINAL | _RESPONSES_DELTAS | {"response.created"}
+
+
+def count(value: Any) -> int | None:
+    """A token count as reported, or None for anything that is not a non-negative integer."""
+    if type(value) is int:  # not isinstance: bool is an int subclass
+        return value if value >= 0 else None
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def loads_object(data: bytes) -> dict[str, Any] | None:
+    """The JSON object in ``data``, or None for anything else (never raises)."""
+    try:
+        parsed = orjson.loads(data)
+    except ValueError:  # orjson.JSONDecodeError, invalid UTF-8 included
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def openai_usage(raw: Any) -> Usage:
+    """Normalise a chat/completions/embeddings or Responses API ``usage`` object."""
+    if not isinstance(raw, dict):
+        return Usage()
+    chat_style = "prompt_tokens" in raw
+    details = _dict(raw.get("prompt_tokens_details" if chat_style else "input_tokens_details"))
+    out_details = _dict(raw.get("completion_tokens_details" if chat_style
+                                else "output_tokens_details"))
+    return Usage(
+        input=count(raw.get("prompt_tokens" if chat_style else "input_tokens")),
+        output=count(raw.get("completion_tokens" if chat_style else "output_tokens")),
+        cached_input=count(details.get("cached_tokens")),
+        cache_write=count(details.get("cache_write_tokens")),
+        reasoning=count(out_details.get("reasoning_tokens")),
+    )
+
+
+def _operation(path: str) -> str:
+    if path.endswith("chat/completions"):
+        return "chat"
+    if path.endswith("/completions") or path == "completions":
+        return "text_completion"
+    if path.endswith("/embeddings") or path == "embeddings":
+        return "embeddings"
+    if path.endswith("/responses") or path == "responses":
+        return "responses"
+    return "other"
+
+
+def _azure_deployment(path: str) -> str | None:
+    """``my-gpt4o`` from ``/openai/deployments/my-gpt4o/chat/completions``."""
+    _, found, rest = path.partition("/deployments/")
+    name = rest.partition("/")[0]
+    return name if found and name else None
+
+
+def _with_include_usage(body: bytes, parsed: dict[str, Any]) -> bytes | None:
+    """``body`` asking for ``stream_options.include_usage``; None if it cannot be done safely."""
+    options = parsed.get("stream_options")
+    if "stream_options" not in parsed:
+        # Insert bytes rather than re-serialise: the caller's body (key order, spacing,
+        # number formatting) reaches the upstream unchanged apart from this one member.
+        # The body parsed as an object, so its first non-blank byte is the opening brace.
+        brace = body.index(b"{") + 1
+        comma = b"" if _CLOSES_OBJECT.match(body, brace) else b","
+        return body[:brace] + _INCLUDE_USAGE + comma + body[brace:]
+    # stream_options exists (an object without include_usage true, or null): an inserted
+    # duplicate key would lose to the caller's, so re-serialise keeping its other options.
+    rewritten = dict(parsed)
+    rewritten["stream_options"] = {**_dict(options), "include_usage": True}
+    try:
+        return orjson.dumps(rewritten)
+    except TypeError:  # orjson.JSONEncodeError; cannot happen for parsed JSON, but be safe
+        return None
+
+
+class OpenAIProvider:
+    """OpenAI-compatible protocol. Stateless; see the module docstring for the contract."""
+
+    name = "openai"
+
+    def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
+        """Classify the call and apply the one sanctioned rewrite; never raises."""
+        path = path.partition("?")[0].rstrip("/")
+        post = method.upper() == "POST"
+        operation = _operation(path) if post else "other"
+        parsed: dict[str, Any] | None = None
+        # Unmetered calls (files, audio uploads, ...) are parsed only if they look like JSON.
+        if operation != "other" or (post and _OPENS_OBJECT.match(body)):
+            parsed = loads_object(body)
+        model = _str(parsed.get("model")) if parsed is not None else None
+        if not model:
+            model = _azure_deployment(path)
+        if parsed is None or operation == "other":
+            return RequestInfo(operation=operation, model=model, stream=False,
+                               upstream_body=body, json=parsed, metered=operation != "other")
+
+        stream = parsed.get("stream") is True
+        if operation == "responses":
+            max_tokens = count(parsed.get("max_output_tokens"))
+        else:
+            max_tokens = count(parsed.get("max_completion_tokens"))
+            if max_tokens is None:
+                max_tokens = count(parsed.get("max_tokens"))
+        info = RequestInfo(operation=operation, model=model, stream=stream, upstream_body=body,
+                           json=parsed, max_tokens=max_tokens)
+        if stream and operation in ("chat", "text_completion"):
+            if _dict(parsed.get("stream_options")).get("include_usage") is not True:
+                rewritten = _with_include_usage(body, parsed)
+                if rewritten is not None:
+                    info.upstream_body = rewritten
+                    info.strip_usage_chunk = True
+        return info
+
+    def parse_response(self, info: RequestInfo, body: bytes) -> ResponseSummary:
+        """Usage and metadata of a complete response body; empty summary on anything odd."""
+        if info.operation == "other":  # may be a large file download; usage is never there
+            return ResponseSummary()
+        parsed = loads_object(body)
+        if parsed is None:
+            return ResponseSummary()
+        summary = ResponseSummary(
+            usage=openai_usage(parsed.get("usage")),
+            response_model=_str(parsed.get("model")),
+            response_id=_str(parsed.get("id")),
+            service_tier=_str(parsed.get("service_tier")),
+        )
+        parts: list[str] = []
+        output = parsed.get("output")
+        if isinstance(output, list):  # Responses API
+            status = _str(parsed.get("status"))
+            summary.finish_reasons = (status,) if status else ()
+            for item in output:
+                item = _dict(item)
+                _append(parts, item.get("arguments"))  # function_call items
+                content = item.get("content")
+                for part in content if isinstance(content, list) else ():
+                    _append(parts, _dict(part).get("text"))
+        else:
+            reasons: list[str] = []
+            choices = parsed.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                choice = _dict(choice)
+                _append(reasons, choice.get("finish_reason"))
+                _append(parts, choice.get("text"))  # text completions
+                _message_text(parts, _dict(choice.get("message")))
+            summary.finish_reasons = tuple(reasons)
+        summary.output_text = "".join(parts)
+        return summary
+
+    def stream_tracker(self, info: RequestInfo) -> StreamTracker:
+        if info.operation == "responses":
+            return ResponsesStreamTracker()
+        return ChatStreamTracker(strip_usage_chunk=info.strip_usage_chunk)
+
+
+def _append(parts: list[str], value: Any) -> None:
+    if isinstance(value, str) and value:
+        parts.append(value)
+
+
+def _message_text(parts: list[str], message: dict[str, Any]) -> None:
+    """Generated text of a chat ``message`` or stream ``delta``, reasoning and tool args too."""
+    if not message:
+        return
+    _append(parts, message.get("reasoning_content"))  # vLLM, DeepSeek, llama.cpp
+    _append(parts, message.get("reasoning"))          # newer vLLM, OpenRouter
+    _append(parts, message.get("content"))
+    _append(parts, message.get("refusal"))
+    tool_calls = message.get("tool_calls")
+    for call in tool_calls if isinstance(tool_calls, list) else ():
+        _append(parts, _dict(_dict(call).get("function")).get("arguments"))
+
+
+class ChatStreamTracker:
+    """Follows a chat or text completion stream (``data: {chunk}`` ... ``data: [DONE]``).
+
+    The last non-null ``usage`` wins (vLLM's ``continuous_usage_stats`` puts a running total
+    on every chunk). With ``strip_usage_chunk``, ``feed`` returns False for the usage-only
+    chunk (no choices, non-null usage) that only the proxy asked for; True for all else.
+    """
+
+    __slots__ = ("_id", "_model", "_parts", "_reasons", "_strip", "_tier", "_usage")
+
+    def __init__(self, strip_usage_chunk: bool = False) -> None:
+        self._strip = strip_usage_chunk
+        self._usage = Usage()
+        self._id: str | None = None
+        self._model: str | None = None
+        self._tier: str | None = None
+        self._parts: list[str] = []
+        self._reasons: dict[int, str] = {}
+
+    def feed(self, event: SSEEvent) -> bool:
+        # Cheap pre-check: [DONE], comments and keep-alives are not JSON objects.
+        if not event.data.startswith(b"{"):
+            return True
+        chunk = loads_object(event.data)
+        if chunk is None:
+            return True
+        if self._id is None:
+            self._id = _str(chunk.get("id"))
+        if self._model is None:
+            self._model = _str(chunk.get("model"))
+        self._tier = _str(chunk.get("service_tier")) or self._tier
+        choices = chunk.get("choices")
+        for position, choice in enumerate(choices if isinstance(choices, list) else ()):
+            choice = _dict(choice)
+            _append(self._parts, choice.get("text"))  # text completions
+            _message_text(self._parts, _dict(choice.get("delta")))
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str):
+                index = choice.get("index")
+                self._reasons[index if type(index) is int else position] = reason
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = openai_usage(usage)
+            if self._strip and not choices:
+                return False
+        return True
+
+    def summary(self) -> ResponseSummary:
+        return ResponseSummary(
+            usage=self._usage, response_model=self._model, response_id=self._id,
+            finish_reasons=tuple(self._reasons[i] for i in sorted(self._reasons)),
+            service_tier=self._tier, output_text="".join(self._parts))
+
+
+class ResponsesStreamTracker:
+    """Follows a Responses API stream: typed events, usage in the final ``response.*``.
+
+    ``response.created`` gives model and id early (kept if the stream is cut off), text
+    deltas build ``output_text``, and ``response.completed`` (or ``.incomplete``/``.failed``)
+    gives usage, model, id, status and service tier. Every event is forwarded.
+    """
+
+    __slots__ = ("_summary", "_parts")
+
+    def __init__(self) -> None:
+        self._summary = ResponseSummary()
+        self._parts: list[str] = []
+
+    def feed(self, event: SSEEvent) -> bool:
+        # The ``event:`` line names the type, so uninteresting events skip JSON parsing.
+        if event.event is not None and event.event not in _RESPONSES_WANTED:
+            return True
+        if not event.data.startswith(b"{"):
+            return True
+        data = loads_object(event.data)
+        if data is None:
+            return True
+        kind = data.get("type")
+        if kind in _RESPONSES_DELTAS:
+            _append(self._parts, data.get("delta"))
+        elif kind == "response.created" or kind in _RESPONSES_FINAL:
+            response = _dict(data.get("response"))
+            summary = self._summary
+            summary.response_model = _str(response.get("model")) or summary.response_model
+            summary.response_id = _str(response.get("id")) or summary.response_id
+            summary.service_tier = _str(response.get("service_tier")) or summary.service_tier
+            if kind != "response.created":
+                summary.usage = openai_usage(response.get("usage"))
+                status = _str(response.get("status"))
+                summary.finish_reasons = (status,) if status else ()
+        return True
+
+    def summary(self) -> ResponseSummary:
+        s = self._summary
+        return ResponseSummary(usage=s.usage, response_model=s.response_model,
+                               response_id=s.response_id, finish_reasons=s.finish_reasons,
+                               service_tier=s.service_tier, output_text="".join(self._parts))

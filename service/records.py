@@ -1,0 +1,96 @@
+"""The two shapes of a call: ``CallOutcome`` while it runs, ``UsageRecord`` once it is done.
+
+``CallOutcome`` is filled in by the proxy on the event loop, a few attribute writes per call;
+it is handed to the ``RecordPipeline`` exactly once, after the caller has its last byte, and
+not touched by the proxy afterwards. The pipeline turns it into one immutable ``UsageRecord``
+(usage extracted, gaps estimated, priced), which every sink and the budget ledger receive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from service.providers.base import RequestInfo, StreamTracker
+from service.usage import Usage
+
+STATUS_CLIENT_CLOSED = 499  # nginx's convention: the caller hung up before the response ended
+
+
+class CallOutcome:
+    """Mutable facts about one call in flight. Owned by the proxy until handed off."""
+
+    __slots__ = (
+        "client_closed", "duration_s", "error_type", "overhead_s", "project", "protocol",
+        "provider", "request", "request_id", "response_body", "response_encoding", "start_unix",
+        "started",
+        "status", "tracker", "trace", "ttft_s", "upstream", "user", "virtual_key",
+    )
+
+    def __init__(self, upstream: str, provider: str, protocol: str, start_unix: float,
+                 started: float) -> None:
+        self.upstream = upstream
+        self.provider = provider            # gen_ai provider name, e.g. openai, azure.ai.openai
+        self.protocol = protocol            # wire protocol: openai | anthropic
+        self.start_unix = start_unix
+        self.started = started              # perf_counter() at arrival
+        self.project = "default"
+        self.user: str | None = None
+        self.virtual_key: str | None = None  # the key's project-scoped name, never the secret
+        self.request: RequestInfo | None = None
+        self.status = 0
+        self.error_type: str | None = None
+        self.client_closed = False
+        self.response_body: bytes | None = None
+        self.response_encoding: str | None = None  # content-encoding of response_body
+        self.tracker: StreamTracker | None = None
+        self.ttft_s: float | None = None
+        self.duration_s = 0.0
+        self.overhead_s = 0.0
+        self.request_id: str | None = None
+        self.trace: Any = None               # telemetry's per-call state, opaque here
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One finished call, as every sink sees it. Immutable and safe to share between threads.
+
+    ``model`` is the model the caller asked for (``unknown`` when the body had none);
+    ``response_model`` is what the upstream reported (a dated snapshot, usually). ``cost_usd``
+    is exact; it is 0 when ``priced`` is False.
+    """
+
+    start_unix: float
+    upstream: str
+    provider: str
+    protocol: str
+    operation: str
+    model: str
+    response_model: str | None
+    project: str
+    user: str | None
+    virtual_key: str | None
+    status: int
+    stream: bool
+    metered: bool
+    usage: Usage
+    cost_usd: Decimal
+    priced: bool
+    price_source: str | None
+    duration_s: float
+    ttft_s: float | None
+    tpot_s: float | None
+    overhead_s: float
+    error_type: str | None
+    client_closed: bool
+    response_id: str | None
+    finish_reasons: tuple[str, ...]
+    service_tier: str | None
+    request_id: str | None
+    max_tokens: int | None
+    trace: Any = None
+
+    @property
+    def usage_estimated(self) -> bool:
+        return bool(self.usage.estimated)

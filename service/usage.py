@@ -1,0 +1,67 @@
+"""Normalised token usage: the contract shared by metrics, dashboards, pricing and budgets.
+
+Token types (``TOKEN_TYPES``):
+
+* ``input``        every prompt token, cached and cache-written included
+* ``cached_input`` the part of ``input`` read from a prompt cache
+* ``cache_write``  the part of ``input`` written to a prompt cache
+* ``output``       every generated token, reasoning included
+* ``reasoning``    the reasoning part of ``output``
+
+``None`` means "not reported", which is not the same as ``0``. Every count also says where it
+came from: a type listed in ``Usage.estimated`` was counted by spendgate's tokenizer, not
+reported by the upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+TokenType = Literal["input", "output", "cached_input", "cache_write", "reasoning"]
+TOKEN_TYPES: tuple[TokenType, ...] = ("input", "output", "cached_input", "cache_write", "reasoning")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call. Immutable; build a new one with ``merged``/``with_estimates``."""
+
+    input: int | None = None
+    output: int | None = None
+    cached_input: int | None = None
+    cache_write: int | None = None
+    reasoning: int | None = None
+    estimated: frozenset[str] = field(default=frozenset())
+
+    def get(self, token_type: str) -> int | None:
+        value: int | None = getattr(self, token_type)
+        return value
+
+    def source(self, token_type: str) -> Literal["reported", "estimated"]:
+        return "estimated" if token_type in self.estimated else "reported"
+
+    def items(self) -> list[tuple[TokenType, int]]:
+        """The reported-or-estimated counts, skipping types that are ``None``."""
+        out: list[tuple[TokenType, int]] = []
+        for token_type in TOKEN_TYPES:
+            value = getattr(self, token_type)
+            if value is not None:
+                out.append((token_type, value))
+        return out
+
+    @property
+    def is_empty(self) -> bool:
+        return all(getattr(self, t) is None for t in TOKEN_TYPES)
+
+    def merged(self, newer: Usage) -> Usage:
+        """Fields of ``newer`` that are reported (not None) win over ours."""
+        values = {t: getattr(newer, t) if getattr(newer, t) is not None else getattr(self, t)
+                  for t in TOKEN_TYPES}
+        return Usage(**values, estimated=self.estimated | newer.estimated)
+
+    def with_estimates(self, **counts: int | None) -> Usage:
+        """Fill the given types that are still ``None`` and mark them estimated."""
+        fill = {t: v for t, v in counts.items() if v is not None and getattr(self, t) is None}
+        if not fill:
+            return self
+        return replace(self, **fill, estimated=self.estimated | frozenset(fill))

@@ -1,0 +1,122 @@
+"""A real HTTP server that plays an LLM provider, for tests.
+
+``FakeUpstream`` runs an aiohttp server on 127.0.0.1 in its own thread and event loop. Tests
+queue canned replies (``Reply``: status, headers, a body or a list of chunks with delays,
+optionally breaking the connection) and read back every request exactly as it arrived
+(method, raw path, query, headers, body bytes). With nothing queued it answers 200 with a
+small JSON body. Canned bodies come from ``tests/fixtures``: literal provider transcripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok":true}'
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: list[bytes] | None = None      # stream these instead of body
+    chunk_delay_s: float = 0.0
+    delay_s: float = 0.0                    # before the status line
+    break_after: int | None = None          # drop the connection after this many chunks
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    raw_path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests: list[SeenRequest] = []
+        self.replies: list[Reply] = []
+        self.disconnects = 0          # streams the proxy hung up on before their end
+        self.completed_streams = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def queue(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=1024 ** 3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        path, _, query = request.raw_path.partition("?")
+        self.requests.append(SeenRequest(request.method, path, query, _headers(request), body))
+        reply = self.replies.pop(0) if self.replies else Reply()
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.chunks is None:
+            return web.Response(status=reply.status, body=reply.body,
+                                headers={"Content-Type": reply.content_type, **reply.headers})
+        response = web.StreamResponse(status=reply.status,
+                                      headers={"Content-Type": reply.content_type,
+                                               **reply.headers})
+        await response.prepare(request)
+        try:
+            for i, chunk in enumerate(reply.chunks):
+                if reply.break_after is not None and i >= reply.break_after:
+                    request.transport.close()  # type: ignore[union-attr]
+                    return response
+                await response.write(chunk)
+                if reply.chunk_delay_s:
+                    await asyncio.sleep(reply.chunk_delay_s)
+            await response.write_eof()
+            self.completed_streams += 1
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+            self.disconnects += 1
+        return response
+
+
+def _headers(request: web.Request) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]

@@ -1,0 +1,362 @@
+"""Pricing: exact cost math, price resolution, the generated catalog and the CLI renderers.
+
+Real data only: the committed catalog, and LiteLLM's price map at ../shared (beside the repo
+root, present for developers and CI) to check that catalog against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from itertools import repeat
+from pathlib import Path
+
+import pytest
+
+from service.pricing import (
+    Price,
+    PriceCatalog,
+    ResolvedPrice,
+    convert_litellm,
+    describe_price,
+    per_mtok,
+    price_table,
+)
+from service.usage import Usage
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOG_FILE = REPO / "service" / "data" / "prices.json"
+BUILD_SCRIPT = REPO / "scripts" / "build_price_catalog.py"
+SHARED = REPO.parent / "shared" / "pricing" / "litellm_model_prices.json"
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"{SHARED} is absent (it is "
+                                  "present for developers and CI, beside the repository root)")
+
+PRICE_FIELDS = {"input": "input_cost_per_token", "output": "output_cost_per_token",
+                "cached_input": "cache_read_input_token_cost",
+                "cache_write": "cache_creation_input_token_cost"}
+
+
+@pytest.fixture(scope="module")
+def catalog() -> PriceCatalog:
+    return PriceCatalog.load()
+
+
+@pytest.fixture(scope="module")
+def litellm() -> dict[str, dict[str, object]]:
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} is absent")
+    data: dict[str, dict[str, object]] = json.loads(SHARED.read_text(encoding="utf-8"))
+    return data
+
+
+def resolved(cat: PriceCatalog, model: str | None, **kw: str) -> ResolvedPrice:
+    hit = cat.resolve(model, **kw)
+    assert hit is not None, model
+    return hit
+
+
+# --- cost math ---------------------------------------------------------------------------
+
+def test_gpt_4o_mini_example_is_exact(catalog: PriceCatalog) -> None:
+    price = resolved(catalog, "gpt-4o-mini").price
+    usage = Usage(input=1000, cached_input=200, output=50)
+    # 800 * 0.15 / 1e6 + 200 * 0.075 / 1e6 + 50 * 0.6 / 1e6
+    assert price.cost(usage) == Decimal("0.000165")
+
+
+def test_a_million_tiny_calls_sum_exactly() -> None:
+    price = Price(input=Decimal("0.15"), output=Decimal("0.6"))
+    one = price.cost(Usage(input=7, output=3))  # 7 * 0.15 + 3 * 0.6 = 2.85 micro-dollars
+    assert one == Decimal("0.00000285")
+    assert sum(repeat(one, 1_000_000), Decimal(0)) == Decimal("2.85")
+    assert sum(repeat(7 * 0.15e-6 + 3 * 0.6e-6, 1_000_000)) != 2.85  # what floats would do
+
+
+def test_cache_write_and_fallbacks() -> None:
+    anthropic_like = Price(input=Decimal(3), output=Decimal(15), cached_input=Decimal("0.3"),
+                           cache_write=Decimal("3.75"))
+    usage = Usage(input=10_000, cached_input=6_000, cache_write=3_000, output=500, reasoning=200)
+    # plain 1000 * 3 + 6000 * 0.3 + 3000 * 3.75 + 500 * 15 (reasoning is inside output)
+    assert anthropic_like.cost(usage) == Decimal("0.02355")
+    flat = Price(input=Decimal(2), output=Decimal(8))  # cache prices fall back to input
+    assert flat.cost(usage) == Decimal("0.024")
+
+
+def test_none_counts_zero_and_cost_is_never_negative() -> None:
+    price = Price(input=Decimal(1), output=Decimal(2), cached_input=Decimal("0.5"))
+    assert price.cost(Usage()) == 0
+    assert price.cost(Usage(output=1_000_000)) == 2
+    # inconsistent report (cached without input): the plain part floors at 0
+    assert price.cost(Usage(cached_input=1_000_000)) == Decimal("0.5")
+    assert Price(output=Decimal(1)).cost(Usage(input=5, output=1_000_000)) == 1
+
+
+def test_price_is_frozen_and_parses_config_values() -> None:
+    price = Price.from_mapping({"input": 0.15, "output": "0.6", "cached_input": 0})
+    assert price == Price(input=Decimal("0.15"), output=Decimal("0.6"), cached_input=Decimal(0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        price.input = Decimal(1)  # type: ignore[misc]
+    for bad in ({"input": -1}, {"input": "abc"}, {"input": True}, {"inptu": 1},
+                {"output": float("nan")}):
+        with pytest.raises(ValueError):
+            Price.from_mapping(bad)
+
+
+# --- conversion --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("per_token", "expected"), [
+    (1.5e-07, "0.15"), (7.5e-08, "0.075"), (1e-05, "10"), (0.0, "0"), (0, "0"), (3, "3000000"),
+    (2.99999e-06, "2.99999"),  # a short repr is what was typed, kept as is
+    (2.0000000000000002e-07, "0.2"),  # float artefacts of 0.2 / 1e6 and the like
+    (9.499999999999999e-07, "0.95"), (1.4850000000000002e-06, "1.485"),
+    (4.2000000000000006e-08, "0.042"),
+    (1.1428571428571428e-06, "1.1428571428571428"),  # 8/7: genuinely long, kept
+])
+def test_per_mtok_is_exact_without_float_artefacts(per_token: float, expected: str) -> None:
+    assert per_mtok(per_token) == expected
+
+
+def test_committed_catalog_has_clean_decimal_strings() -> None:
+    doc = json.loads(CATALOG_FILE.read_text(encoding="utf-8"))
+    assert doc["format"] == 1 and doc["unit"] == "USD per million tokens"
+    assert "LiteLLM" in doc["source"] and "MIT" in doc["source"]
+    for key, row in doc["models"].items():
+        for field in ("input_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok",
+                      "output_per_mtok"):
+            if field in row:
+                text = row[field]
+                assert format(Decimal(text).normalize(), "f") == text, (key, text)
+                assert "00000" not in text.lstrip("0.") and "99999" not in text, (key, text)
+    assert 300 <= len(doc["models"]) <= 1200
+    assert CATALOG_FILE.stat().st_size < 300 * 1024
+
+
+@needs_shared
+def test_committed_catalog_is_what_the_build_script_produces(tmp_path: Path) -> None:
+    committed = CATALOG_FILE.read_text(encoding="utf-8")
+    date = json.loads(committed)["generated"]
+    out = tmp_path / "prices.json"
+    subprocess.run([sys.executable, str(BUILD_SCRIPT), str(SHARED), "--output", str(out),
+                    "--date", date], check=True, capture_output=True, cwd=tmp_path)
+    assert out.read_text(encoding="utf-8") == committed, "re-run scripts/build_price_catalog.py"
+    # without --date, an unchanged catalog keeps its date: re-running gives no diff
+    subprocess.run([sys.executable, str(BUILD_SCRIPT), str(SHARED), "--output", str(out)],
+                   check=True, capture_output=True)
+    assert out.read_text(encoding="utf-8") == committed
+
+
+FLAGSHIPS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-5", "o3", "text-embedding-3-small",
+             "claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "claude-opus-4-7",
+             "gemini/gemini-2.5-pro", "mistral/mistral-large-latest", "deepseek-chat",
+             "deepseek/deepseek-chat", "xai/grok-4.7", "command-a-03-2025",
+             "cohere/embed-v4.0", "voyage/voyage-3.5", "moonshot/kimi-k3", "zai/glm-5.3"]
+
+
+@needs_shared
+@pytest.mark.parametrize("model", FLAGSHIPS)
+def test_flagship_prices_equal_litellms(catalog: PriceCatalog, model: str,
+                                        litellm: dict[str, dict[str, object]]) -> None:
+    entry = catalog.entries[model]
+    spec = litellm[model]
+    assert entry.provider == spec["litellm_provider"] and entry.mode == spec["mode"]
+    for ours, theirs in PRICE_FIELDS.items():
+        value = spec.get(theirs)
+        expected = None if value is None else Decimal(repr(value)) * 10**6
+        assert getattr(entry.price, ours) == expected, (model, ours)
+    assert entry.price.input and entry.price.input > 0
+    assert resolved(catalog, model) == ResolvedPrice(entry.price, "exact", model)
+
+
+@needs_shared
+def test_what_the_catalog_leaves_out(catalog: PriceCatalog,
+                                     litellm: dict[str, dict[str, object]]) -> None:
+    assert "ft:gpt-4o-mini-2024-07-18" in litellm and catalog.resolve("ft:gpt-4o-mini") is None
+    assert litellm["dall-e-3" if "dall-e-3" in litellm else "gpt-image-1"]["mode"] not in (
+        "chat", "embedding") and catalog.resolve("gpt-image-1") is None
+    assert "azure/gpt-4o" not in catalog.entries and "sample_spec" not in catalog.entries
+    assert all(e.mode in ("chat", "completion", "responses", "embedding")
+               for e in catalog.entries.values())
+
+
+# --- resolution --------------------------------------------------------------------------
+
+def test_override_beats_everything_and_upstream_default_beats_the_catalog() -> None:
+    mine = Price(input=Decimal(1), output=Decimal(2))
+    local = Price(input=Decimal("0.01"), output=Decimal("0.02"))
+    cat = PriceCatalog.load(overrides={"GPT-4o-mini": mine}, upstream_defaults={"vllm": local})
+    assert cat.resolve("gpt-4o-mini", upstream="vllm") == ResolvedPrice(mine, "override",
+                                                                        "GPT-4o-mini")
+    assert cat.resolve("gpt-4o", upstream="vllm") == ResolvedPrice(local, "upstream_default",
+                                                                   "vllm")
+    assert cat.resolve(None, upstream="vllm") == ResolvedPrice(local, "upstream_default", "vllm")
+    assert cat.resolve("my-finetune", upstream="vllm") is not None
+    assert resolved(cat, "gpt-4o", upstream="openai").source == "exact"
+    assert cat.resolve("gpt-4o-mini-2024-07-18") == ResolvedPrice(
+        PriceCatalog.load().entries["gpt-4o-mini-2024-07-18"].price, "exact",
+        "gpt-4o-mini-2024-07-18")  # the override is for the exact name only
+
+
+@pytest.mark.parametrize(("model", "source", "matched"), [
+    ("gpt-4o-mini", "exact", "gpt-4o-mini"),
+    ("GPT-4O-Mini", "exact", "gpt-4o-mini"),
+    ("claude-sonnet-latest", "exact", "claude-sonnet-5-5"),  # LiteLLM's own alias
+    ("minimax/minimax-m3", "exact", "minimax/MiniMax-M3"),
+    ("gpt-4o-mini-2099-12-31", "snapshot", "gpt-4o-mini"),
+    ("claude-sonnet-4-6-20260101", "snapshot", "claude-sonnet-4-6"),
+    ("claude-sonnet-4-6@20260101", "snapshot", "claude-sonnet-4-6"),  # vertex style
+    ("Claude-Opus-4-7-Latest", "snapshot", "claude-opus-4-7"),
+    ("gpt-4o-audio-preview", "snapshot", "gpt-4o-audio-preview-2025-06-03"),  # newest dated
+    ("gpt-5.1-preview", "snapshot", "gpt-5.1"),
+    ("openai/gpt-4o", "provider_prefix", "gpt-4o"),
+    ("openrouter/anthropic/claude-opus-4-7", "provider_prefix", "claude-opus-4-7"),
+    ("gemini-2.5-pro", "provider_prefix", "gemini/gemini-2.5-pro"),
+    ("mistral-large-latest", "provider_prefix", "mistral/mistral-large-latest"),
+    ("grok-4.7", "provider_prefix", "xai/grok-4.7"),
+    ("gemini-2.5-flash-preview-09-2025", "provider_prefix", "gemini/gemini-2.5-flash"),
+])
+def test_resolution_steps(catalog: PriceCatalog, model: str, source: str, matched: str) -> None:
+    hit = resolved(catalog, model)
+    assert (hit.source, hit.matched) == (source, matched)
+    assert hit.price == catalog.entries[matched].price
+
+
+def test_the_calls_provider_is_tried_as_a_prefix(catalog: PriceCatalog) -> None:
+    groq = resolved(catalog, "openai/gpt-oss-120b", provider="groq")
+    assert (groq.source, groq.matched) == ("provider_prefix", "groq/openai/gpt-oss-120b")
+    together = resolved(catalog, "openai/gpt-oss-120b", provider="together_ai")
+    assert together.matched == "together_ai/openai/gpt-oss-120b"
+    # an open model sold by several hosts has no bare name: the host must be known
+    assert catalog.resolve("openai/gpt-oss-120b") is None
+    assert resolved(catalog, "gemini-2.5-pro", provider="gemini").source == "provider_prefix"
+
+
+@pytest.mark.parametrize("model", [None, "", "  ", "no-such-model", "gpt-99", "claude-3-opus",
+                                   "acme/no-such-model", "2024-07-18", "-latest"])
+def test_unknown_is_none(catalog: PriceCatalog, model: str | None) -> None:
+    assert catalog.resolve(model) is None
+    assert catalog.resolve(model, upstream="not-configured", provider="openai") is None
+
+
+def test_resolution_is_memoised_bounded_and_thread_safe(catalog: PriceCatalog) -> None:
+    first = catalog.resolve("gpt-4o-mini-2024-07-18")
+    assert catalog.resolve("gpt-4o-mini-2024-07-18") is first
+    names = [f"made-up-{i}" for i in range(10_000)] + ["gpt-4o", "gemini-2.5-pro"] * 500
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(catalog.resolve, names))
+    assert results[:10_000] == [None] * 10_000
+    assert {r.matched for r in results[10_000:] if r} == {"gpt-4o", "gemini/gemini-2.5-pro"}
+    assert len(catalog._cache) <= 4096
+
+
+def test_catalog_is_read_only(catalog: PriceCatalog) -> None:
+    with pytest.raises(TypeError):
+        catalog.entries["gpt-4o"] = catalog.entries["o3"]  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        catalog.new_attribute = 1  # type: ignore[attr-defined]
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def test_loading_a_litellm_format_file(tmp_path: Path) -> None:
+    raw = {
+        "sample_spec": {"litellm_provider": "one of ...", "mode": "one of: chat, ..."},
+        "gpt-7": {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 2e-06,
+                  "cache_read_input_token_cost": 2.0000000000000002e-07,
+                  "output_cost_per_token": 8e-06, "output_cost_per_token_batches": 4e-06,
+                  "max_output_tokens": 100000},
+        "gpt-7-latest": {"alias_of": "gpt-7"},
+        "gemini/gemini-9-pro": {"litellm_provider": "gemini", "mode": "chat",
+                                "input_cost_per_token": 1e-06, "output_cost_per_token": 4e-06,
+                                "input_cost_per_token_above_200k_tokens": 2e-06},
+        "ft:gpt-7": {"litellm_provider": "openai", "mode": "chat",
+                     "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+        "gpt-7-image": {"litellm_provider": "openai", "mode": "image_generation",
+                        "input_cost_per_token": 1e-06},
+        "azure/gpt-7": {"litellm_provider": "azure", "mode": "chat",
+                        "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+        "dashscope/qwen-9": {"litellm_provider": "dashscope", "mode": "chat", "tiered_pricing": [
+            {"input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06, "range": [0, 1]}]},
+        "bedrock/gpt-7-latest": {"alias_of": "azure/gpt-7"},
+    }
+    path = tmp_path / "model_prices_and_context_window.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    cat = PriceCatalog.load(str(path))
+    assert sorted(cat.entries) == ["gemini/gemini-9-pro", "gpt-7"]
+    assert dict(cat.aliases) == {"gpt-7-latest": "gpt-7"}
+    gpt7 = cat.entries["gpt-7"]
+    assert gpt7.price == Price(input=Decimal(2), output=Decimal(8), cached_input=Decimal("0.2"))
+    assert gpt7.max_output_tokens == 100000
+    assert cat.entries["gemini/gemini-9-pro"].note == "above 200k input tokens: input 2 per Mtok"
+    assert resolved(cat, "gpt-7-latest").matched == "gpt-7"
+    assert resolved(cat, "gemini-9-pro").source == "provider_prefix"
+    for skipped in ("ft:gpt-7", "gpt-7-image", "dashscope/qwen-9", "sample_spec"):
+        assert cat.resolve(skipped) is None, skipped
+    # azure's own entry is left out, but its name still finds the vendor's price
+    assert resolved(cat, "azure/gpt-7") == ResolvedPrice(gpt7.price, "provider_prefix", "gpt-7")
+    assert str(path) in cat.source and len(cat.generated) == 10
+    assert convert_litellm(raw) == convert_litellm(json.loads(path.read_text("utf-8")))
+
+
+def test_loading_our_own_format_and_rejecting_bad_files(tmp_path: Path) -> None:
+    copy = tmp_path / "prices.json"
+    copy.write_bytes(CATALOG_FILE.read_bytes())
+    loaded = PriceCatalog.load(str(copy))
+    builtin = PriceCatalog.load()
+    assert loaded.entries == builtin.entries and loaded.generated == builtin.generated
+    bad = tmp_path / "bad.json"
+    for text in ('{"format": 1, "models": {"m": {"input_per_mtok": "-1"}}}',
+                 '{"format": 1, "models": {"m": {"input_per_mtok": "cheap"}}}',
+                 '{"format": 1, "models": {"a": {"alias_of": "missing"}}}',
+                 '{"format": 2, "models": {}}', "[]", "not json"):
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError):
+            PriceCatalog.load(str(bad))
+    with pytest.raises(OSError):
+        PriceCatalog.load(str(tmp_path / "missing.json"))
+
+
+# --- CLI renderers -----------------------------------------------------------------------
+
+def test_describe_price(catalog: PriceCatalog) -> None:
+    text = describe_price(catalog, "gpt-4o-mini-2024-07-18")
+    assert "matched: gpt-4o-mini-2024-07-18 (exact)" in text
+    assert "input 0.15\n" in text and "cached input 0.075\n" in text
+    assert "output 0.6\n" in text and "cache write - (charged at the input price)" in text
+    assert "provider: openai, mode: chat" in text
+    assert f"catalog: {catalog.source}, generated {catalog.generated}" in text
+    claude = describe_price(catalog, "claude-sonnet-4-5")
+    assert "cache write 3.75" in claude and "output 15\n" in claude
+    gemini = describe_price(catalog, "gemini-2.5-pro")
+    assert "matched: gemini/gemini-2.5-pro (provider_prefix)" in gemini
+    assert "note: above 200k input tokens: input 2.5, cached 0.25, output 15 per Mtok" in gemini
+
+
+def test_describe_unknown_and_override() -> None:
+    cat = PriceCatalog.load(overrides={"house-model": Price(input=Decimal("0.5"))})
+    text = describe_price(cat, "no-such-model")
+    assert text.startswith("unknown model 'no-such-model'") and "cost 0" in text
+    assert cat.resolve("no-such-model") is None  # how the CLI knows to exit 1
+    own = describe_price(cat, "house-model")
+    assert "matched: house-model (override)" in own and "input 0.5\n" in own
+    assert "output -\n" in own
+
+
+def test_price_table(catalog: PriceCatalog) -> None:
+    cat = PriceCatalog.load(overrides={"house-model": Price(input=Decimal("0.5"))},
+                            upstream_defaults={"vllm": Price(input=Decimal(0))})
+    lines = price_table(cat).splitlines()
+    header = lines[0].split()
+    assert header == ["MODEL", "PROVIDER", "MODE", "INPUT", "CACHED", "CACHE_WRITE", "OUTPUT"]
+    row = next(line for line in lines if line.startswith("gpt-4o-mini "))
+    assert row.split() == ["gpt-4o-mini", "openai", "chat", "0.15", "0.075", "-", "0.6"]
+    assert lines[1].split()[:2] == ["house-model", "(override)"]
+    assert lines[2].startswith("upstream:vllm")
+    # numbers are right-aligned under their header
+    output_end = len(lines[0])
+    assert row.endswith("0.6") and len(row) == output_end
+    assert len(lines) == 1 + 2 + len(catalog) + 1
+    assert lines[-1].startswith(f"{len(catalog)} models") and catalog.generated in lines[-1]

@@ -1,0 +1,351 @@
+"""OpenAIProvider against literal transcripts in the shape OpenAI, vLLM and Ollama send."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from service.providers import PROVIDERS
+from service.providers.base import RequestInfo, ResponseSummary
+from service.providers.openai import OpenAIProvider
+from service.sse import SSEEvent, SSESplitter, parse_event
+from service.usage import Usage
+
+FIXTURES = Path(__file__).parent / "fixtures"
+P = OpenAIProvider()
+INCLUDE = b'"stream_options":{"include_usage":true}'
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def events(raw: bytes) -> list[SSEEvent]:
+    splitter = SSESplitter()
+    out = splitter.feed(raw)
+    assert splitter.flush() == b""
+    return out
+
+
+def run(info: RequestInfo, raw: bytes, sizes: list[int] | None = None
+        ) -> tuple[ResponseSummary, bytes]:
+    """Feed ``raw`` in pieces of ``sizes`` (cycled; whole if None): summary, bytes kept."""
+    tracker = P.stream_tracker(info)
+    splitter = SSESplitter()
+    kept, pos, i = [], 0, 0
+    while pos < len(raw):
+        step = len(raw) if not sizes else sizes[i % len(sizes)]
+        for event in splitter.feed(raw[pos:pos + step]):
+            if tracker.feed(event):
+                kept.append(event.raw)
+        pos, i = pos + step, i + 1
+    assert splitter.flush() == b""
+    return tracker.summary(), b"".join(kept)
+
+
+def chat_info(*, strip: bool, operation: str = "chat") -> RequestInfo:
+    return RequestInfo(operation=operation, model="m", stream=True, upstream_body=b"{}",
+                       strip_usage_chunk=strip)
+
+
+def test_registered() -> None:
+    assert isinstance(PROVIDERS["openai"], OpenAIProvider)
+    assert PROVIDERS["openai"].name == "openai"
+
+
+@pytest.mark.parametrize(("method", "path", "operation"), [
+    ("POST", "/v1/chat/completions", "chat"),
+    ("POST", "/chat/completions", "chat"),
+    ("POST", "/openai/deployments/my-gpt4o/chat/completions", "chat"),
+    ("post", "/v1/chat/completions/", "chat"),
+    ("POST", "/v1/completions", "text_completion"),
+    ("POST", "/v1/embeddings", "embeddings"),
+    ("POST", "/openai/deployments/emb/embeddings", "embeddings"),
+    ("POST", "/v1/responses", "responses"),
+    ("GET", "/v1/responses/resp_123", "other"),
+    ("POST", "/v1/responses/resp_123/cancel", "other"),
+    ("GET", "/v1/chat/completions", "other"),
+    ("GET", "/v1/models", "other"),
+    ("POST", "/v1/files", "other"),
+    ("POST", "/v1/audio/transcriptions", "other"),
+])
+def test_operation_by_path_suffix(method: str, path: str, operation: str) -> None:
+    info = P.parse_request(method, path, b'{"model":"gpt-4o"}')
+    assert info.operation == operation
+    assert info.metered is (operation != "other")
+
+
+def test_other_reads_model_from_json_only() -> None:
+    body = b'{"input_file_id":"file-abc","endpoint":"/v1/chat/completions","model":"gpt-4o"}'
+    info = P.parse_request("POST", "/v1/batches", body)
+    assert (info.model, info.metered, info.upstream_body) == ("gpt-4o", False, body)
+    multipart = b'--xyz\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+    info = P.parse_request("POST", "/v1/audio/transcriptions", multipart)
+    assert (info.model, info.json, info.upstream_body) == (None, None, multipart)
+    assert P.parse_request("GET", "/v1/models", b"").model is None
+    assert P.parse_response(info, fixture("openai_chat_response.json")) == ResponseSummary()
+
+
+def test_azure_deployment_is_the_model_when_body_has_none() -> None:
+    path = "/openai/deployments/my-gpt4o/chat/completions"
+    info = P.parse_request("POST", path, b'{"messages":[{"role":"user","content":"hi"}]}')
+    assert info.model == "my-gpt4o"
+    assert P.parse_request("POST", path, b'{"model":"gpt-4o","messages":[]}').model == "gpt-4o"
+    assert P.parse_request("POST", path, b"garbage").model == "my-gpt4o"
+
+
+@pytest.mark.parametrize(("path", "body", "expected"), [
+    ("/v1/chat/completions", b'{"model":"m","max_tokens":100}', 100),
+    ("/v1/chat/completions", b'{"model":"m","max_completion_tokens":2000}', 2000),
+    ("/v1/completions", b'{"model":"m","max_tokens":16}', 16),
+    ("/v1/responses", b'{"model":"m","max_output_tokens":512}', 512),
+    ("/v1/chat/completions", b'{"model":"m","max_tokens":"lots"}', None),
+    ("/v1/chat/completions", b'{"model":"m","max_tokens":true}', None),
+    ("/v1/embeddings", b'{"model":"m","input":"x"}', None),
+])
+def test_max_tokens(path: str, body: bytes, expected: int | None) -> None:
+    assert P.parse_request("POST", path, body).max_tokens == expected
+
+
+def test_non_stream_body_is_the_same_object() -> None:
+    body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
+    info = P.parse_request("POST", "/v1/chat/completions", body)
+    assert info.upstream_body is body
+    assert (info.stream, info.strip_usage_chunk, info.json) == (False, False, orjson.loads(body))
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}',
+    b'  \n{ "model" : "gpt-4o",\n  "stream": true,\n  "temperature": 0.70 }\n',
+    b'{"stream":true}',
+])
+def test_stream_without_options_gets_a_byte_insertion(body: bytes) -> None:
+    info = P.parse_request("POST", "/v1/chat/completions", body)
+    brace = body.index(b"{") + 1
+    assert info.upstream_body == body[:brace] + INCLUDE + b"," + body[brace:]
+    assert orjson.loads(info.upstream_body) == {
+        **orjson.loads(body), "stream_options": {"include_usage": True}}
+    assert info.stream and info.strip_usage_chunk
+    assert "stream_options" not in info.json  # type: ignore[operator]  # caller's view
+
+
+def test_byte_insertion_into_an_empty_object() -> None:
+    from service.providers.openai import _with_include_usage
+
+    out = _with_include_usage(b" {\n} ", {})
+    assert out == b" {" + INCLUDE + b"\n} "
+    assert orjson.loads(out) == {"stream_options": {"include_usage": True}}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"continuous_usage_stats": True}, {"continuous_usage_stats": True, "include_usage": True}),
+    ({"include_usage": False, "include_obfuscation": False},
+     {"include_usage": True, "include_obfuscation": False}),
+    (None, {"include_usage": True}),
+])
+def test_existing_stream_options_are_kept(options: object, expected: dict[str, bool]) -> None:
+    body = orjson.dumps({"model": "m", "stream": True, "stream_options": options, "n": 2})
+    info = P.parse_request("POST", "/v1/completions", body)
+    assert orjson.loads(info.upstream_body) == {
+        "model": "m", "stream": True, "stream_options": expected, "n": 2}
+    assert info.strip_usage_chunk
+
+
+def test_include_usage_already_true_is_untouched() -> None:
+    body = b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'
+    info = P.parse_request("POST", "/v1/chat/completions", body)
+    assert info.upstream_body is body and not info.strip_usage_chunk
+
+
+def test_responses_and_embeddings_are_never_rewritten() -> None:
+    body = b'{"model":"o4-mini","stream":true,"input":"hi"}'
+    info = P.parse_request("POST", "/v1/responses", body)
+    assert info.upstream_body is body and info.stream and not info.strip_usage_chunk
+    body = b'{"model":"e","stream":true,"input":"hi"}'
+    assert P.parse_request("POST", "/v1/embeddings", body).upstream_body is body
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"not json", b"[1, 2]", b'"str"', b"\xff\xfe{", b'{"model": 5, "stream": "yes"}',
+    b'{"model":"m","stream":true', b"[" * 5000, b'{"n": 99999999999999999999999}',
+    b'\xef\xbb\xbf{"model":"m","stream":true}',
+])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/files"])
+def test_malformed_request_bodies_are_forwarded_unchanged(path: str, body: bytes) -> None:
+    info = P.parse_request("POST", path, body)
+    assert info.model is None and info.upstream_body is body and not info.strip_usage_chunk
+    assert P.parse_response(info, body).usage.is_empty
+
+
+def test_chat_response_usage() -> None:
+    info = P.parse_request("POST", "/v1/chat/completions", b'{"model":"o4-mini"}')
+    s = P.parse_response(info, fixture("openai_chat_response.json"))
+    assert s.usage == Usage(input=1236, output=201, cached_input=1152, reasoning=192)
+    assert s.usage.cache_write is None  # OpenAI reports no cache writes
+    assert (s.response_model, s.response_id) == ("o4-mini-2025-04-16",
+                                                 "chatcmpl-BxT3a8Lm2Qp9Rs4Tu5Vw6Xy7Za1Bc")
+    assert (s.finish_reasons, s.service_tier) == (("stop",), "default")
+    assert s.output_text == "The capital of France is Paris."
+
+
+def test_responses_response_usage() -> None:
+    info = P.parse_request("POST", "/v1/responses", b'{"model":"gpt-4.1"}')
+    s = P.parse_response(info, fixture("openai_responses_response.json"))
+    assert s.usage == Usage(input=3110, output=27, cached_input=2944, reasoning=0)
+    assert (s.finish_reasons, s.service_tier) == (("completed",), "default")
+    assert s.output_text == '{"location":"Paris, France"}Checking the weather in Paris.'
+
+
+def test_embeddings_and_completions_usage() -> None:
+    info = P.parse_request("POST", "/v1/embeddings", b'{"model":"text-embedding-3-small"}')
+    s = P.parse_response(info, fixture("openai_embeddings_response.json"))
+    assert s.usage == Usage(input=8) and s.response_model == "text-embedding-3-small"
+    info = P.parse_request("POST", "/v1/completions", b'{"model":"gpt-3.5-turbo-instruct"}')
+    s = P.parse_response(info, fixture("openai_completions_response.json"))
+    assert s.usage == Usage(input=5, output=7)
+    assert (s.output_text, s.finish_reasons) == ("\n\nThis is indeed a test", ("length",))
+
+
+@pytest.mark.parametrize("body", [
+    b'{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":null}',
+    b'{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":'
+    b'{"prompt_tokens":null,"completion_tokens":null,"prompt_tokens_details":null}}',
+])
+def test_null_usage_is_not_reported(body: bytes) -> None:
+    info = P.parse_request("POST", "/v1/chat/completions", b"{}")
+    s = P.parse_response(info, body)
+    assert s.usage.is_empty and s.output_text == "hi" and s.finish_reasons == ("stop",)
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"<html>502 Bad Gateway</html>", b"[]", b'{"error":{"message":"rate limited"}}',
+    b'{"choices":"x","usage":[1],"output":{"a":1}}', b'{"choices":[null,5,{"message":[]}]}',
+    b'{"output":[null,{"content":"x"},{"content":[5,{"text":7}]}],"usage":{"input_tokens":-3}}',
+    b'{"usage":{"prompt_tokens":"12","completion_tokens":1.5,"prompt_tokens_details":[]}}',
+])
+def test_malformed_response_bodies_never_raise(body: bytes) -> None:
+    for operation in ("chat", "responses", "embeddings"):
+        info = RequestInfo(operation=operation, model=None, stream=False, upstream_body=b"")
+        assert P.parse_response(info, body).usage.is_empty
+
+
+def test_chat_stream_usage_chunk_is_dropped_only_when_stripping() -> None:
+    raw = fixture("openai_chat_stream.sse")
+    usage_chunk = events(raw)[-2].raw
+    assert b'"choices":[]' in usage_chunk
+    summary, kept = run(chat_info(strip=True), raw)
+    assert kept == raw.replace(usage_chunk, b"")
+    assert summary.usage == Usage(input=1236, output=201, cached_input=1152, reasoning=192)
+    assert (summary.response_model, summary.service_tier) == ("o4-mini-2025-04-16", "default")
+    assert summary.response_id == "chatcmpl-BxT1q9u7Zr2mKc4Yy0vHn5eQw3LpA"
+    assert (summary.output_text, summary.finish_reasons) == ("The capital of France is Paris.",
+                                                             ("stop",))
+    assert run(chat_info(strip=False), raw) == (summary, raw)
+
+
+def test_vllm_last_usage_wins_and_reasoning_counts_as_output() -> None:
+    raw = fixture("openai_chat_stream_vllm.sse")
+    summary, kept = run(chat_info(strip=True), raw)
+    assert summary.usage == Usage(input=18, output=11)
+    assert summary.output_text == "Simple greeting.Hello!"
+    # Content chunks carrying running usage stay; only the choices-less one is hidden.
+    assert kept == raw.replace(events(raw)[-2].raw, b"")
+
+
+def test_stream_without_usage_keeps_text_for_estimation() -> None:
+    summary, kept = run(chat_info(strip=True), fixture("openai_chat_stream_ollama_no_usage.sse"))
+    assert summary.usage.is_empty and kept == fixture("openai_chat_stream_ollama_no_usage.sse")
+    assert (summary.output_text, summary.response_model) == (
+        "Why did the chicken cross the road?", "llama3.2")
+
+
+def test_completions_stream() -> None:
+    summary, _ = run(chat_info(strip=True, operation="text_completion"),
+                     fixture("openai_completions_stream.sse"))
+    assert summary.usage == Usage(input=5, output=7)
+    assert (summary.output_text, summary.finish_reasons) == ("\n\nThis is a test.", ("length",))
+
+
+def test_multiple_choices_finish_reasons_by_index() -> None:
+    raw = (b'data: {"choices":[{"index":1,"delta":{"content":"b"},"finish_reason":"length"}]}\n\n'
+           b'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}\n\n')
+    summary, _ = run(chat_info(strip=False), raw)
+    assert summary.finish_reasons == ("stop", "length") and summary.output_text == "ba"
+
+
+def test_responses_stream() -> None:
+    info = P.parse_request("POST", "/v1/responses", b'{"model":"o4-mini","stream":true}')
+    raw = fixture("openai_responses_stream.sse")
+    summary, kept = run(info, raw)
+    assert kept == raw
+    assert summary.usage == Usage(input=2059, output=330, cached_input=1920, reasoning=320)
+    assert (summary.response_model, summary.finish_reasons) == ("o4-mini-2025-04-16",
+                                                                ("completed",))
+    assert summary.service_tier == "default"  # the tier used, not "auto" from response.created
+    assert summary.output_text == "Under a silver moon, the unicorn slept."
+    assert summary.response_id == "resp_6887a1f2c3d48190b5e6f7a8091a2b3c0d4e5f6a7b8c9d0e"
+
+
+def test_responses_stream_cut_off_and_incomplete() -> None:
+    info = P.parse_request("POST", "/v1/responses", b'{"model":"o4-mini","stream":true}')
+    raw = fixture("openai_responses_stream.sse")
+    cut = raw[:raw.index(b"event: response.output_text.done")]
+    summary, _ = run(info, cut)
+    assert summary.usage.is_empty and summary.finish_reasons == ()
+    assert (summary.response_model, summary.output_text) == (
+        "o4-mini-2025-04-16", "Under a silver moon, the unicorn slept.")
+    incomplete = (b'event: response.incomplete\ndata: {"type":"response.incomplete","response":'
+                  b'{"id":"resp_1","status":"incomplete","model":"o4-mini-2025-04-16",'
+                  b'"usage":{"input_tokens":9,"output_tokens":64,"output_tokens_details":'
+                  b'{"reasoning_tokens":64},"input_tokens_details":{"cached_tokens":0}}}}\n\n')
+    summary, _ = run(info, incomplete)
+    assert summary.usage == Usage(input=9, output=64, cached_input=0, reasoning=64)
+    assert summary.finish_reasons == ("incomplete",)
+
+
+GARBAGE = [
+    b"data: {\n\n", b": keep-alive\n\n", b"data: [DONE]\n\n", b"data:\n\n", b"\n\n",
+    b'data: {"choices": 5, "usage": 3}\n\n', b'data: {"choices": [null, 1, {"delta": 5}]}\n\n',
+    b'data: {"choices":[{"delta":{"tool_calls":[null,{"function":7}]},"index":"x"}]}\n\n',
+    b"data: \xff\xfe\n\n", b"data: [1,2]\n\n", b'data: {"choices":[{}],"usage":{"prompt_tokens":-1}}\n\n',
+    b'event: response.completed\ndata: {"type":"response.completed","response":[]}\n\n',
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta"}\n\n',
+    b'data: {"type":"response.failed","response":{"usage":"x","status":5}}\n\n',
+    b'event: error\ndata: {"type":"error","code":"server_error","message":"boom"}\n\n',
+    b"data: " + b"[" * 3000 + b"\n\n",
+]
+
+
+@pytest.mark.parametrize("operation", ["chat", "responses", "other"])
+def test_garbage_events_never_raise(operation: str) -> None:
+    tracker = P.stream_tracker(chat_info(strip=True, operation=operation))
+    assert all(tracker.feed(parse_event(raw)) for raw in GARBAGE)
+    assert tracker.summary().usage.is_empty
+
+
+@pytest.mark.parametrize(("name", "operation"), [
+    ("openai_chat_stream.sse", "chat"), ("openai_chat_stream_vllm.sse", "chat"),
+    ("openai_completions_stream.sse", "text_completion"),
+    ("openai_responses_stream.sse", "responses"),
+])
+def test_arbitrary_splits_give_the_same_result(name: str, operation: str) -> None:
+    raw = fixture(name)
+    info = chat_info(strip=True, operation=operation)
+    whole = run(info, raw)
+    rng = random.Random(name)
+    for sizes in ([1], [2, 3], [7], [64], [rng.randint(1, 300) for _ in range(50)]):
+        assert run(info, raw, sizes) == whole
+    crlf = raw.replace(b"\n", b"\r\n")  # servers may use CRLF line ends
+    assert run(info, crlf, [5])[0] == whole[0]
+
+
+def test_rewritten_request_end_to_end() -> None:
+    body = b'{"model":"o4-mini","stream":true,"messages":[{"role":"user","content":"Capital?"}]}'
+    info = P.parse_request("POST", "/v1/chat/completions", body)
+    assert orjson.loads(info.upstream_body)["stream_options"] == {"include_usage": True}
+    summary, kept = run(info, fixture("openai_chat_stream.sse"), [100])
+    assert b'"usage":{' not in kept and b"data: [DONE]" in kept
+    assert summary.usage.input == 1236

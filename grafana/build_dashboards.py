@@ -72,6 +72,11 @@ FORECAST = (
     f"{SPEND} + {BURN} * max by (budget) "
     f"(spendgate_budget_window_reset_timestamp_seconds{{{BUDGET}}} - time())"
 )
+# A model's counter is born at 1 on its first unpriced call, which increase() misses:
+# a series that is new within the range counts whole (same as SpendgateUnpricedModel).
+_UNPRICED = f"{UNPRICED}{{{MODEL}}}"
+UNPRICED_IN_RANGE = (f"sort_desc(sum by (model) (({_UNPRICED} unless {_UNPRICED} offset $__range)"
+                     f" or {increase(UNPRICED, MODEL)}))")
 FIRING = 'ALERTS{alertname=~"Spendgate.*", alertstate="firing"}'
 
 
@@ -324,9 +329,9 @@ def overview() -> dict:
                 description="Time spendgate itself adds to a call (parsing, pricing, "
                             "budget checks), excluding the upstream."),
         row("Data quality and proxy health"),
-        bargauge("Unpriced requests by model in range", "short",
-                 f"sort_desc(sum by (model) ({increase(UNPRICED, MODEL)}))", "{{model}}", description="Models missing from the price table: their calls "
-                                          "cost 0 in every panel. Add them to the prices."),
+        bargauge("Unpriced requests by model in range", "short", UNPRICED_IN_RANGE, "{{model}}",
+                 description="Models missing from the price table: their calls cost 0 in "
+                             "every panel. Add them to the prices."),
         timeseries("Responses without usage", "reqps",
                    target(f"sum by (upstream, model) "
                           f"({rate('spendgate_usage_missing_total')})", "{{upstream}} {{model}}"),

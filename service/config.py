@@ -102,12 +102,77 @@ class MetricsConfig(_Strict):
     label_limit: int = Field(default=200, ge=1)
 
 
+class UsageLogConfig(_Strict):
+    """One JSON line per call. ``path: "-"`` is stdout."""
+
+    path: str
+    max_mb: float = Field(default=100, gt=0)   # rotate past this size (0 backups: truncate)
+    backups: int = Field(default=5, ge=0)
+
+
+class TelemetryConfig(_Strict):
+    """OpenTelemetry. Unset fields fall back to the standard ``OTEL_*`` environment variables."""
+
+    enabled: bool | None = None                 # None: on when an endpoint is configured
+    service_name: str | None = None
+    endpoint: str | None = None                 # OTLP base URL, like OTEL_EXPORTER_OTLP_ENDPOINT
+    traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    protocol: Literal["http/protobuf", "grpc"] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+    sampler: str | None = None
+    sampler_arg: str | None = None
+    capture_content: bool | None = None
+    content_max_chars: int = Field(default=8192, ge=0)
+    usage_log: UsageLogConfig | None = None
+
+
+class StoreConfig(_Strict):
+    """Where budget spend lives: a SQLite file (default) or ``redis://`` shared by replicas."""
+
+    url: str = "sqlite:///spendgate-data/ledger.sqlite3"
+    on_error: Literal["open", "closed"] = "open"
+    key_prefix: str = "spendgate:"
+    timeout_s: float = Field(default=0.25, gt=0)
+
+
+class BudgetConfig(_Strict):
+    name: str = Field(min_length=1)
+    project: str | None = None
+    upstream: str | None = None
+    model: str | None = None
+    key: str | None = None
+    limit_usd: Decimal = Field(gt=0)
+    window: Literal["day", "week", "month", "total"] = "month"
+    timezone: str = "UTC"
+    action: Literal["block", "alert"] = "alert"
+    alert_at: list[float] = Field(default_factory=lambda: [0.8, 1.0])
+    max_reserve_usd: Decimal | None = None      # ceiling on one call's reservation
+
+
+class AlertsConfig(_Strict):
+    webhook_url: str | None = None
+    timeout_s: float = Field(default=5, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     keys: list[VirtualKey] | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    admin_key: str | None = None
+
+    @field_validator("admin_key")
+    @classmethod
+    def _empty_admin_key(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("upstreams")
     @classmethod

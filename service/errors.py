@@ -9,6 +9,7 @@ Hierarchy::
         ├── Unauthorized         401: missing or wrong virtual key
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``
+        ├── BudgetExceeded       429: a ``block`` budget has no room for this call
         ├── UpstreamUnreachable  502: connect/read failure
         └── UpstreamTimeout      504: ``timeout_s`` passed
 
@@ -39,9 +40,10 @@ class ProxyError(SpendgateError):
     openai_type = "server_error"
     anthropic_type = "api_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or []
 
 
 class BadRequest(ProxyError):
@@ -70,6 +72,13 @@ class BodyTooLarge(ProxyError):
     error_type = "body_too_large"
     openai_type = "invalid_request_error"
     anthropic_type = "request_too_large"
+
+
+class BudgetExceeded(ProxyError):
+    status = 429
+    error_type = "budget_exceeded"
+    openai_type = "budget_exceeded"
+    anthropic_type = "budget_exceeded"
 
 
 class UpstreamUnreachable(ProxyError):

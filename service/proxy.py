@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from service.attribution import CREDENTIAL_HEADERS, KeyRing, admit
 from service.config import Config, UpstreamConfig
@@ -28,6 +28,7 @@ from service.providers import PROVIDERS, Provider
 from service.records import STATUS_CLIENT_CLOSED, CallOutcome
 from service.routing import Route, route
 from service.sse import SSESplitter
+from service.tracecontext import request_id, start_trace
 from service.upstream import UpstreamClient, UpstreamTarget, iter_body, read_body
 
 Scope = MutableMapping[str, Any]
@@ -81,6 +82,16 @@ class Upstream:
             self.credential = (header, value)
 
 
+class BudgetGate(Protocol):
+    """Admission control for spend (``service.budgets``): reserve a call's worst-case cost.
+
+    ``reserve`` raises ``ProxyError`` (429 ``BudgetExceeded``) to refuse the call; it records
+    what it reserved on the outcome so the ledger can settle it from the ``UsageRecord``.
+    """
+
+    async def reserve(self, outcome: CallOutcome) -> None: ...
+
+
 class ProxyApp:
     """ASGI app for ``/{upstream}/{path}``. ``client`` is set at startup, inside the loop."""
 
@@ -92,6 +103,11 @@ class ProxyApp:
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.pipeline = pipeline
         self.client: UpstreamClient | None = None
+        # Telemetry decides these at startup: whether this proxy's spans are recorded (so
+        # the upstream should see them as parents) and whether new traces are sampled.
+        self.propagate = False
+        self.sample_new_traces = True
+        self.budgets: BudgetGate | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -130,6 +146,7 @@ class ProxyApp:
     async def _forward(self, scope: Scope, receive: Receive, send: Send,
                        headers: dict[bytes, bytes], upstream: Upstream, target: Route,
                        outcome: CallOutcome) -> None:
+        rid = outcome.request_id = request_id(headers)
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))
         method: str = scope["method"]
         info = upstream.provider.parse_request(method, target.raw_path, body)
@@ -141,6 +158,11 @@ class ProxyApp:
                                         info.stream)
         if upstream.credential is not None:
             out_headers.append(upstream.credential)
+        trace = outcome.trace = start_trace(headers, self.sample_new_traces)
+        if self.propagate or trace.parent_span_id is not None:
+            out_headers.append(("traceparent", trace.traceparent()))
+        if self.budgets is not None:
+            await self.budgets.reserve(outcome)
         payload = info.upstream_body if body or method in ("POST", "PUT", "PATCH") else None
         url = upstream.target.url(target.raw_path, target.raw_query)
         assert self.client is not None, "the proxy serves only between startup and shutdown"
@@ -148,6 +170,10 @@ class ProxyApp:
         async with self.client.open(upstream.target, method, url, out_headers, payload) as resp:
             response_headers = [(k.lower(), v) for k, v in resp.raw_headers
                                 if k.lower() not in HOP_BY_HOP]
+            # Ours always; as x-request-id too unless the upstream named the call itself.
+            response_headers.append((b"x-spendgate-request-id", rid.encode()))
+            if "x-request-id" not in resp.headers:
+                response_headers.append((b"x-request-id", rid.encode()))
             content_type = resp.headers.get("content-type", "")
             if info.metered and content_type.startswith("text/event-stream"):
                 overhead += await self._stream_events(receive, send, resp, response_headers,
@@ -249,7 +275,7 @@ def _upstream_headers(raw: list[tuple[bytes, bytes]], drop_credentials: bool,
                       stream: bool) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for name, value in raw:
-        if name in HOP_BY_HOP or name.startswith(b"x-spendgate-"):
+        if name in HOP_BY_HOP or name.startswith(b"x-spendgate-") or name == b"traceparent":
             continue
         if drop_credentials and name in CREDENTIAL_HEADERS:
             continue
@@ -275,7 +301,10 @@ async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> N
     body = error_body(error, outcome.protocol)
     outcome.status = error.status
     outcome.error_type = error.error_type
-    await send({"type": "http.response.start", "status": error.status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), *error.headers]
+    if outcome.request_id is not None:
+        headers += [(b"x-request-id", outcome.request_id.encode()),
+                    (b"x-spendgate-request-id", outcome.request_id.encode())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

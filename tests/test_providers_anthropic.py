@@ -9,7 +9,7 @@ import pytest
 
 from service.providers import PROVIDERS
 from service.providers.anthropic import AnthropicProvider
-from service.providers.base import RequestInfo, ResponseSummary
+from service.providers.base import ResponseSummary
 from service.sse import SSESplitter, parse_event
 from service.usage import Usage
 

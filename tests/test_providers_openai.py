@@ -209,6 +209,14 @@ def test_embeddings_and_completions_usage() -> None:
     assert (s.output_text, s.finish_reasons) == ("\n\nThis is indeed a test", ("length",))
 
 
+def test_cache_write_is_taken_only_when_reported() -> None:
+    info = P.parse_request("POST", "/v1/chat/completions", b"{}")
+    body = (b'{"usage":{"prompt_tokens":900,"completion_tokens":3,"prompt_tokens_details":'
+            b'{"cached_tokens":0,"cache_write_tokens":896}}}')
+    assert P.parse_response(info, body).usage == Usage(input=900, output=3, cached_input=0,
+                                                       cache_write=896)
+
+
 @pytest.mark.parametrize("body", [
     b'{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":null}',
     b'{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":'
@@ -253,6 +261,20 @@ def test_vllm_last_usage_wins_and_reasoning_counts_as_output() -> None:
     assert summary.output_text == "Simple greeting.Hello!"
     # Content chunks carrying running usage stay; only the choices-less one is hidden.
     assert kept == raw.replace(events(raw)[-2].raw, b"")
+
+
+def test_azure_prompt_filter_chunk_is_kept_and_empty_ids_ignored() -> None:
+    info = P.parse_request("POST", "/openai/deployments/my-gpt4o/chat/completions",
+                           b'{"stream":true,"messages":[]}')
+    assert (info.model, info.strip_usage_chunk) == ("my-gpt4o", True)
+    raw = fixture("azure_openai_chat_stream.sse")
+    summary, kept = run(info, raw)
+    # The first chunk also has "choices": [] but no usage: it must reach the caller.
+    assert kept == raw.replace(events(raw)[-2].raw, b"")
+    assert (summary.response_model, summary.response_id) == (
+        "gpt-4o-2024-11-20", "chatcmpl-BxV2kLq8Zt5Yw3Nm1Rp7Hs9Gd4Fa")
+    assert summary.usage == Usage(input=1580, output=9, cached_input=1408, reasoning=0)
+    assert summary.output_text == "Hello! How can I help?"
 
 
 def test_stream_without_usage_keeps_text_for_estimation() -> None:
@@ -310,7 +332,9 @@ GARBAGE = [
     b"data: {\n\n", b": keep-alive\n\n", b"data: [DONE]\n\n", b"data:\n\n", b"\n\n",
     b'data: {"choices": 5, "usage": 3}\n\n', b'data: {"choices": [null, 1, {"delta": 5}]}\n\n',
     b'data: {"choices":[{"delta":{"tool_calls":[null,{"function":7}]},"index":"x"}]}\n\n',
-    b"data: \xff\xfe\n\n", b"data: [1,2]\n\n", b'data: {"choices":[{}],"usage":{"prompt_tokens":-1}}\n\n',
+    b"data: \xff\xfe\n\n", b"data: [1,2]\n\n",
+    b'data: {"choices":[{}],"usage":{"prompt_tokens":-1}}\n\n',
+    b'data: {"type":{"a":1}}\n\n', b'data: {"type":["response.completed"]}\n\n',
     b'event: response.completed\ndata: {"type":"response.completed","response":[]}\n\n',
     b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta"}\n\n',
     b'data: {"type":"response.failed","response":{"usage":"x","status":5}}\n\n',
@@ -328,6 +352,7 @@ def test_garbage_events_never_raise(operation: str) -> None:
 
 @pytest.mark.parametrize(("name", "operation"), [
     ("openai_chat_stream.sse", "chat"), ("openai_chat_stream_vllm.sse", "chat"),
+    ("azure_openai_chat_stream.sse", "chat"),
     ("openai_completions_stream.sse", "text_completion"),
     ("openai_responses_stream.sse", "responses"),
 ])

@@ -169,7 +169,8 @@ class AnthropicStreamTracker:
         kind = data.get("type")
         if kind == "content_block_delta":
             delta = _dict(data.get("delta"))
-            field = _DELTA_TEXT.get(delta.get("type"))
+            delta_type = delta.get("type")
+            field = _DELTA_TEXT.get(delta_type) if isinstance(delta_type, str) else None
             if field is not None:
                 _append(self._parts, delta.get(field))
         elif kind == "message_start":

@@ -1,36 +1,38 @@
 """The OpenAI-compatible wire protocol: OpenAI, Azure OpenAI, vLLM, Ollama, TGI, llama.cpp.
 
-Operations are recognised by the suffix of the upstream path, so any base prefix works
-(``/v1/chat/completions``, ``/openai/deployments/my-gpt4o/chat/completions``)::
+Operations come from the suffix of the upstream path, so any base prefix works (Azure's
+``/openai/deployments/{name}/...`` too; ``{name}`` is the model when the body has none)::
 
-    POST .../chat/completions -> chat          POST .../embeddings -> embeddings
-    POST .../completions      -> text_completion  POST .../responses -> responses
-    anything else             -> other (metered=False, never parsed beyond "model")
+    POST .../chat/completions -> chat             POST .../embeddings -> embeddings
+    POST .../completions      -> text_completion  POST .../responses  -> responses
+    anything else             -> other (metered=False, only "model" read from JSON)
 
-A streamed chat call reports usage only when asked, so the proxy asks. The caller's body::
+A streamed chat/completion call reports usage only when asked, so the proxy asks. The body::
 
     {"model":"gpt-4o","stream":true,"messages":[...]}
 
-goes upstream as (bytes inserted after the opening brace, the rest byte for byte)::
+goes upstream with bytes inserted after the opening brace, the rest byte for byte::
 
     {"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[...]}
 
-and the tracker then hides the extra usage-only chunk the caller did not ask for::
+(an existing ``stream_options`` is re-serialised keeping its other options; with
+``include_usage: true`` already, or no stream, the body is the caller's object) and the
+tracker hides the extra usage-only chunk the caller did not ask for::
 
     data: {"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[],
            "usage":{"prompt_tokens":1200,"completion_tokens":80,
-                    "prompt_tokens_details":{"cached_tokens":1024},
-                    "completion_tokens_details":{"reasoning_tokens":0}}}
+                    "prompt_tokens_details":{"cached_tokens":1024}}}
 
-Usage mapping: ``prompt_tokens``/``input_tokens`` -> input (cached included, as OpenAI
-reports it), ``*_tokens_details.cached_tokens`` -> cached_input, ``cache_write_tokens``
-(only if an upstream reports it) -> cache_write, ``completion_tokens``/``output_tokens`` ->
-output, ``reasoning_tokens`` -> reasoning. Unreported fields stay None.
+Usage: ``prompt_tokens``/``input_tokens`` -> input (cached included, as OpenAI reports it),
+``*_details.cached_tokens`` -> cached_input, ``cache_write_tokens`` (only if an upstream
+reports it) -> cache_write, ``completion_tokens``/``output_tokens`` -> output,
+``reasoning_tokens`` -> reasoning. Unreported fields stay None. Nothing here raises.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -48,6 +50,9 @@ _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "resp
 _RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
                                "response.function_call_arguments.delta"})
 _RESPONSES_WANTED = _RESPONSES_FINAL | _RESPONSES_DELTAS | {"response.created"}
+# Checked in order: "/chat/completions" also ends with "/completions".
+_OPERATIONS = (("/chat/completions", "chat"), ("/completions", "text_completion"),
+               ("/embeddings", "embeddings"), ("/responses", "responses"))
 
 
 def count(value: Any) -> int | None:
@@ -73,7 +78,8 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    # Empty counts as absent: Azure's first stream chunk has "id": "" and "model": "".
+    return value if isinstance(value, str) and value else None
 
 
 def openai_usage(raw: Any) -> Usage:
@@ -94,15 +100,8 @@ def openai_usage(raw: Any) -> Usage:
 
 
 def _operation(path: str) -> str:
-    if path.endswith("chat/completions"):
-        return "chat"
-    if path.endswith("/completions") or path == "completions":
-        return "text_completion"
-    if path.endswith("/embeddings") or path == "embeddings":
-        return "embeddings"
-    if path.endswith("/responses") or path == "responses":
-        return "responses"
-    return "other"
+    """The operation named by ``path`` (normalised to one leading slash, no trailing one)."""
+    return next((op for suffix, op in _OPERATIONS if path.endswith(suffix)), "other")
 
 
 def _azure_deployment(path: str) -> str | None:
@@ -139,7 +138,7 @@ class OpenAIProvider:
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call and apply the one sanctioned rewrite; never raises."""
-        path = path.partition("?")[0].rstrip("/")
+        path = "/" + path.partition("?")[0].strip("/")
         post = method.upper() == "POST"
         operation = _operation(path) if post else "other"
         parsed: dict[str, Any] | None = None
@@ -162,12 +161,12 @@ class OpenAIProvider:
                 max_tokens = count(parsed.get("max_tokens"))
         info = RequestInfo(operation=operation, model=model, stream=stream, upstream_body=body,
                            json=parsed, max_tokens=max_tokens)
-        if stream and operation in ("chat", "text_completion"):
-            if _dict(parsed.get("stream_options")).get("include_usage") is not True:
-                rewritten = _with_include_usage(body, parsed)
-                if rewritten is not None:
-                    info.upstream_body = rewritten
-                    info.strip_usage_chunk = True
+        if (stream and operation in ("chat", "text_completion")
+                and _dict(parsed.get("stream_options")).get("include_usage") is not True):
+            rewritten = _with_include_usage(body, parsed)
+            if rewritten is not None:
+                info.upstream_body = rewritten
+                info.strip_usage_chunk = True
         return info
 
     def parse_response(self, info: RequestInfo, body: bytes) -> ResponseSummary:
@@ -219,8 +218,6 @@ def _append(parts: list[str], value: Any) -> None:
 
 def _message_text(parts: list[str], message: dict[str, Any]) -> None:
     """Generated text of a chat ``message`` or stream ``delta``, reasoning and tool args too."""
-    if not message:
-        return
     _append(parts, message.get("reasoning_content"))  # vLLM, DeepSeek, llama.cpp
     _append(parts, message.get("reasoning"))          # newer vLLM, OpenRouter
     _append(parts, message.get("content"))
@@ -266,8 +263,8 @@ class ChatStreamTracker:
             choice = _dict(choice)
             _append(self._parts, choice.get("text"))  # text completions
             _message_text(self._parts, _dict(choice.get("delta")))
-            reason = choice.get("finish_reason")
-            if isinstance(reason, str):
+            reason = _str(choice.get("finish_reason"))
+            if reason is not None:
                 index = choice.get("index")
                 self._reasons[index if type(index) is int else position] = reason
         usage = chunk.get("usage")
@@ -289,10 +286,10 @@ class ResponsesStreamTracker:
 
     ``response.created`` gives model and id early (kept if the stream is cut off), text
     deltas build ``output_text``, and ``response.completed`` (or ``.incomplete``/``.failed``)
-    gives usage, model, id, status and service tier. Every event is forwarded.
+    gives usage, model, id, status and the service tier used. Every event is forwarded.
     """
 
-    __slots__ = ("_summary", "_parts")
+    __slots__ = ("_parts", "_summary")
 
     def __init__(self) -> None:
         self._summary = ResponseSummary()
@@ -307,7 +304,7 @@ class ResponsesStreamTracker:
         data = loads_object(event.data)
         if data is None:
             return True
-        kind = data.get("type")
+        kind = _str(data.get("type"))  # a str: an unhashable type would break ``in``
         if kind in _RESPONSES_DELTAS:
             _append(self._parts, data.get("delta"))
         elif kind == "response.created" or kind in _RESPONSES_FINAL:
@@ -315,15 +312,12 @@ class ResponsesStreamTracker:
             summary = self._summary
             summary.response_model = _str(response.get("model")) or summary.response_model
             summary.response_id = _str(response.get("id")) or summary.response_id
-            summary.service_tier = _str(response.get("service_tier")) or summary.service_tier
-            if kind != "response.created":
+            if kind != "response.created":  # created has the tier asked for, not the one used
+                summary.service_tier = _str(response.get("service_tier"))
                 summary.usage = openai_usage(response.get("usage"))
                 status = _str(response.get("status"))
                 summary.finish_reasons = (status,) if status else ()
         return True
 
     def summary(self) -> ResponseSummary:
-        s = self._summary
-        return ResponseSummary(usage=s.usage, response_model=s.response_model,
-                               response_id=s.response_id, finish_reasons=s.finish_reasons,
-                               service_tier=s.service_tier, output_text="".join(self._parts))
+        return replace(self._summary, output_text="".join(self._parts))

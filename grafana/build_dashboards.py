@@ -154,7 +154,7 @@ def table(title: str, columns: dict[str, tuple[str, str]], *, hide: tuple[str, .
     p["transformations"] = [
         {"id": "merge", "options": {}},
         {"id": "organize", "options": {
-            "excludeByName": {"Time": True, **{n: True for n in hide}},
+            "excludeByName": {"Time": True, **{v: True for v, n in names.items() if n in hide}},
             "renameByName": names}},
     ]
     p["options"] = {"showHeader": True, "cellHeight": "sm"}
@@ -198,7 +198,7 @@ def query_var(name: str, label: str, metric: str, matchers: str = "") -> dict[st
         f"label_values({metric}, {name})"
     return {"name": name, "label": label, "type": "query", "datasource": DS,
             "definition": q,
-            "query": {"qryType": 1, "query": q, "refId": "PrometheusVariableQueryEditor"},
+            "query": {"query": q, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
             "refresh": 2, "sort": 1, "multi": True, "includeAll": True, "allValue": ".*",
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
             "options": [], "regex": "", "hide": 0}

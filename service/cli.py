@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:  # `spendgate prices | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     return result
 
 

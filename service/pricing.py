@@ -286,10 +286,25 @@ class PriceCatalog:
                    generated=str(data.get("generated", "")), overrides=overrides,
                    upstream_defaults=upstream_defaults)
 
-    source = property(lambda self: self._source, doc="Where the catalog's prices come from.")
-    generated = property(lambda self: self._generated, doc="The catalog's date, YYYY-MM-DD.")
-    entries = property(lambda self: self._entries, doc="Read-only: catalog key -> entry.")
-    aliases = property(lambda self: self._aliases, doc="Read-only: alias -> catalog key.")
+    @property
+    def source(self) -> str:
+        """Where the catalog's prices come from."""
+        return self._source
+
+    @property
+    def generated(self) -> str:
+        """The catalog's date, YYYY-MM-DD."""
+        return self._generated
+
+    @property
+    def entries(self) -> Mapping[str, CatalogEntry]:
+        """Read-only: catalog key -> entry."""
+        return self._entries
+
+    @property
+    def aliases(self) -> Mapping[str, str]:
+        """Read-only: alias -> catalog key."""
+        return self._aliases
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -377,11 +392,13 @@ def describe_price(catalog: PriceCatalog, model: str, upstream: str | None = Non
         lines.append(f"provider: {entry.provider}, mode: {entry.mode}" + "".join(
             f", max {k} tokens {v}" for k, v in (("input", entry.max_input_tokens),
                                                   ("output", entry.max_output_tokens)) if v))
-    fallback = " (charged at the input price)" if p.input is not None else ""
+
+    def cache_price(d: Decimal | None) -> str:
+        return _fmt(d) if d is not None or p.input is None else "- (charged at the input price)"
+
     lines += [f"USD per 1M tokens: input {_fmt(p.input)}",
-              f"  cached input {_fmt(p.cached_input)}" + ("" if p.cached_input else fallback),
-              f"  cache write {_fmt(p.cache_write)}" + ("" if p.cache_write else fallback),
-              f"  output {_fmt(p.output)}"]
+              f"  cached input {cache_price(p.cached_input)}",
+              f"  cache write {cache_price(p.cache_write)}", f"  output {_fmt(p.output)}"]
     if entry and entry.note:
         lines.append(f"note: {entry.note} (not applied)")
     return "\n".join(lines) + "\n" + footer

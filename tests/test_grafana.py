@@ -141,8 +141,9 @@ def test_promql_helpers() -> None:
 # ------------------------------------------------------------------ tools
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists()
-                                         else None)
+    path = shutil.which("promtool")
+    if path is None and Path("/usr/bin/promtool").exists():
+        path = "/usr/bin/promtool"
     if path is None:
         msg = "promtool not found: apt-get install prometheus"
         if os.environ.get("CI"):

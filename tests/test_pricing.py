@@ -175,8 +175,11 @@ def test_flagship_prices_equal_litellms(catalog: PriceCatalog, model: str,
 def test_what_the_catalog_leaves_out(catalog: PriceCatalog,
                                      litellm: dict[str, dict[str, object]]) -> None:
     assert "ft:gpt-4o-mini-2024-07-18" in litellm and catalog.resolve("ft:gpt-4o-mini") is None
-    assert litellm["dall-e-3" if "dall-e-3" in litellm else "gpt-image-1"]["mode"] not in (
-        "chat", "embedding") and catalog.resolve("gpt-image-1") is None
+    assert litellm["gpt-image-1"]["mode"] == "image_generation"
+    assert catalog.resolve("gpt-image-1") is None
+    tiered = litellm["dashscope/qwen3-max"]  # tiered-only pricing: Price cannot express it
+    assert "tiered_pricing" in tiered and "input_cost_per_token" not in tiered
+    assert "dashscope/qwen3-max" not in catalog.entries
     assert "azure/gpt-4o" not in catalog.entries and "sample_spec" not in catalog.entries
     assert all(e.mode in ("chat", "completion", "responses", "embedding")
                for e in catalog.entries.values())
@@ -336,13 +339,17 @@ def test_describe_price(catalog: PriceCatalog) -> None:
 
 
 def test_describe_unknown_and_override() -> None:
-    cat = PriceCatalog.load(overrides={"house-model": Price(input=Decimal("0.5"))})
+    free_cache = Price(input=Decimal(1), cached_input=Decimal(0))
+    cat = PriceCatalog.load(overrides={"house-model": Price(input=Decimal("0.5")),
+                                       "free-cache": free_cache})
     text = describe_price(cat, "no-such-model")
     assert text.startswith("unknown model 'no-such-model'") and "cost 0" in text
     assert cat.resolve("no-such-model") is None  # how the CLI knows to exit 1
     own = describe_price(cat, "house-model")
     assert "matched: house-model (override)" in own and "input 0.5\n" in own
     assert "output -\n" in own
+    free = describe_price(cat, "free-cache")
+    assert "cached input 0\n" in free and "cache write - (charged at the input price)" in free
 
 
 def test_price_table(catalog: PriceCatalog) -> None:

@@ -137,7 +137,7 @@ def test_byte_insertion_into_an_empty_object() -> None:
 
     out = _with_include_usage(b" {\n} ", {})
     assert out == b" {" + INCLUDE + b"\n} "
-    assert orjson.loads(out) == {"stream_options": {"include_usage": True}}  # type: ignore[arg-type]
+    assert orjson.loads(out) == {"stream_options": {"include_usage": True}}
 
 
 @pytest.mark.parametrize(("options", "expected"), [

@@ -1,0 +1,108 @@
+"""Virtual keys, projects and key custody, through a real proxy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from service.attribution import KeyRing
+from service.config import VirtualKey
+from tests.conftest import ProxyProcess, basic_config
+from tests.fake_upstream import FakeUpstream, Reply, fixture
+
+SEARCH_KEY = "sg-search-0123456789abcdef"
+SUPPORT_KEY = "sg-support-fedcba9876543210"
+
+
+@pytest.fixture(scope="module")
+def keyed(fake: FakeUpstream, spawn: Any) -> ProxyProcess:
+    config = basic_config(fake, keys=[{"key": "${TEAM_SEARCH_KEY}", "project": "search"},
+                                      {"key": SUPPORT_KEY, "project": "support"}])
+    config["upstreams"]["openai"]["api_key"] = "${OPENAI_API_KEY}"
+    config["upstreams"]["anthropic"]["api_key"] = "sk-ant-proxy-owned"
+    return spawn(config, env={"TEAM_SEARCH_KEY": SEARCH_KEY, "OPENAI_API_KEY": "sk-proxy-owned"})  # type: ignore[no-any-return]
+
+
+def test_virtual_key_sets_project_and_is_never_forwarded(keyed: ProxyProcess,
+                                                         upstream: FakeUpstream) -> None:
+    upstream.queue(Reply(body=fixture("openai_chat_response.json")))
+    api = openai.OpenAI(base_url=keyed.url + "/openai/v1", api_key=SEARCH_KEY, max_retries=0,
+                        default_headers={"x-spendgate-project": "support"})  # cannot re-route
+    api.chat.completions.create(model="o4-mini", messages=[{"role": "user", "content": "x"}])
+    seen = upstream.requests[-1]
+    assert seen.header("authorization") == "Bearer sk-proxy-owned"
+    assert all(SEARCH_KEY not in v for _, v in seen.headers)
+    assert keyed.sample("spendgate_requests_total", project="search", status="200") == 1
+    assert keyed.sample("spendgate_requests_total", project="support") is None
+    assert SEARCH_KEY not in keyed.metrics_text() and SEARCH_KEY not in keyed.log()
+
+
+def test_anthropic_sdk_with_virtual_key_gets_proxy_key(keyed: ProxyProcess,
+                                                       upstream: FakeUpstream) -> None:
+    upstream.queue(Reply(body=fixture("anthropic_messages_response_cached.json")))
+    anthropic.Anthropic(base_url=keyed.url + "/anthropic", api_key=SUPPORT_KEY,
+                        max_retries=0).messages.create(
+        model="claude-sonnet-4-5-20250929", max_tokens=10,
+        messages=[{"role": "user", "content": "x"}])
+    seen = upstream.requests[-1]
+    assert seen.header("x-api-key") == "sk-ant-proxy-owned"
+    assert seen.header("authorization") is None
+    assert keyed.sample("spendgate_requests_total", project="support", status="200") == 1
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer sg-wrong"},
+                                     {"x-api-key": SEARCH_KEY[:-1]},
+                                     {"x-spendgate-key": "nope"}])
+def test_missing_or_wrong_key_is_401_and_counted(keyed: ProxyProcess, upstream: FakeUpstream,
+                                                 headers: dict[str, str]) -> None:
+    before = keyed.sample("spendgate_requests_total", status="401") or 0
+    r = httpx.post(keyed.url + "/openai/v1/chat/completions",
+                   content=b'{"model":"gpt-4o","messages":[]}', headers=headers)
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert SEARCH_KEY not in r.text
+    assert upstream.requests == []
+    assert keyed.sample("spendgate_requests_total", status="401", model="gpt-4o") == before + 1
+
+
+def test_401_in_anthropic_protocol(keyed: ProxyProcess) -> None:
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        anthropic.Anthropic(base_url=keyed.url + "/anthropic", api_key="bad",
+                            max_retries=0).messages.create(
+            model="claude-sonnet-4-5-20250929", max_tokens=10, messages=[])
+    assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+
+
+def test_key_in_spendgate_header_leaves_caller_credential_to_custody(
+        keyed: ProxyProcess, upstream: FakeUpstream) -> None:
+    upstream.queue(Reply())
+    httpx.get(keyed.url + "/openai/v1/models",
+              headers={"x-spendgate-key": SUPPORT_KEY, "authorization": "Bearer sk-caller"})
+    seen = upstream.requests[-1]
+    assert seen.header("authorization") == "Bearer sk-proxy-owned"  # api_key set: replaced
+    assert seen.header("x-spendgate-key") is None
+
+
+def test_without_keys_project_comes_from_header_and_caller_key_is_forwarded(
+        proxy: ProxyProcess, upstream: FakeUpstream) -> None:
+    upstream.queue(Reply(body=fixture("openai_chat_response.json")), Reply())
+    httpx.post(proxy.url + "/openai/v1/chat/completions", content=b'{"model":"o4-mini"}',
+               headers={"authorization": "Bearer sk-own", "x-spendgate-project": "hdr",
+                        "x-spendgate-user": "alice@example.com"})
+    assert upstream.requests[-1].header("authorization") == "Bearer sk-own"
+    httpx.post(proxy.url + "/openai/v1/chat/completions", content=b'{"model":"o4-mini"}')
+    assert proxy.sample("spendgate_requests_total", project="hdr") == 1
+    assert proxy.sample("spendgate_requests_total", project="default") >= 1
+    assert "alice@example.com" not in proxy.metrics_text()  # users never become labels
+
+
+def test_keyring_compares_every_key() -> None:
+    ring = KeyRing([VirtualKey(key="a" * 20, project="p1"), VirtualKey(key="b" * 20,
+                                                                       project="p2")])
+    assert ring.match(b"b" * 20) == ("p2", "p2#1")
+    assert ring.match(b"a" * 19) is None
+    assert not KeyRing(None).enabled

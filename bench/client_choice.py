@@ -34,7 +34,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (  # noqa: E402 -- bench/ is not a package; run.py sits beside this file
+import aiohttp
+import httpx
+import uvloop
+from run import (
     AUTH_HEADER,
     BENCH_DIR,
     CHAT_REQUEST,
@@ -42,10 +45,6 @@ from run import (  # noqa: E402 -- bench/ is not a package; run.py sits beside t
     pick_cpus,
     start_nginx,
 )
-
-import aiohttp  # noqa: E402
-import httpx  # noqa: E402
-import uvloop  # noqa: E402
 
 CONCURRENCY = 32
 WARMUP = 300

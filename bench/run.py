@@ -560,7 +560,7 @@ def environment(plan: Plan) -> dict[str, Any]:
     rev = _cmd_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = _cmd_version(["git", "-C", str(REPO), "status", "--porcelain", "--", "service"])
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
         "python": platform.python_version(), "nginx": _cmd_version([find_nginx(), "-v"]),
         "wrk": _cmd_version([plan.wrk_bin, "--version"]),

@@ -63,7 +63,8 @@ class _ExactCostCollector(Collector):
             self._totals[labels] = self._totals.get(labels, Decimal(0)) + amount
 
     def collect(self) -> Iterable[CounterMetricFamily]:
-        family = CounterMetricFamily("spendgate_cost_usd", "Spend in USD, exact sum of priced calls.",
+        family = CounterMetricFamily("spendgate_cost_usd",
+                                     "Spend in USD, exact sum of priced calls.",
                                      labels=COST_LABELS)
         with self._lock:
             items = list(self._totals.items())

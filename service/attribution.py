@@ -38,7 +38,8 @@ class KeyRing:
 
     def __init__(self, keys: Sequence[VirtualKey] | None) -> None:
         self.enabled = keys is not None
-        self._keys = [(k.key.encode(), k.project, f"{k.project}#{i}") for i, k in enumerate(keys or ())]
+        self._keys = [(k.key.encode(), k.project, f"{k.project}#{i}")
+                      for i, k in enumerate(keys or ())]
 
     def match(self, presented: bytes) -> tuple[str, str] | None:
         found: tuple[str, str] | None = None

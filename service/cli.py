@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_or_exit(_config_path(args.config))
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    disable_created_metrics()  # *_created series double the scrape size for no use here
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape size for no use here
     app = Spendgate(config)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -179,7 +179,8 @@ class Config(_Strict):
     def _names(cls, value: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
         for name in value:
             if name in RESERVED_NAMES or not _NAME.match(name):
-                raise ValueError(f"{name!r} cannot name an upstream (reserved or not a path segment)")
+                raise ValueError(
+                    f"{name!r} cannot name an upstream (reserved or not a path segment)")
         return value
 
     @model_validator(mode="after")

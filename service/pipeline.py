@@ -132,7 +132,7 @@ def _decoded(body: bytes, encoding: str | None) -> bytes:
 
 def _time_per_output_token(outcome: CallOutcome, usage: Usage) -> float | None:
     output = usage.output
-    if not output or outcome.status == STATUS_CLIENT_CLOSED and outcome.ttft_s is None:
+    if not output or (outcome.status == STATUS_CLIENT_CLOSED and outcome.ttft_s is None):
         return None
     if outcome.ttft_s is not None:
         return (outcome.duration_s - outcome.ttft_s) / (output - 1) if output > 1 else None

@@ -22,10 +22,26 @@ class CallOutcome:
     """Mutable facts about one call in flight. Owned by the proxy until handed off."""
 
     __slots__ = (
-        "client_closed", "duration_s", "error_type", "overhead_s", "project", "protocol",
-        "provider", "request", "request_id", "response_body", "response_encoding", "start_unix",
+        "client_closed",
+        "duration_s",
+        "error_type",
+        "overhead_s",
+        "project",
+        "protocol",
+        "provider",
+        "request",
+        "request_id",
+        "response_body",
+        "response_encoding",
+        "start_unix",
         "started",
-        "status", "tracker", "trace", "ttft_s", "upstream", "user", "virtual_key",
+        "status",
+        "trace",
+        "tracker",
+        "ttft_s",
+        "upstream",
+        "user",
+        "virtual_key",
     )
 
     def __init__(self, upstream: str, provider: str, protocol: str, start_unix: float,

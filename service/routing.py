@@ -9,6 +9,7 @@ normalising would change what the caller asked for.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -22,7 +23,7 @@ class Route:
     raw_query: str
 
 
-def route(raw_path: bytes, raw_query: bytes, known: dict[str, object] | frozenset[str]) -> Route:
+def route(raw_path: bytes, raw_query: bytes, known: Container[str]) -> Route:
     """Split ``/{upstream}/{rest}``. Raises ``NotFound`` or ``BadRequest``."""
     text = raw_path.decode("latin-1")
     name, sep, rest = text[1:].partition("/")

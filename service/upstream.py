@@ -12,7 +12,6 @@ translated here into ``UpstreamUnreachable`` / ``UpstreamTimeout``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -67,7 +66,7 @@ class UpstreamClient:
             response = await self._session.request(
                 method, url, headers=headers, data=body, allow_redirects=False,
                 timeout=target.timeout, compress=None, chunked=None)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(f"upstream {target.name!r} did not answer in time") from None
         except (aiohttp.ClientError, OSError) as error:
             raise UpstreamUnreachable(
@@ -85,7 +84,7 @@ async def read_body(response: aiohttp.ClientResponse, target: UpstreamTarget) ->
     """The whole response body, with library errors translated."""
     try:
         return await response.read()
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamTimeout(f"upstream {target.name!r} stopped sending in time") from None
     except (aiohttp.ClientError, OSError) as error:
         raise UpstreamUnreachable(
@@ -98,7 +97,7 @@ async def iter_body(response: aiohttp.ClientResponse, target: UpstreamTarget,
     try:
         async for chunk in response.content.iter_any():
             yield chunk
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamTimeout(f"upstream {target.name!r} stopped sending in time") from None
     except (aiohttp.ClientError, OSError) as error:
         raise UpstreamUnreachable(

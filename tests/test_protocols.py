@@ -8,7 +8,6 @@ from typing import Any
 
 import anthropic
 import httpx
-import openai
 import orjson
 import pytest
 

@@ -1,0 +1,101 @@
+"""Config loading: contract keys, env interpolation, errors that name their key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, load_config, parse_config
+
+CONTRACT = """
+server: {host: 127.0.0.1, port: 4000, max_body_mb: 32}
+upstreams:
+  openai:    {url: https://api.openai.com, provider: openai, api_key: "${OPENAI_API_KEY}", timeout_s: 600}
+  anthropic: {url: https://api.anthropic.com, provider: anthropic}
+  local:     {url: "http://vllm:8000", provider: openai, pricing: {input_per_mtok: 0.1, output_per_mtok: 0.2}}
+pricing:
+  catalog: builtin
+  overrides:
+    my-finetune: {input_per_mtok: 1.0, output_per_mtok: 2.0, cached_input_per_mtok: 0.5, cache_write_per_mtok: 1.25}
+keys:
+  - {key: "${TEAM_SEARCH_KEY}", project: search}
+"""
+
+
+def test_the_issue_contract_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONTRACT)
+    config = load_config(path, {"OPENAI_API_KEY": "sk-x", "TEAM_SEARCH_KEY": "k1"})
+    assert config.upstreams["openai"].api_key == "sk-x"
+    assert config.upstreams["local"].url == "http://vllm:8000"
+    assert config.upstreams["local"].pricing is not None
+    assert config.pricing.overrides["my-finetune"].cache_write_per_mtok == Decimal("1.25")
+    assert config.keys is not None and config.keys[0].key == "k1"
+    assert config.server.max_body_mb == 32
+
+
+def test_unset_env_means_no_api_key_and_defaults_apply() -> None:
+    config = parse_config({"upstreams": {"o": {"url": "http://h:1",
+                                               "api_key": "${NOPE_UNSET}",
+                                               "timeout_s": "${T:-30}"}}}, {})
+    assert config.upstreams["o"].api_key is None
+    assert config.upstreams["o"].timeout_s == 30
+
+
+def test_embedded_default_serves_openai_and_anthropic() -> None:
+    config = load_config(None)
+    assert {n: u.url for n, u in config.upstreams.items()} == {
+        "openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 4000)
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"server": {"prot": 1},
+                      "upstreams": {"local": {"url": "vllm:8000", "provider": "grpc"}},
+                      "pricing": {"overrides": {"m": {"input_per_mtok": -1}}},
+                      "keys": [{"project": "p"}]}, {})
+    problems = caught.value.problems
+    assert "server.prot: unknown key" in problems
+    assert "upstreams.local.url: not a URL" in problems
+    assert any(p.startswith("upstreams.local.provider:") for p in problems)
+    assert "pricing.overrides.m.input_per_mtok: must not be negative" in problems
+    assert "keys.0.key: required" in problems
+
+
+def test_reserved_upstream_names_are_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"upstreams": {"metrics": {"url": "http://x"}}}, {})
+    assert caught.value.problems[0].startswith("upstreams: 'metrics' cannot name an upstream")
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(CONTRACT)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstreams:\n  local: {url: nope, provider: openai, colour: red}\n")
+    run = [sys.executable, "-m", "service", "check-config"]
+    ok = subprocess.run([*run, str(good)], capture_output=True, text=True,
+                        env={"TEAM_SEARCH_KEY": "x", "PATH": ""})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    failed = subprocess.run([*run, str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert failed.stdout.splitlines() == ["upstreams.local.url: not a URL",
+                                          "upstreams.local.colour: unknown key"]
+    missing = subprocess.run([*run, str(tmp_path / "absent.yaml")], capture_output=True,
+                             text=True)
+    assert missing.returncode == 1 and "cannot read" in missing.stdout
+
+
+def test_prices_cli() -> None:
+    run = [sys.executable, "-m", "service", "prices"]
+    one = subprocess.run([*run, "gpt-4o-mini-2024-07-18"], capture_output=True, text=True)
+    assert one.returncode == 0 and "gpt-4o-mini" in one.stdout and "0.15" in one.stdout
+    unknown = subprocess.run([*run, "no-such-model-xyz"], capture_output=True, text=True)
+    assert unknown.returncode == 1
+    table = subprocess.run(run, capture_output=True, text=True)
+    assert table.returncode == 0 and len(table.stdout.splitlines()) > 300

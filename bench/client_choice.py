@@ -6,7 +6,9 @@
 Against the canned nginx of ``bench/run.py`` (same launcher), under uvloop, each client POSTs
 the same chat request N times over a pooled keep-alive connection pool, two ways:
 
-* sequential: one request at a time (latency per call, as a proxy at low load sees it);
+* sequential: one request at a time over a pool holding one connection (latency per call);
+* sequential again once a 32-wide burst has left 32 idle connections in the pool, the
+  usual state of a proxy's pool after any load (httpx's per-request cost grows with it);
 * concurrent: 32 requests in flight (throughput, as a proxy under load sees it).
 
 Reported per client and mode: mean/p50/p99 latency, requests/s, and the client process's
@@ -52,6 +54,9 @@ BODY = json.dumps(CHAT_REQUEST, separators=(",", ":")).encode()
 HEADERS = {"Content-Type": "application/json", "Authorization": AUTH_HEADER}
 
 Post = Callable[[], Awaitable[int]]
+MODES = (("sequential", "sequential, 1 pooled connection"),
+         ("sequential_idle_pool", f"sequential, {CONCURRENCY} idle pooled connections"),
+         ("concurrent", f"{CONCURRENCY} concurrent"))
 
 
 class AiohttpClient:
@@ -122,10 +127,14 @@ async def run_mode(post: Post, n: int, concurrency: int) -> dict[str, Any]:
 
 async def bench_client(cls: type[AiohttpClient] | type[HttpxClient], url: str, n: int,
                        ) -> dict[str, dict[str, Any]]:
+    """One fresh client: the pool holds 1 connection, then 32 once a burst has opened them."""
     client = cls(url)
     try:
+        await run_mode(client.post, WARMUP, 1)
+        sequential = await run_mode(client.post, n, 1)
         await run_mode(client.post, WARMUP, CONCURRENCY)
-        return {"sequential": await run_mode(client.post, n, 1),
+        return {"sequential": sequential,
+                "sequential_idle_pool": await run_mode(client.post, n, 1),
                 "concurrent": await run_mode(client.post, n, CONCURRENCY)}
     finally:
         await client.close()
@@ -143,18 +152,22 @@ def render(results: dict[str, dict[str, dict[str, Any]]], n: int, rounds: int,
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, modes in results.items():
-        for mode, label in (("sequential", "sequential"),
-                            ("concurrent", f"{CONCURRENCY} concurrent")):
+        for mode, label in MODES:
             m = modes[mode]
             lines.append(f"| {name} | {label} | {m['mean_us']:.0f} | {m['p50_us']:.0f} | "
                          f"{m['p99_us']:.0f} | {m['rps']:,.0f} | {m['cpu_us_per_req']:.0f} |")
     a, h = results["aiohttp"], results["httpx"]
-    lines += ["", "aiohttp vs httpx: "
-              f"sequential p50 {h['sequential']['p50_us'] / a['sequential']['p50_us']:.2f}x "
-              f"lower, {CONCURRENCY}-concurrent throughput "
-              f"{a['concurrent']['rps'] / h['concurrent']['rps']:.2f}x higher, CPU per request "
-              f"{h['concurrent']['cpu_us_per_req'] / a['concurrent']['cpu_us_per_req']:.2f}x "
-              "lower (values > 1 favour aiohttp)."]
+
+    def ratio(mode: str, key: str, higher_is_better: bool = False) -> str:
+        value = a[mode][key] / h[mode][key] if higher_is_better else h[mode][key] / a[mode][key]
+        return f"{value:.1f}x"
+
+    lines += ["", "aiohttp vs httpx (how many times better aiohttp is): sequential p50 "
+              f"{ratio('sequential', 'p50_us')} (with {CONCURRENCY} idle pooled connections "
+              f"{ratio('sequential_idle_pool', 'p50_us')}), {CONCURRENCY}-concurrent "
+              f"throughput {ratio('concurrent', 'rps', True)}, CPU per request "
+              f"{ratio('sequential', 'cpu_us_per_req')} sequential / "
+              f"{ratio('concurrent', 'cpu_us_per_req')} concurrent."]
     return "\n".join(lines)
 
 
@@ -199,7 +212,7 @@ def main() -> int:
         return 130
 
     results = {name: {mode: median_of([r[mode] for r in rounds])
-                      for mode in ("sequential", "concurrent")}
+                      for mode, _ in MODES}
                for name, rounds in raw.items()}
     errors = sum(m["errors"] for modes in results.values() for m in modes.values())
     report = render(results, args.requests, args.rounds, client_cpus is not None)

@@ -526,11 +526,14 @@ def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[st
         values = [r[key] for r in runs if r.get(key) is not None]
         return statistics.median(values) if values else None
 
+    def ms(runs: list[dict[str, Any]], key: str) -> float:
+        return float(statistics.median(r[key] for r in runs)) / 1000
+
     out.update({
-        "p50_ms": med(lat, "p50_us") / 1000, "p99_ms": med(lat, "p99_us") / 1000,
-        "mean_ms": med(lat, "mean_us") / 1000, "rps_c1": med(lat, "rps"),
-        "rps_c32": med(thr, "rps"), "p50_ms_c32": med(thr, "p50_us") / 1000,
-        "p99_ms_c32": med(thr, "p99_us") / 1000,
+        "p50_ms": ms(lat, "p50_us"), "p99_ms": ms(lat, "p99_us"),
+        "mean_ms": ms(lat, "mean_us"), "rps_c1": med(lat, "rps"),
+        "rps_c32": med(thr, "rps"), "p50_ms_c32": ms(thr, "p50_us"),
+        "p99_ms_c32": ms(thr, "p99_us"),
         "cpu_us_per_req_c1": med(lat, "proxy_cpu_us_per_req"),
         "cpu_us_per_req_c32": med(thr, "proxy_cpu_us_per_req"),
         "errors": sum(r["errors"] for r in lat + thr),
@@ -568,7 +571,7 @@ def environment(plan: Plan) -> dict[str, Any]:
         "loadavg_start": os.getloadavg(),
         "pinning": ({"proxy_cpus": sorted(plan.proxy_cpus),
                      "nginx_and_wrk_cpus": sorted(plan.load_cpus)}
-                    if plan.proxy_cpus else None),
+                    if plan.proxy_cpus and plan.load_cpus else None),
         "duration_s": plan.duration_s, "runs": plan.runs, "warmup_s": WARMUP_S,
     }
 
@@ -637,8 +640,9 @@ def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
         + (f"proxy pinned to CPU {','.join(map(str, pin['proxy_cpus']))}, nginx + wrk to "
            f"CPU {','.join(map(str, pin['nginx_and_wrk_cpus']))}."
            if pin else "no CPU pinning."))
-    lines.append(f"Load average at start: {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}"
-                 f"{' (busy machine: numbers are noisy)' if env['loadavg_start'][0] > 0.5 else ''}.")
+    load = env["loadavg_start"]
+    lines.append(f"Load average at start: {', '.join(f'{x:.2f}' for x in load)}"
+                 f"{' (busy machine: numbers are noisy)' if load[0] > 0.5 else ''}.")
     for scenario, title in (("json", "Chat completion, non-streamed"),
                             ("stream", "Chat completion, streamed (SSE, 6 events)")):
         rows = [(name, r[scenario]) for name, r in results.items() if r.get(scenario)]

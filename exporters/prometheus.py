@@ -33,6 +33,12 @@ LATENCY_LABELS = ("upstream", "model", "project")
 OTHER = "other"
 
 
+def trace_exemplar(record: UsageRecord) -> dict[str, str] | None:
+    """The OpenMetrics exemplar linking a latency point to its trace: sampled spans only."""
+    trace = record.trace
+    return {"trace_id": trace.trace_id} if trace is not None and trace.sampled else None
+
+
 class LabelCap:
     """Admits the first ``limit`` distinct values; the rest read ``other``. Thread-safe."""
 
@@ -84,6 +90,8 @@ class PrometheusSink:
 
     def __init__(self, registry: CollectorRegistry, label_limit: int = 200) -> None:
         self.registry = registry
+        # Set when spans are exported: latency histograms then carry trace-id exemplars.
+        self.exemplars = False
         self._project = LabelCap(label_limit)
         self._model = LabelCap(label_limit)
         self.requests = Counter("spendgate_requests", "Proxied calls by final HTTP status "
@@ -127,10 +135,11 @@ class PrometheusSink:
         project = self._project(r.project)
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
-        self.duration.labels(*latency).observe(r.duration_s)
+        exemplar = trace_exemplar(r) if self.exemplars else None
+        self.duration.labels(*latency).observe(r.duration_s, exemplar)
         self.overhead.labels(*latency).observe(r.overhead_s)
         if r.ttft_s is not None:
-            self.ttft.labels(*latency).observe(r.ttft_s)
+            self.ttft.labels(*latency).observe(r.ttft_s, exemplar)
         if r.tpot_s is not None:
             self.tpot.labels(*latency).observe(r.tpot_s)
         if not r.metered:

@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(upstreams: {', '.join(sorted(config.upstreams))})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
                 access_log=False, log_level=args.log_level, server_header=False,
+                proxy_headers=False,
                 date_header=False, timeout_graceful_shutdown=30)
     return 0
 

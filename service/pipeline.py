@@ -32,13 +32,20 @@ _STOP = object()
 
 
 class RecordBuilder:
-    """Pure: turns one finished ``CallOutcome`` into its ``UsageRecord``. Thread-safe."""
+    """Pure: turns one finished ``CallOutcome`` into its ``UsageRecord``. Thread-safe.
+
+    ``keep_request``: records carry the parsed request body (span request attributes);
+    ``keep_output``: they carry the generated text too (opt-in content capture).
+    """
 
     def __init__(self, providers: Mapping[str, Provider], catalog: PriceCatalog,
-                 estimator: TokenEstimator) -> None:
+                 estimator: TokenEstimator, keep_request: bool = False,
+                 keep_output: bool = False) -> None:
         self.providers = providers
         self.catalog = catalog
         self.estimator = estimator
+        self.keep_request = keep_request
+        self.keep_output = keep_output
         self._unpriced_logged: set[str] = set()
 
     def summary(self, outcome: CallOutcome) -> ResponseSummary:
@@ -85,7 +92,9 @@ class RecordBuilder:
             client_closed=outcome.client_closed, response_id=summary.response_id,
             finish_reasons=summary.finish_reasons, service_tier=summary.service_tier,
             request_id=outcome.request_id, max_tokens=info.max_tokens if info else None,
-            trace=outcome.trace,
+            trace=outcome.trace, chunks=outcome.chunks,
+            request_json=info.json if self.keep_request and info is not None else None,
+            output_text=summary.output_text if self.keep_output else None,
         )
 
     def _fill_gaps(self, outcome: CallOutcome, usage: Usage, summary: ResponseSummary) -> Usage:

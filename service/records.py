@@ -22,6 +22,7 @@ class CallOutcome:
     """Mutable facts about one call in flight. Owned by the proxy until handed off."""
 
     __slots__ = (
+        "chunks",
         "client_closed",
         "duration_s",
         "error_type",
@@ -62,6 +63,7 @@ class CallOutcome:
         self.response_encoding: str | None = None  # content-encoding of response_body
         self.tracker: StreamTracker | None = None
         self.ttft_s: float | None = None
+        self.chunks = 0                      # SSE events received from the upstream
         self.duration_s = 0.0
         self.overhead_s = 0.0
         self.request_id: str | None = None
@@ -106,6 +108,11 @@ class UsageRecord:
     request_id: str | None
     max_tokens: int | None
     trace: Any = None
+    chunks: int = 0                                # SSE events of a streamed response
+    # Kept only when a sink needs them (see RecordBuilder): the parsed request body for span
+    # request attributes and content capture, and the generated text for content capture.
+    request_json: dict[str, Any] | None = None
+    output_text: str | None = None
 
     @property
     def usage_estimated(self) -> bool:

@@ -106,7 +106,7 @@ class ProxyApp:
         # Telemetry decides these at startup: whether this proxy's spans are recorded (so
         # the upstream should see them as parents) and whether new traces are sampled.
         self.propagate = False
-        self.sample_new_traces = True
+        self.sample_new_traces: bool | float = True  # or a trace-id ratio
         self.budgets: BudgetGate | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -159,8 +159,10 @@ class ProxyApp:
         if upstream.credential is not None:
             out_headers.append(upstream.credential)
         trace = outcome.trace = start_trace(headers, self.sample_new_traces)
-        if self.propagate or trace.parent_span_id is not None:
+        if self.propagate:
             out_headers.append(("traceparent", trace.traceparent()))
+        elif trace.parent_span_id is not None:  # no span of ours: the caller's stays the parent
+            out_headers.append(("traceparent", trace.parent_traceparent()))
         if self.budgets is not None:
             await self.budgets.reserve(outcome)
         payload = info.upstream_body if body or method in ("POST", "PUT", "PATCH") else None
@@ -212,6 +214,7 @@ class ProxyApp:
                 arrived = time.perf_counter()
                 events = splitter.feed(chunk)
                 if events:
+                    outcome.chunks += len(events)
                     if outcome.ttft_s is None:
                         outcome.ttft_s = arrived - outcome.started
                     out = b"".join([e.raw for e in events if tracker.feed(e)])

@@ -142,7 +142,7 @@ class Store(ABC):
         return None
 
 
-def open_store(url: str, timeout_s: float, lease_s: float) -> Store:
+def open_store(url: str, timeout_s: float, lease_s: float, prefix: str = "spendgate:") -> Store:
     """``sqlite:///relative/path``, ``sqlite:////absolute/path`` or ``redis://host:port/db``
     (``rediss://`` for TLS). Raises ``StoreError`` when a SQLite file cannot be opened."""
     if url.startswith("sqlite:///"):
@@ -150,7 +150,7 @@ def open_store(url: str, timeout_s: float, lease_s: float) -> Store:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from service.store_redis import RedisStore
 
-        return RedisStore(url, timeout_s, lease_s)
+        return RedisStore(url, timeout_s, lease_s, prefix)
     raise StoreError(f"store.url: unsupported scheme in {url.split(':', 1)[0]!r} "
                      "(sqlite:/// or redis://)")
 

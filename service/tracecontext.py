@@ -20,6 +20,8 @@ from dataclasses import dataclass
 _TRACEPARENT = re.compile(rb"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _INVALID_TRACE = "0" * 32
 _INVALID_SPAN = "0" * 16
+_LOW_64 = (1 << 64) - 1
+_TWO_64 = float(1 << 64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +38,17 @@ class TraceIds:
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
 
+    def parent_traceparent(self) -> str:
+        """The caller's own ``traceparent``: what the upstream gets when no span is recorded."""
+        return f"00-{self.trace_id}-{self.parent_span_id}-{'01' if self.sampled else '00'}"
 
-def start_trace(headers: dict[bytes, bytes], sample_new: bool = True) -> TraceIds:
-    """Continue the caller's trace, or start one (sampled per ``sample_new``)."""
+
+def start_trace(headers: dict[bytes, bytes], sample_new: bool | float = True) -> TraceIds:
+    """Continue the caller's trace (keeping its sampled flag), or start one.
+
+    A new trace is sampled per ``sample_new``: a bool, or a ratio in [0, 1] decided from the
+    trace id's low 64 bits exactly as OpenTelemetry's ``TraceIdRatioBased`` decides.
+    """
     span_id = f"{random.getrandbits(64) or 1:016x}"
     raw = headers.get(b"traceparent")
     match = _TRACEPARENT.match(raw.strip().lower()) if raw else None
@@ -50,7 +60,12 @@ def start_trace(headers: dict[bytes, bytes], sample_new: bool = True) -> TraceId
             return TraceIds(trace_id, span_id, parent, bool(int(flags, 16) & 1),
                             state.decode("latin-1") if state else None,
                             baggage.decode("latin-1") if baggage else None)
-    return TraceIds(f"{random.getrandbits(128) or 1:032x}", span_id, None, sample_new)
+    trace_id_bits = random.getrandbits(128) or 1
+    if sample_new is True or sample_new is False:
+        sampled = sample_new
+    else:
+        sampled = (trace_id_bits & _LOW_64) < sample_new * _TWO_64
+    return TraceIds(f"{trace_id_bits:032x}", span_id, None, sampled)
 
 
 def request_id(headers: dict[bytes, bytes]) -> str:

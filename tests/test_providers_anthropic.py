@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
 from service.providers import PROVIDERS
 from service.providers.anthropic import AnthropicProvider
 from service.providers.base import ResponseSummary
-from service.sse import SSESplitter, parse_event
+from service.sse import parse_event
 from service.usage import Usage
+from tests.fake_upstream import fixture
+from tests.sse_feed import feed_transcript
 
-FIXTURES = Path(__file__).parent / "fixtures"
 P = AnthropicProvider()
 INFO = P.parse_request("POST", "/v1/messages", b'{"model":"claude-sonnet-4-5","stream":true}')
 CACHED = Usage(input=21 + 188 + 3072, output=57, cached_input=3072, cache_write=188)
 
 
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
 
 def run(raw: bytes, sizes: list[int] | None = None) -> tuple[ResponseSummary, bytes]:
-    """Feed ``raw`` in pieces of ``sizes`` (cycled; whole if None): summary, bytes kept."""
-    tracker = P.stream_tracker(INFO)
-    splitter = SSESplitter()
-    kept, pos, i = [], 0, 0
-    while pos < len(raw):
-        step = len(raw) if not sizes else sizes[i % len(sizes)]
-        for event in splitter.feed(raw[pos:pos + step]):
-            if tracker.feed(event):
-                kept.append(event.raw)
-        pos, i = pos + step, i + 1
-    assert splitter.flush() == b""
-    return tracker.summary(), b"".join(kept)
+    return feed_transcript(P.stream_tracker(INFO), raw, sizes)
 
 
 def test_registered() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import orjson
 import pytest
@@ -13,14 +12,12 @@ from service.providers.base import RequestInfo, ResponseSummary
 from service.providers.openai import OpenAIProvider
 from service.sse import SSEEvent, SSESplitter, parse_event
 from service.usage import Usage
+from tests.fake_upstream import fixture
+from tests.sse_feed import feed_transcript
 
-FIXTURES = Path(__file__).parent / "fixtures"
 P = OpenAIProvider()
 INCLUDE = b'"stream_options":{"include_usage":true}'
 
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
 
 
 def events(raw: bytes) -> list[SSEEvent]:
@@ -32,18 +29,7 @@ def events(raw: bytes) -> list[SSEEvent]:
 
 def run(info: RequestInfo, raw: bytes, sizes: list[int] | None = None
         ) -> tuple[ResponseSummary, bytes]:
-    """Feed ``raw`` in pieces of ``sizes`` (cycled; whole if None): summary, bytes kept."""
-    tracker = P.stream_tracker(info)
-    splitter = SSESplitter()
-    kept, pos, i = [], 0, 0
-    while pos < len(raw):
-        step = len(raw) if not sizes else sizes[i % len(sizes)]
-        for event in splitter.feed(raw[pos:pos + step]):
-            if tracker.feed(event):
-                kept.append(event.raw)
-        pos, i = pos + step, i + 1
-    assert splitter.flush() == b""
-    return tracker.summary(), b"".join(kept)
+    return feed_transcript(P.stream_tracker(info), raw, sizes)
 
 
 def chat_info(*, strip: bool, operation: str = "chat") -> RequestInfo:

@@ -42,7 +42,14 @@ from typing import Any
 import orjson
 
 from service.providers.base import RequestInfo, ResponseSummary, StreamTracker
-from service.providers.openai import count, loads_object
+from service.providers.jsonread import (
+    append_text,
+    as_dict,
+    as_str,
+    count,
+    event_object,
+    loads_object,
+)
 from service.sse import SSEEvent
 from service.usage import Usage
 
@@ -57,12 +64,8 @@ _DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking",
                "input_json_delta": "partial_json"}
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def anthropic_usage(raw: dict[str, Any]) -> Usage:
@@ -76,7 +79,7 @@ def anthropic_usage(raw: dict[str, Any]) -> Usage:
         output=count(raw.get("output_tokens")),
         cached_input=cache_read,
         cache_write=cache_write,
-        reasoning=count(_dict(raw.get("output_tokens_details")).get("thinking_tokens")),
+        reasoning=count(as_dict(raw.get("output_tokens_details")).get("thinking_tokens")),
     )
 
 
@@ -98,7 +101,7 @@ class AnthropicProvider:
                                stream=False, upstream_body=body, metered=metered)
         return RequestInfo(
             operation="chat" if metered else "other",
-            model=_str(parsed.get("model")),
+            model=as_str(parsed.get("model")),
             stream=metered and parsed.get("stream") is True,
             upstream_body=body,
             json=parsed,
@@ -113,26 +116,26 @@ class AnthropicProvider:
         message = loads_object(body)
         if message is None:
             return ResponseSummary()
-        usage = _dict(message.get("usage"))
+        usage = as_dict(message.get("usage"))
         parts: list[str] = []
         content = message.get("content")
         for block in content if isinstance(content, list) else ():
-            block = _dict(block)
+            block = as_dict(block)
             kind = block.get("type")
             if kind == "text":
-                _append(parts, block.get("text"))
+                append_text(parts, block.get("text"))
             elif kind == "thinking":
-                _append(parts, block.get("thinking"))
+                append_text(parts, block.get("thinking"))
             elif kind == "tool_use" and isinstance(block.get("input"), dict):
                 # The model generated this JSON; count it like streamed input_json_delta.
                 parts.append(orjson.dumps(block["input"]).decode())
-        stop = _str(message.get("stop_reason"))
+        stop = as_str(message.get("stop_reason"))
         return ResponseSummary(
             usage=anthropic_usage(usage),
-            response_model=_str(message.get("model")),
-            response_id=_str(message.get("id")),
+            response_model=as_str(message.get("model")),
+            response_id=as_str(message.get("id")),
             finish_reasons=(stop,) if stop else (),
-            service_tier=_str(usage.get("service_tier")),
+            service_tier=as_str(usage.get("service_tier")),
             output_text="".join(parts),
         )
 
@@ -140,9 +143,6 @@ class AnthropicProvider:
         return AnthropicStreamTracker()
 
 
-def _append(parts: list[str], value: Any) -> None:
-    if isinstance(value, str) and value:
-        parts.append(value)
 
 
 class AnthropicStreamTracker:
@@ -159,34 +159,30 @@ class AnthropicStreamTracker:
         self._parts: list[str] = []
 
     def feed(self, event: SSEEvent) -> bool:
-        if event.event is not None and event.event not in _WANTED:
-            return True
-        if not event.data.startswith(b"{"):
-            return True
-        data = loads_object(event.data)
+        data = event_object(event, _WANTED)
         if data is None:
             return True
         kind = data.get("type")
         if kind == "content_block_delta":
-            delta = _dict(data.get("delta"))
+            delta = as_dict(data.get("delta"))
             delta_type = delta.get("type")
             field = _DELTA_TEXT.get(delta_type) if isinstance(delta_type, str) else None
             if field is not None:
-                _append(self._parts, delta.get(field))
+                append_text(self._parts, delta.get(field))
         elif kind == "message_start":
-            message = _dict(data.get("message"))
-            self._id = _str(message.get("id")) or self._id
-            self._model = _str(message.get("model")) or self._model
-            usage = _dict(message.get("usage"))
-            self._tier = _str(usage.get("service_tier")) or self._tier
+            message = as_dict(data.get("message"))
+            self._id = as_str(message.get("id")) or self._id
+            self._model = as_str(message.get("model")) or self._model
+            usage = as_dict(message.get("usage"))
+            self._tier = as_str(usage.get("service_tier")) or self._tier
             # Input side only: message_start's output_tokens is a provisional placeholder.
             for name in _INPUT_FIELDS:
                 if count(usage.get(name)) is not None:
                     self._usage[name] = usage[name]
         elif kind == "message_delta":
-            self._stop = _str(_dict(data.get("delta")).get("stop_reason")) or self._stop
-            usage = _dict(data.get("usage"))
-            self._tier = _str(usage.get("service_tier")) or self._tier
+            self._stop = as_str(as_dict(data.get("delta")).get("stop_reason")) or self._stop
+            usage = as_dict(data.get("usage"))
+            self._tier = as_str(usage.get("service_tier")) or self._tier
             for name, value in usage.items():
                 if value is not None:  # present values win; nulls do not erase
                     self._usage[name] = value

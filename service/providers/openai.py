@@ -38,6 +38,14 @@ from typing import Any
 import orjson
 
 from service.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from service.providers.jsonread import (
+    append_text,
+    as_dict,
+    as_str,
+    count,
+    event_object,
+    loads_object,
+)
 from service.sse import SSEEvent
 from service.usage import Usage
 
@@ -55,31 +63,12 @@ _OPERATIONS = (("/chat/completions", "chat"), ("/completions", "text_completion"
                ("/embeddings", "embeddings"), ("/responses", "responses"))
 
 
-def count(value: Any) -> int | None:
-    """A token count as reported, or None for anything that is not a non-negative integer."""
-    if type(value) is int:  # not isinstance: bool is an int subclass
-        return value if value >= 0 else None
-    if type(value) is float and value.is_integer() and value >= 0:
-        return int(value)
-    return None
 
 
-def loads_object(data: bytes) -> dict[str, Any] | None:
-    """The JSON object in ``data``, or None for anything else (never raises)."""
-    try:
-        parsed = orjson.loads(data)
-    except ValueError:  # orjson.JSONDecodeError, invalid UTF-8 included
-        return None
-    return parsed if isinstance(parsed, dict) else None
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
-def _str(value: Any) -> str | None:
-    # Empty counts as absent: Azure's first stream chunk has "id": "" and "model": "".
-    return value if isinstance(value, str) and value else None
 
 
 def openai_usage(raw: Any) -> Usage:
@@ -87,8 +76,8 @@ def openai_usage(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
     chat_style = "prompt_tokens" in raw
-    details = _dict(raw.get("prompt_tokens_details" if chat_style else "input_tokens_details"))
-    out_details = _dict(raw.get("completion_tokens_details" if chat_style
+    details = as_dict(raw.get("prompt_tokens_details" if chat_style else "input_tokens_details"))
+    out_details = as_dict(raw.get("completion_tokens_details" if chat_style
                                 else "output_tokens_details"))
     return Usage(
         input=count(raw.get("prompt_tokens" if chat_style else "input_tokens")),
@@ -124,7 +113,7 @@ def _with_include_usage(body: bytes, parsed: dict[str, Any]) -> bytes | None:
     # stream_options exists (an object without include_usage true, or null): an inserted
     # duplicate key would lose to the caller's, so re-serialise keeping its other options.
     rewritten = dict(parsed)
-    rewritten["stream_options"] = {**_dict(options), "include_usage": True}
+    rewritten["stream_options"] = {**as_dict(options), "include_usage": True}
     try:
         return orjson.dumps(rewritten)
     except TypeError:  # orjson.JSONEncodeError; cannot happen for parsed JSON, but be safe
@@ -145,7 +134,7 @@ class OpenAIProvider:
         # Unmetered calls (files, audio uploads, ...) are parsed only if they look like JSON.
         if operation != "other" or (post and _OPENS_OBJECT.match(body)):
             parsed = loads_object(body)
-        model = _str(parsed.get("model")) if parsed is not None else None
+        model = as_str(parsed.get("model")) if parsed is not None else None
         if not model:
             model = _azure_deployment(path)
         if parsed is None or operation == "other":
@@ -162,7 +151,7 @@ class OpenAIProvider:
         info = RequestInfo(operation=operation, model=model, stream=stream, upstream_body=body,
                            json=parsed, max_tokens=max_tokens)
         if (stream and operation in ("chat", "text_completion")
-                and _dict(parsed.get("stream_options")).get("include_usage") is not True):
+                and as_dict(parsed.get("stream_options")).get("include_usage") is not True):
             rewritten = _with_include_usage(body, parsed)
             if rewritten is not None:
                 info.upstream_body = rewritten
@@ -178,29 +167,29 @@ class OpenAIProvider:
             return ResponseSummary()
         summary = ResponseSummary(
             usage=openai_usage(parsed.get("usage")),
-            response_model=_str(parsed.get("model")),
-            response_id=_str(parsed.get("id")),
-            service_tier=_str(parsed.get("service_tier")),
+            response_model=as_str(parsed.get("model")),
+            response_id=as_str(parsed.get("id")),
+            service_tier=as_str(parsed.get("service_tier")),
         )
         parts: list[str] = []
         output = parsed.get("output")
         if isinstance(output, list):  # Responses API
-            status = _str(parsed.get("status"))
+            status = as_str(parsed.get("status"))
             summary.finish_reasons = (status,) if status else ()
             for item in output:
-                item = _dict(item)
-                _append(parts, item.get("arguments"))  # function_call items
+                item = as_dict(item)
+                append_text(parts, item.get("arguments"))  # function_call items
                 content = item.get("content")
                 for part in content if isinstance(content, list) else ():
-                    _append(parts, _dict(part).get("text"))
+                    append_text(parts, as_dict(part).get("text"))
         else:
             reasons: list[str] = []
             choices = parsed.get("choices")
             for choice in choices if isinstance(choices, list) else ():
-                choice = _dict(choice)
-                _append(reasons, choice.get("finish_reason"))
-                _append(parts, choice.get("text"))  # text completions
-                _message_text(parts, _dict(choice.get("message")))
+                choice = as_dict(choice)
+                append_text(reasons, choice.get("finish_reason"))
+                append_text(parts, choice.get("text"))  # text completions
+                _message_text(parts, as_dict(choice.get("message")))
             summary.finish_reasons = tuple(reasons)
         summary.output_text = "".join(parts)
         return summary
@@ -211,20 +200,17 @@ class OpenAIProvider:
         return ChatStreamTracker(strip_usage_chunk=info.strip_usage_chunk)
 
 
-def _append(parts: list[str], value: Any) -> None:
-    if isinstance(value, str) and value:
-        parts.append(value)
 
 
 def _message_text(parts: list[str], message: dict[str, Any]) -> None:
     """Generated text of a chat ``message`` or stream ``delta``, reasoning and tool args too."""
-    _append(parts, message.get("reasoning_content"))  # vLLM, DeepSeek, llama.cpp
-    _append(parts, message.get("reasoning"))          # newer vLLM, OpenRouter
-    _append(parts, message.get("content"))
-    _append(parts, message.get("refusal"))
+    append_text(parts, message.get("reasoning_content"))  # vLLM, DeepSeek, llama.cpp
+    append_text(parts, message.get("reasoning"))          # newer vLLM, OpenRouter
+    append_text(parts, message.get("content"))
+    append_text(parts, message.get("refusal"))
     tool_calls = message.get("tool_calls")
     for call in tool_calls if isinstance(tool_calls, list) else ():
-        _append(parts, _dict(_dict(call).get("function")).get("arguments"))
+        append_text(parts, as_dict(as_dict(call).get("function")).get("arguments"))
 
 
 class ChatStreamTracker:
@@ -247,23 +233,20 @@ class ChatStreamTracker:
         self._reasons: dict[int, str] = {}
 
     def feed(self, event: SSEEvent) -> bool:
-        # Cheap pre-check: [DONE], comments and keep-alives are not JSON objects.
-        if not event.data.startswith(b"{"):
-            return True
-        chunk = loads_object(event.data)
+        chunk = event_object(event)
         if chunk is None:
             return True
         if self._id is None:
-            self._id = _str(chunk.get("id"))
+            self._id = as_str(chunk.get("id"))
         if self._model is None:
-            self._model = _str(chunk.get("model"))
-        self._tier = _str(chunk.get("service_tier")) or self._tier
+            self._model = as_str(chunk.get("model"))
+        self._tier = as_str(chunk.get("service_tier")) or self._tier
         choices = chunk.get("choices")
         for position, choice in enumerate(choices if isinstance(choices, list) else ()):
-            choice = _dict(choice)
-            _append(self._parts, choice.get("text"))  # text completions
-            _message_text(self._parts, _dict(choice.get("delta")))
-            reason = _str(choice.get("finish_reason"))
+            choice = as_dict(choice)
+            append_text(self._parts, choice.get("text"))  # text completions
+            _message_text(self._parts, as_dict(choice.get("delta")))
+            reason = as_str(choice.get("finish_reason"))
             if reason is not None:
                 index = choice.get("index")
                 self._reasons[index if type(index) is int else position] = reason
@@ -296,26 +279,21 @@ class ResponsesStreamTracker:
         self._parts: list[str] = []
 
     def feed(self, event: SSEEvent) -> bool:
-        # The ``event:`` line names the type, so uninteresting events skip JSON parsing.
-        if event.event is not None and event.event not in _RESPONSES_WANTED:
-            return True
-        if not event.data.startswith(b"{"):
-            return True
-        data = loads_object(event.data)
+        data = event_object(event, _RESPONSES_WANTED)
         if data is None:
             return True
-        kind = _str(data.get("type"))  # a str: an unhashable type would break ``in``
+        kind = as_str(data.get("type"))  # a str: an unhashable type would break ``in``
         if kind in _RESPONSES_DELTAS:
-            _append(self._parts, data.get("delta"))
+            append_text(self._parts, data.get("delta"))
         elif kind == "response.created" or kind in _RESPONSES_FINAL:
-            response = _dict(data.get("response"))
+            response = as_dict(data.get("response"))
             summary = self._summary
-            summary.response_model = _str(response.get("model")) or summary.response_model
-            summary.response_id = _str(response.get("id")) or summary.response_id
+            summary.response_model = as_str(response.get("model")) or summary.response_model
+            summary.response_id = as_str(response.get("id")) or summary.response_id
             if kind != "response.created":  # created has the tier asked for, not the one used
-                summary.service_tier = _str(response.get("service_tier"))
+                summary.service_tier = as_str(response.get("service_tier"))
                 summary.usage = openai_usage(response.get("usage"))
-                status = _str(response.get("status"))
+                status = as_str(response.get("status"))
                 summary.finish_reasons = (status,) if status else ()
         return True
 

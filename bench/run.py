@@ -10,7 +10,9 @@ An nginx on a free loopback port plays the LLM provider: it answers
 
 * ``direct``   -- wrk -> nginx (the baseline),
 * ``spendgate``-- wrk -> spendgate (one worker) -> nginx,
-* ``litellm``  -- wrk -> LiteLLM proxy (one worker) -> nginx, if LiteLLM can be run.
+* ``litellm``  -- wrk -> LiteLLM proxy (one worker) -> nginx, if LiteLLM can be run;
+* ``floor``    -- with ``--floor``: wrk -> ``bench/floor_proxy.py`` (a minimal Python proxy on
+  spendgate's server stack) -> nginx, the floor under spendgate's figures.
 
 measuring latency at concurrency 1 (p50/p99 from wrk's histogram, in microseconds, via a Lua
 ``done()`` callback) and throughput at concurrency 32 (requests/s). Added latency is target
@@ -18,7 +20,8 @@ minus direct. The proxy's CPU time per request comes from /proc/PID/stat (whole 
 tree: utime + stime). With 2+ cores the proxy is pinned to one core and nginx + wrk to
 another, so the proxy's single worker has a core to itself.
 
-Standard library only (plus the ``nginx`` and ``wrk`` binaries). Every process started here
+Standard library only (plus the ``nginx`` and ``wrk`` binaries; the proxies run in their own
+processes). Every process started here
 is stopped on exit, on Ctrl-C and on SIGTERM. Only loopback addresses are used.
 ``start_nginx`` is also used by ``bench/client_choice.py``.
 """
@@ -353,8 +356,13 @@ class Target:
     json_body: dict[str, Any] = field(default_factory=lambda: dict(CHAT_REQUEST))
     service: Service | None = None    # None: the baseline (nginx itself)
 
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
 
-def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None) -> Target:
+
+def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
+                    src: Path = REPO) -> Target:
     port = free_port()
     config = workdir / "spendgate.yaml"
     # JSON is YAML; no PyYAML needed here.
@@ -363,16 +371,31 @@ def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None) -> Targe
         "bench-sse": {"url": nginx.base_url + "/sse", "provider": "openai", "timeout_s": 30},
     }}, indent=2))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+        p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)}
     argv = [sys.executable, "-m", "service", "serve", "--config", str(config),
             "--port", str(port), "--log-level", "warning"]
     service = Service("spendgate", argv, workdir / "spendgate.log", cpus=cpus, env=env,
-                      cwd=REPO)
+                      cwd=src)
     target = Target("spendgate", f"http://{HOST}:{port}/bench{JSON_PATH}",
                     f"http://{HOST}:{port}/bench-sse{JSON_PATH}", dict(STREAM_REQUEST),
                     service=service)
     try:
         wait_http(f"http://{HOST}:{port}/healthz", service, 60)
+    except BaseException:
+        service.stop()
+        raise
+    return target
+
+
+def start_floor(nginx: Nginx, workdir: Path, cpus: set[int] | None) -> Target:
+    port = free_port()
+    argv = [sys.executable, str(BENCH_DIR / "floor_proxy.py"), "--upstream", nginx.base_url,
+            "--port", str(port)]
+    service = Service("floor", argv, workdir / "floor.log", cpus=cpus)
+    target = Target("floor", f"http://{HOST}:{port}{JSON_PATH}",
+                    f"http://{HOST}:{port}{SSE_PATH}", dict(STREAM_REQUEST), service=service)
+    try:
+        wait_http(f"http://{HOST}:{port}/healthz", service, 30)
     except BaseException:
         service.stop()
         raise
@@ -494,6 +517,7 @@ class Plan:
     proxy_cpus: set[int] | None
     load_cpus: set[int] | None
     wrk_bin: str
+    src: Path = REPO
 
 
 def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[str, Any]:
@@ -560,14 +584,18 @@ def environment(plan: Plan) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    rev = _cmd_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = _cmd_version(["git", "-C", str(REPO), "status", "--porcelain", "--", "service"])
+    rev = dirty = ""
+    if (plan.src / ".git").exists():
+        rev = _cmd_version(["git", "-C", str(plan.src), "rev-parse", "--short", "HEAD"])
+        dirty = _cmd_version(["git", "-C", str(plan.src), "status", "--porcelain", "--",
+                              "service", "exporters"])
     return {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
         "python": platform.python_version(), "nginx": _cmd_version([find_nginx(), "-v"]),
         "wrk": _cmd_version([plan.wrk_bin, "--version"]),
         "spendgate_rev": (rev + ("+dirty" if dirty else "")) if rev else "unknown",
+        "spendgate_src": str(plan.src),
         "loadavg_start": os.getloadavg(),
         "pinning": ({"proxy_cpus": sorted(plan.proxy_cpus),
                      "nginx_and_wrk_cpus": sorted(plan.load_cpus)}
@@ -632,7 +660,8 @@ def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
     pin = env["pinning"]
     lines.append(
         f"{env['date']} · {env['cpu'] or 'unknown CPU'} · {env['cores']} cores · "
-        f"Linux {env['kernel']} · Python {env['python']} · spendgate {env['spendgate_rev']}")
+        f"Linux {env['kernel']} · Python {env['python']} · spendgate {env['spendgate_rev']}"
+        + ("" if env["spendgate_src"] == str(REPO) else f" ({env['spendgate_src']})"))
     lines.append(
         f"wrk -t1, {env['duration_s']:g} s per measurement after a {env['warmup_s']} s "
         f"warm-up, median of {env['runs']} run(s); upstream: nginx (1 worker) returning a "
@@ -654,6 +683,7 @@ def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, m in rows:
             label = {"direct": "direct to nginx", "spendgate": "through spendgate",
+                     "floor": "through a minimal Python proxy (floor)",
                      "litellm": "through LiteLLM"}.get(name, name)
             cpu = ("–" if m["cpu_us_per_req_c1"] is None else
                    f"{m['cpu_us_per_req_c1']:.0f} / {m['cpu_us_per_req_c32']:.0f}")
@@ -690,7 +720,7 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10,
+    parser.add_argument("--duration", type=int, default=10,
                         help="seconds per measurement (default 10)")
     parser.add_argument("--runs", type=int, default=1,
                         help="repeat each measurement and report medians (default 1)")
@@ -698,6 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="JSON results file (default bench/results/latest.json)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--no-stream", action="store_true", help="skip the SSE scenario")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure bench/floor_proxy.py, a minimal Python proxy on "
+                        "the same stack: the floor under spendgate's figures")
     parser.add_argument("--skip-litellm", action="store_true",
                         help="do not run LiteLLM even if installed; compare with the anchor")
     parser.add_argument("--litellm", metavar="CMD",
@@ -705,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "the 'litellm' of this interpreter, if importable")
     parser.add_argument("--litellm-start-timeout", type=float, default=180)
     parser.add_argument("--wrk", default="wrk", help="wrk binary (default: wrk on PATH)")
+    parser.add_argument("--src", type=Path, default=REPO,
+                        help="spendgate source tree to run (default: this checkout); for "
+                        "A/B runs against e.g. a 'git archive' of another commit")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.runs < 1:
         parser.error("--duration must be > 0 and --runs >= 1")
@@ -715,7 +751,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
     proxy_cpus, load_cpus = pick_cpus(args.no_pin)
-    plan = Plan(args.duration, args.runs, proxy_cpus, load_cpus, args.wrk)
+    src = args.src.resolve()
+    if not (src / "service" / "__main__.py").exists():
+        parser.error(f"--src {src}: no service/__main__.py there")
+    plan = Plan(args.duration, args.runs, proxy_cpus, load_cpus, args.wrk, src)
     scenarios = ["json"] if args.no_stream else ["json", "stream"]
 
     litellm_cmd = None if args.skip_litellm else find_litellm(args.litellm)
@@ -726,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("LiteLLM: not installed (pip install 'litellm[proxy]' to compare)")
     else:
         litellm_note = ""
-    n_targets = 2 + (litellm_cmd is not None)
+    n_targets = 2 + args.floor + (litellm_cmd is not None)
     per = WARMUP_S + 2 * args.runs * (args.duration + 0.5)
     print(f"Measuring {n_targets} targets x {len(scenarios)} scenarios, about "
           f"{n_targets * len(scenarios) * per:.0f} s of load"
@@ -735,29 +774,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment(plan)
     results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="spendgate-bench-"))
-    started: list[Service] = []
+    current: Target | None = None
     try:
         with start_nginx(cpus=load_cpus) as nginx:
             direct = Target("direct", nginx.base_url + JSON_PATH, nginx.base_url + SSE_PATH,
                             dict(STREAM_REQUEST))
-            targets = [direct]
+            check_target(direct)
+            results["direct"] = {s: measure(direct, s, plan, workdir) for s in scenarios}
+            # One proxy at a time, alone on its core; each is stopped before the next starts.
             print("starting spendgate", file=sys.stderr, flush=True)
-            spendgate = start_spendgate(nginx, workdir, proxy_cpus)
-            started.append(spendgate.service)  # type: ignore[arg-type]
-            targets.append(spendgate)
-            for target in targets:
-                check_target(target)
-                results[target.name] = {s: measure(target, s, plan, workdir)
-                                        for s in scenarios}
-            spendgate.service.stop()  # type: ignore[union-attr]
+            current = start_spendgate(nginx, workdir, proxy_cpus, plan.src)
+            check_target(current)
+            results["spendgate"] = {s: measure(current, s, plan, workdir) for s in scenarios}
+            current.stop()
+            if args.floor:
+                print("starting the floor proxy", file=sys.stderr, flush=True)
+                current = start_floor(nginx, workdir, proxy_cpus)
+                check_target(current)
+                results["floor"] = {s: measure(current, s, plan, workdir) for s in scenarios}
+                current.stop()
             if litellm_cmd is not None:
                 print(f"starting LiteLLM: {' '.join(litellm_cmd)}", file=sys.stderr, flush=True)
                 try:
-                    litellm = start_litellm(litellm_cmd, nginx, workdir, proxy_cpus,
+                    current = start_litellm(litellm_cmd, nginx, workdir, proxy_cpus,
                                             args.litellm_start_timeout)
-                    started.append(litellm.service)  # type: ignore[arg-type]
-                    check_target(litellm)
-                    results["litellm"] = {s: measure(litellm, s, plan, workdir)
+                    check_target(current)
+                    results["litellm"] = {s: measure(current, s, plan, workdir)
                                           for s in scenarios}
                     env["litellm"] = _cmd_version([*litellm_cmd, "--version"])
                 except RuntimeError as error:
@@ -765,14 +807,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(litellm_note, file=sys.stderr)
                     results.pop("litellm", None)
                 finally:
-                    for service in started[1:]:
-                        service.stop()
+                    if current is not None:
+                        current.stop()
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
     finally:
-        for service in started:
-            service.stop()
+        if current is not None:
+            current.stop()
         env["loadavg_end"] = os.getloadavg()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -9,8 +9,8 @@ the generated text spendgate saw (reasoning and tool-call arguments included, as
 part) and the first finish reason.
 
 Truncation: every text value (content, arguments, responses) draws from one budget of
-``max_chars`` characters per attribute; the JSON stays valid and a cut value ends with
-``…``. Pure functions, thread-safe.
+``max_chars`` characters per attribute; the JSON stays valid, the value where the budget
+ran out ends with ``…`` and any later ones are empty. Pure functions, thread-safe.
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ class _Budget:
 
     def __init__(self, max_chars: int) -> None:
         self.left = max_chars
+        self.spent = False
 
     def take(self, text: str) -> str:
         if len(text) <= self.left:
             self.left -= len(text)
             return text
-        cut = text[: max(self.left, 0)] + _ELLIPSIS
+        if self.spent:  # one ellipsis marks the cut; later values are empty
+            return ""
+        self.spent = True
+        cut = text[: self.left] + _ELLIPSIS
         self.left = 0
         return cut
 

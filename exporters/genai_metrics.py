@@ -80,33 +80,38 @@ class _Instrument:
 
     __slots__ = ("otel", "prom", "spec")
 
-    def __init__(self, spec: InstrumentSpec, registry: CollectorRegistry, meter: Any) -> None:
+    def __init__(self, spec: InstrumentSpec, registry: CollectorRegistry | None,
+                 meter: Any) -> None:
         self.spec = spec
-        self.prom = Histogram(spec.prometheus_name, spec.description, spec.prometheus_labels,
-                              buckets=spec.buckets, registry=registry)
+        self.prom = None if registry is None else Histogram(
+            spec.prometheus_name, spec.description, spec.prometheus_labels,
+            buckets=spec.buckets, registry=registry)
         self.otel = None if meter is None else meter.create_histogram(
             spec.name, unit=spec.unit, description=spec.description,
             explicit_bucket_boundaries_advisory=list(spec.buckets))
 
     def record(self, value: float, attributes: Mapping[str, str | int],
                exemplar: dict[str, str] | None = None, times: int = 1) -> None:
-        child = self.prom.labels(*[str(attributes.get(key, "")) for key in self.spec.attributes])
-        for _ in range(times):
-            child.observe(value, exemplar)
+        if self.prom is not None:
+            child = self.prom.labels(*[str(attributes.get(key, ""))
+                                       for key in self.spec.attributes])
+            for _ in range(times):
+                child.observe(value, exemplar)
         if self.otel is not None:
             for _ in range(times):
                 self.otel.record(value, attributes)
 
 
 class GenAIMetricsSink:
-    """Records the convention metrics of each record. ``meter``: an OpenTelemetry ``Meter``
-    (API object) to also export over OTLP, or None. ``servers`` maps upstream names to their
-    ``server.address``/``server.port``. ``exemplars``: attach the trace id of sampled calls.
+    """Records the convention metrics of each record: into ``registry`` (None: not on
+    /metrics) and, given an OpenTelemetry ``meter`` (API object), over OTLP too.
+    ``servers`` maps upstream names to their ``server.address``/``server.port``.
+    ``exemplars``: attach the trace id of sampled calls to the latency histograms.
     """
 
     name = "gen_ai_metrics"
 
-    def __init__(self, registry: CollectorRegistry, servers: Mapping[str, Server],
+    def __init__(self, registry: CollectorRegistry | None, servers: Mapping[str, Server],
                  label_limit: int = 200, meter: Any = None, exemplars: bool = False) -> None:
         self._servers = servers
         self._request_model = LabelCap(label_limit)

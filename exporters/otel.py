@@ -22,7 +22,10 @@ is what makes ``PresetIds`` safe.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import context as context_api
 from opentelemetry import trace as trace_api
@@ -38,6 +41,27 @@ from service import __version__
 from service.records import UsageRecord
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+# The SDK's flush blocks through every export retry (up to OTEL_EXPORTER_OTLP_TIMEOUT, 10 s
+# by default, more with backoff) when the collector is down: never hold a shutdown that long.
+FLUSH_BUDGET_S = 2.5
+SHUTDOWN_BUDGET_S = 1.0
+log = logging.getLogger("spendgate.telemetry")
+
+
+def run_bounded(action: Callable[[], Any], timeout_s: float, what: str) -> bool:
+    """Run ``action`` on a daemon thread for at most ``timeout_s``; True if it finished and
+    returned something truthy (or None). A late one is left behind, logged, and dies with
+    the process."""
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(action()), daemon=True,
+                              name=f"spendgate-{what}")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        log.warning("%s did not finish within %.0f s (is the collector reachable?); "
+                    "giving up on it", what, timeout_s)
+        return False
+    return bool(result and result[0] is not False)
 
 
 class PresetIds(IdGenerator):
@@ -121,7 +145,9 @@ class SpanSink:
                 self._content))
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
-        return self._provider.force_flush(int(timeout_s * 1000))
+        budget = min(timeout_s, FLUSH_BUDGET_S)
+        return run_bounded(lambda: self._provider.force_flush(int(budget * 1000)), budget,
+                           "span export")
 
     def shutdown(self) -> None:
-        self._provider.shutdown()
+        run_bounded(self._provider.shutdown, SHUTDOWN_BUDGET_S, "span exporter shutdown")

@@ -108,7 +108,7 @@ _UNIT_SUFFIX: Final = {"s": "seconds", "By": "bytes", "1": "ratio"}
 
 
 def prometheus_name(name: str, unit: str) -> str:
-    """``gen_ai.client.operation.duration`` + ``s`` -> ``gen_ai_client_operation_duration_seconds``."""
+    """``gen_ai.client.operation.duration``, ``s`` -> ``..._operation_duration_seconds``."""
     base = name.replace(".", "_")
     suffix = _UNIT_SUFFIX.get(unit)
     return f"{base}_{suffix}" if suffix and not base.endswith("_" + suffix) else base

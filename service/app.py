@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
+import threading
 from typing import Any
 
 import orjson
@@ -22,11 +24,16 @@ from prometheus_client.exposition import choose_encoder
 from exporters.base import RecordSink
 from exporters.prometheus import PrometheusSink
 from service import __version__
-from service.config import RESERVED_NAMES, Config
+from service.admin import install_admin
+from service.attribution import KeyRing
+from service.budgeting import Budgeting
+from service.config import RESERVED_NAMES, Config, load_config
+from service.errors import ConfigError
 from service.pipeline import RecordBuilder, RecordPipeline
 from service.pricing import Price, PriceCatalog
 from service.providers import PROVIDERS
 from service.proxy import ProxyApp, Receive, Scope, Send
+from service.telemetry import build_telemetry
 from service.tokens import TokenEstimator
 from service.upstream import UpstreamClient
 
@@ -50,15 +57,30 @@ class Spendgate:
     """The whole service for one process. Build, then serve with any ASGI server."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
-                 extra_sinks: list[RecordSink] | None = None) -> None:
+                 extra_sinks: list[RecordSink] | None = None,
+                 config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path      # what SIGHUP re-reads (``reload``)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = PrometheusSink(self.registry, config.metrics.label_limit)
         self.catalog = build_catalog(config)
-        builder = RecordBuilder(PROVIDERS, self.catalog, TokenEstimator())
-        sinks: list[RecordSink] = [self.metrics, *(extra_sinks or [])]
+        # Spans, GenAI convention metrics, usage log (service.telemetry); raises ConfigError.
+        self.telemetry = build_telemetry(config, self.registry)
+        self.metrics.exemplars = self.telemetry.tracing
+        builder = RecordBuilder(PROVIDERS, self.catalog, TokenEstimator(),
+                                keep_request=self.telemetry.tracing,
+                                keep_output=self.telemetry.capture_content)
+        sinks: list[RecordSink] = [self.metrics, *self.telemetry.sinks, *(extra_sinks or [])]
+        # Budgets: gate, ledger sink, budget metrics, alerts (service.budgeting).
+        self.budgeting = Budgeting(config, self.catalog, self.registry, TokenEstimator())
+        sinks.insert(1, self.budgeting)
         self.pipeline = RecordPipeline(builder, sinks, on_sink_error=self._count_sink_error)
         self.proxy = ProxyApp(config, self.pipeline, self.metrics.in_flight.labels)
+        self.proxy.budgets = self.budgeting.gate if config.budgets else None
+        self._reload_lock = threading.Lock()
+        self._reloads: set[asyncio.Task[bool]] = set()
+        self.proxy.propagate = self.telemetry.tracing
+        self.proxy.sample_new_traces = self.telemetry.sample_new_traces
         self.api = self._build_api()
 
     def _count_sink_error(self, sink: str) -> None:
@@ -76,7 +98,8 @@ class Spendgate:
         @api.get("/readyz")
         async def readyz() -> Response:
             problems = self.readiness_problems()
-            body = {"status": "ready" if not problems else "not ready", "problems": problems}
+            body = {"status": "ready" if not problems else "not ready", "problems": problems,
+                    "degraded": self.degraded()}
             return Response(orjson.dumps(body), status_code=503 if problems else 200,
                             media_type="application/json")
 
@@ -85,8 +108,11 @@ class Spendgate:
             # A scrape shows every call that ended before it: wait for the pipeline briefly.
             await asyncio.to_thread(self.pipeline.flush, 2.0)
             encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-            return Response(encoder(self.registry), media_type=content_type)
+            # Off the loop: the budget collector reads the shared ledger (bounded, cached).
+            output = await asyncio.to_thread(encoder, self.registry)
+            return Response(output, media_type=content_type)
 
+        install_admin(api, lambda: self.config.admin_key, lambda: self.budgeting)
         return api
 
     def readiness_problems(self) -> list[str]:
@@ -95,11 +121,22 @@ class Spendgate:
             problems.append("upstream client not started")
         if not self.pipeline.running:
             problems.append("record pipeline not running")
+        store = self.budgeting.problem()
+        if store is not None and self.config.store.on_error == "closed":
+            problems.append(store)  # calls under block budgets are being refused
         return problems
+
+    def degraded(self) -> list[str]:
+        """Problems that leave the proxy serving (a failing store with ``on_error: open``)."""
+        store = self.budgeting.problem()
+        return [store] if store is not None and self.config.store.on_error == "open" else []
 
     async def startup(self) -> None:
         self.proxy.client = UpstreamClient()
         self.pipeline.start()
+        await self.budgeting.start()
+        self._handle_sighup(True)
+        log.info("%s", self.telemetry.summary)
         # Everything loaded so far (tokenizer tables, pydantic, FastAPI) lives as long as the
         # process: keep it out of the cyclic GC, whose full passes would otherwise add
         # milliseconds to whichever call they interrupt.
@@ -110,7 +147,64 @@ class Spendgate:
         if self.proxy.client is not None:
             await self.proxy.client.close()
             self.proxy.client = None
+        self._handle_sighup(False)
         self.pipeline.close()
+        await self.budgeting.close()  # after the pipeline: its last records are settled
+
+    def reload(self, config: Config | None = None) -> bool:
+        """Apply a new config's budgets, keys, prices, alerts and admin key; True if applied.
+
+        ``config`` defaults to re-reading ``config_path``. A config that does not load (or
+        whose catalog or store cannot be opened) is rejected with its problems logged, and the
+        running one stays. Each part is swapped as a whole object, so a call in flight sees
+        the old or the new, never a mix, and keeps the reservation it made. Other sections
+        (upstreams, server, store, telemetry, metrics) need a restart; changes to them are
+        logged and ignored. Blocking (file and catalog loads): call off the event loop.
+        """
+        with self._reload_lock:
+            if config is None and self.config_path is None:
+                log.warning("reload: no config file to re-read (started without --config)")
+                return False
+            try:
+                new = config if config is not None else load_config(self.config_path)
+                catalog = build_catalog(new)
+                applied = ("keys", "pricing", "budgets", "alerts", "admin_key")
+                merged = self.config.model_copy(update={f: getattr(new, f) for f in applied})
+                self.budgeting.update(merged, catalog)
+            except ConfigError as error:
+                log.error("reload rejected, the running config stays:\n%s",
+                          "\n".join(error.problems))
+                return False
+            except (OSError, ValueError) as error:
+                log.error("reload rejected, the running config stays: pricing.catalog: %s",
+                          error)
+                return False
+            self.catalog = self.pipeline.builder.catalog = catalog
+            self.proxy.keyring = KeyRing(merged.keys)
+            self.proxy.budgets = self.budgeting.gate if merged.budgets else None
+            ignored = [f for f in type(new).model_fields
+                       if f not in applied and getattr(new, f) != getattr(self.config, f)]
+            self.config = merged
+            log.warning("config reloaded: %d budgets, %d keys%s", len(merged.budgets),
+                        len(merged.keys or ()), f"; changes to {', '.join(ignored)} need a "
+                        "restart" if ignored else "")
+            return True
+
+    def _handle_sighup(self, install: bool) -> None:
+        """SIGHUP reloads (uvicorn handles only SIGINT/SIGTERM in a single process)."""
+        try:
+            loop = asyncio.get_running_loop()
+            if install:
+                loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            else:
+                loop.remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            pass  # not the main thread (embedded, tests) or no SIGHUP (Windows)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.reload))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

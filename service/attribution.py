@@ -29,7 +29,7 @@ DEFAULT_PROJECT = "default"
 class Admission:
     project: str
     user: str | None
-    key_name: str | None          # "project#index": names the key without revealing it
+    key_name: str | None          # the key's name, else "project#index": never the secret
     drop_caller_credentials: bool
 
 
@@ -38,7 +38,7 @@ class KeyRing:
 
     def __init__(self, keys: Sequence[VirtualKey] | None) -> None:
         self.enabled = keys is not None
-        self._keys = [(k.key.encode(), k.project, f"{k.project}#{i}")
+        self._keys = [(k.key.encode(), k.project, k.name or f"{k.project}#{i}")
                       for i, k in enumerate(keys or ())]
 
     def match(self, presented: bytes) -> tuple[str, str] | None:

@@ -1,4 +1,5 @@
-"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``.
+"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``, ``budgets``, ``demo``,
+``simulate``.
 
 Exit codes: 0 success; 1 a problem the user can fix (bad config, unknown model); 2 usage.
 """
@@ -42,7 +43,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape size for no use here
-    app = Spendgate(config)
+    try:
+        app = Spendgate(config, config_path=_config_path(args.config))
+    except ConfigError as error:  # telemetry settings, usage log path
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 1
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"spendgate {__version__} on http://{host}:{port} "
@@ -58,8 +64,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
         from service.app import build_catalog
+        from service.telemetry import check_telemetry
 
         build_catalog(config)
+        check_telemetry(config)
     except ConfigError as error:
         for problem in error.problems:
             print(problem)
@@ -86,6 +94,48 @@ def cmd_prices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budgets(args: argparse.Namespace) -> int:
+    from service.admin import budgets_table, fetch_budgets
+
+    try:
+        data = fetch_budgets(args.url, args.admin_key or os.environ.get("SPENDGATE_ADMIN_KEY"))
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(budgets_table(data), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import DemoOptions
+    from service.demo import main as run_demo
+
+    return run_demo(DemoOptions(port=args.port, duration=args.duration, rate=args.rate,
+                                seed=args.seed, error_rate=args.error_rate,
+                                traffic_only=args.traffic_only, proxy_url=args.proxy_url))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from service.simulator import run
+
+    run(args.host, args.port, seed=args.seed, error_rate=args.error_rate, speed=args.speed)
+    return 0
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendgate", description="LLM cost and latency proxy")
     parser.add_argument("--version", action="version", version=f"spendgate {__version__}")
@@ -109,6 +159,41 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--upstream", help="resolve as a call through this upstream")
     prices.add_argument("--config", help="config whose overrides and catalog apply")
     prices.set_defaults(func=cmd_prices)
+
+    budgets = sub.add_parser("budgets", help="spend against every budget of a running proxy")
+    budgets.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+                         help="the proxy (default http://127.0.0.1:4000)")
+    budgets.add_argument("--admin-key", default=None,
+                         help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY)")
+    budgets.set_defaults(func=cmd_budgets)
+
+    demo = sub.add_parser("demo", help="simulated provider + proxy + traffic, with a live "
+                          "summary: no API key, no network")
+    demo.add_argument("--port", type=int, default=DEFAULT_PORT,
+                      help=f"the proxy's port on 127.0.0.1 (default {DEFAULT_PORT}; 0: any)")
+    demo.add_argument("--duration", type=_positive, default=None, metavar="SECONDS",
+                      help="stop after this long (default: until Ctrl-C)")
+    demo.add_argument("--rate", type=_positive, default=5.0, metavar="RPS",
+                      help="calls per second, Poisson arrivals (default 5)")
+    demo.add_argument("--seed", type=int, default=None, help="repeatable traffic and answers")
+    demo.add_argument("--error-rate", type=_fraction, default=0.03,
+                      help="share of simulated calls that fail (default 0.03)")
+    demo.add_argument("--traffic-only", action="store_true",
+                      help="only send traffic to a running proxy (--proxy-url)")
+    demo.add_argument("--proxy-url", default=None,
+                      help="with --traffic-only: the proxy (default http://127.0.0.1:PORT)")
+    demo.set_defaults(func=cmd_demo)
+
+    simulate = sub.add_parser("simulate", help="serve the simulated OpenAI + Anthropic "
+                              "provider the demo uses")
+    simulate.add_argument("--host", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST}")
+    simulate.add_argument("--port", type=int, default=8000, help="default 8000")
+    simulate.add_argument("--seed", type=int, default=None, help="repeatable answers")
+    simulate.add_argument("--error-rate", type=_fraction, default=0.03,
+                          help="share of calls that fail (default 0.03)")
+    simulate.add_argument("--speed", type=_positive, default=1.0,
+                          help="divide every simulated delay by this (default 1)")
+    simulate.set_defaults(func=cmd_simulate)
     return parser
 
 

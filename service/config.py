@@ -8,7 +8,8 @@ Contract keys (issue-defined; acceptance checks use them)::
     keys:      [{key, project}]
 
 Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
-``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``).
+``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
+``metrics.gen_ai`` (the GenAI convention histograms too; see ``service.telemetry``).
 
 ``${VAR}`` is replaced by the environment variable (``${VAR:-default}`` gives a default); an
 unset variable becomes the empty string, and an empty ``api_key`` means "forward the caller's
@@ -26,7 +27,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from service.errors import ConfigError
 
@@ -96,10 +105,13 @@ class PricingConfig(_Strict):
 class VirtualKey(_Strict):
     key: str = Field(min_length=1)
     project: str = Field(min_length=1)
+    # How budgets, records and metrics name the key (never the secret); default project#index.
+    name: str | None = Field(default=None, min_length=1)
 
 
 class MetricsConfig(_Strict):
     label_limit: int = Field(default=200, ge=1)
+    gen_ai: bool = True     # also the OpenTelemetry GenAI convention histograms (gen_ai_*)
 
 
 class UsageLogConfig(_Strict):
@@ -135,6 +147,15 @@ class StoreConfig(_Strict):
     on_error: Literal["open", "closed"] = "open"
     key_prefix: str = "spendgate:"
     timeout_s: float = Field(default=0.25, gt=0)
+    # A reservation a replica never settled (it died mid-call) is reclaimed after this.
+    reservation_lease_s: float = Field(default=3600, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+            raise ValueError("expected sqlite:///PATH or redis://HOST:PORT/DB")
+        return value
 
 
 class BudgetConfig(_Strict):
@@ -148,7 +169,33 @@ class BudgetConfig(_Strict):
     timezone: str = "UTC"
     action: Literal["block", "alert"] = "alert"
     alert_at: list[float] = Field(default_factory=lambda: [0.8, 1.0])
-    max_reserve_usd: Decimal | None = None      # ceiling on one call's reservation
+    max_reserve_usd: Decimal | None = Field(default=None, gt=0)  # ceiling on one reservation
+
+    @field_validator("limit_usd")
+    @classmethod
+    def _limit(cls, value: Decimal) -> Decimal:
+        if value > 9_000_000_000:  # the ledger counts signed 64-bit nano-dollars
+            raise ValueError("at most 9000000000")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from service.windows import zone
+
+        try:
+            zone(value)
+        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Paris)"
+                             ) from None
+        return value
+
+    @field_validator("alert_at")
+    @classmethod
+    def _thresholds(cls, value: list[float]) -> list[float]:
+        if any(not 0 < t <= 10 for t in value):
+            raise ValueError("thresholds are fractions of the limit: above 0, at most 10")
+        return value
 
 
 class AlertsConfig(_Strict):
@@ -183,12 +230,30 @@ class Config(_Strict):
                     f"{name!r} cannot name an upstream (reserved or not a path segment)")
         return value
 
+    @field_validator("budgets")
+    @classmethod
+    def _budget_names(cls, value: list[BudgetConfig], info: ValidationInfo) -> list[BudgetConfig]:
+        names = [b.name for b in value]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"budget names must be unique: {twice} repeated")
+        keys = info.data.get("keys")
+        if keys:
+            known = {k.name or f"{k.project}#{i}" for i, k in enumerate(keys)}
+            for b in value:
+                if b.key is not None and not set("*?[") & set(b.key) and b.key not in known:
+                    raise ValueError(f"budget {b.name!r}: key {b.key!r} names no virtual key "
+                                     "(give the key a name in keys, or use project#index)")
+        return value
+
     @model_validator(mode="after")
     def _unique_keys(self) -> Config:
         if self.keys is not None:
             seen = [k.key for k in self.keys]
             if len(seen) != len(set(seen)):
                 raise ValueError("keys: the same key is listed twice")
+            names = [k.name for k in self.keys if k.name is not None]
+            if len(names) != len(set(names)):
+                raise ValueError("keys: the same name is given to two keys")
         return self
 
 

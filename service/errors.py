@@ -10,6 +10,7 @@ Hierarchy::
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``
         ├── BudgetExceeded       429: a ``block`` budget has no room for this call
+        ├── BudgetStoreUnavailable 503: budget store down and ``store.on_error: closed``
         ├── UpstreamUnreachable  502: connect/read failure
         └── UpstreamTimeout      504: ``timeout_s`` passed
 
@@ -79,6 +80,13 @@ class BudgetExceeded(ProxyError):
     error_type = "budget_exceeded"
     openai_type = "budget_exceeded"
     anthropic_type = "budget_exceeded"
+
+
+class BudgetStoreUnavailable(ProxyError):
+    status = 503
+    error_type = "budget_store_unavailable"
+    openai_type = "budget_store_unavailable"
+    anthropic_type = "api_error"
 
 
 class UpstreamUnreachable(ProxyError):

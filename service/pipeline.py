@@ -95,6 +95,7 @@ class RecordBuilder:
             trace=outcome.trace, chunks=outcome.chunks,
             request_json=info.json if self.keep_request and info is not None else None,
             output_text=summary.output_text if self.keep_output else None,
+            reservation=outcome.reservation, budget_decision=outcome.budget_decision,
         )
 
     def _fill_gaps(self, outcome: CallOutcome, usage: Usage, summary: ResponseSummary) -> Usage:

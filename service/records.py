@@ -22,6 +22,7 @@ class CallOutcome:
     """Mutable facts about one call in flight. Owned by the proxy until handed off."""
 
     __slots__ = (
+        "budget_decision",
         "chunks",
         "client_closed",
         "duration_s",
@@ -32,6 +33,7 @@ class CallOutcome:
         "provider",
         "request",
         "request_id",
+        "reservation",
         "response_body",
         "response_encoding",
         "start_unix",
@@ -68,6 +70,8 @@ class CallOutcome:
         self.overhead_s = 0.0
         self.request_id: str | None = None
         self.trace: Any = None               # telemetry's per-call state, opaque here
+        self.reservation: Any = None         # service.budgets.Reservation, when one was made
+        self.budget_decision: str | None = None  # "allowed" | "blocked"; None: no block budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,10 @@ class UsageRecord:
     # request attributes and content capture, and the generated text for content capture.
     request_json: dict[str, Any] | None = None
     output_text: str | None = None
+    # Budgets (service.budgets): the reservation the call held (settled by the ledger sink)
+    # and the admission decision: "allowed", "blocked", or None when no block budget covers it.
+    reservation: Any = None
+    budget_decision: str | None = None
 
     @property
     def usage_estimated(self) -> bool:

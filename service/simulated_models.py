@@ -57,6 +57,8 @@ _PROFILES = (
                  embedding_dims=1536),
     ModelProfile("text-embedding-3-large", None, "openai", (0.05, 0.18), (0, 0), 0,
                  embedding_dims=3072),
+    ModelProfile("claude-sonnet-4-6", None, "anthropic", (0.45, 0.90), (45, 75), 280,
+                 display_name="Claude Sonnet 4.6"),
     ModelProfile("claude-sonnet-4-5", "claude-sonnet-4-5-20250929", "anthropic", (0.45, 0.90),
                  (45, 75), 280, display_name="Claude Sonnet 4.5"),
     ModelProfile("claude-haiku-4-5", "claude-haiku-4-5-20251001", "anthropic", (0.20, 0.50),

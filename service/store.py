@@ -29,6 +29,7 @@ every method may be called from any thread; ``reserve_async`` from the event loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -224,6 +225,10 @@ class SQLiteStore(Store):
         except sqlite3.Error as error:
             raise StoreError(f"{self.description}: {error}") from None
 
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = self._run(self._write, fn)
+        return result
+
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
         if db is None:
@@ -240,7 +245,7 @@ class SQLiteStore(Store):
     # -- operations -------------------------------------------------------------------------
 
     def reserve(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
-        return self._run(self._write, lambda db: self._reserve(db, rid, holds, now))
+        return self._transaction(lambda db: self._reserve(db, rid, holds, now))
 
     async def reserve_async(self, rid: str, holds: Sequence[Hold],
                             now: float) -> Refusal | None:
@@ -279,7 +284,7 @@ class SQLiteStore(Store):
         return None
 
     def settle(self, batch: SettleBatch, now: float) -> Totals:
-        return self._run(self._write, lambda db: self._settle(db, batch, now))
+        return self._transaction(lambda db: self._settle(db, batch, now))
 
     def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
         touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
@@ -348,16 +353,14 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM claims WHERE name=? AND expires<?", (name, now))
             return db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)",
                               (name, _expires(now, ttl_s))).rowcount == 1
-        return self._run(self._write, write)
+        return self._transaction(write)
 
     def close(self) -> None:
         def shut() -> None:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-        try:
+        with contextlib.suppress(Exception):  # best effort: the file is consistent anyway
             self._executor.submit(shut).result(10)
-        except Exception:  # closing is best effort; the file is consistent after any commit
-            pass
         self._executor.shutdown(wait=False)
 

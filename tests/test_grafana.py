@@ -188,7 +188,8 @@ def test_prometheus_config() -> None:
     cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
     assert cfg["rule_files"] == ["alerts.yml"]
     [job] = [j for j in cfg["scrape_configs"] if j["job_name"] == "spendgate"]
-    assert job["static_configs"][0]["targets"] == ["spendgate:4000"]
+    [sd] = job["dns_sd_configs"]  # every compose replica, and the demo proxy
+    assert (sd["names"], sd["port"]) == (["spendgate", "spendgate-demo"], 4000)
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert job.get("scrape_interval", cfg["global"]["scrape_interval"]) == "15s"
     targets = cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]

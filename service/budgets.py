@@ -1,0 +1,289 @@
+"""Budgets: which calls a budget covers, its current window, and the admission gate.
+
+A budget (``BudgetConfig``) covers a call when every selector it sets matches: ``project``,
+``upstream``, ``model`` (the model the caller asked for, case-insensitive) and ``key`` (the
+virtual key's name: its ``name`` in ``keys``, else ``project#index``, its position in the
+list). A selector with ``*``, ``?`` or ``[`` is a glob (``model: "gpt-5*"``).
+
+``BudgetGate.reserve`` runs on the event loop for every call (``service.proxy.BudgetGate``).
+When a ``block`` budget covers the call, it reserves the call's worst-case cost in every such
+budget at once, atomically in the store, and refuses the call with ``BudgetExceeded`` (429)
+when one has no room. Worst case, in nano-dollars rounded up::
+
+    prompt  = min(body bytes, 1.5 x tiktoken estimate + 32) for bodies up to 8 KiB, else
+              body bytes (a token is at least one byte of text), + 1600 per image part
+    output  = max_tokens (x n), else the catalog's max_output_tokens, else 32768;
+              0 for embeddings
+    cost    = prompt x max(input, cached_input, cache_write price) + output x output price
+
+capped per budget by ``max_reserve_usd``; a model without a price reserves 0 (it is counted at
+0). The reservation is settled to the exact cost by ``service.settlement`` once the call ends.
+
+With the store unreachable, ``store.on_error: open`` lets calls through unless the spend
+this replica knows of (last store totals plus spend not yet written) already fills a block
+budget; ``closed`` refuses them (503). ``BudgetGate.book`` and ``.catalog`` are replaced
+whole on reload (atomic reference swaps); a ``BudgetBook`` never changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from service.config import BudgetConfig
+from service.errors import BudgetExceeded, BudgetStoreUnavailable
+from service.ledger import Ledger
+from service.pricing import PriceCatalog
+from service.providers.base import RequestInfo
+from service.records import CallOutcome
+from service.store import NANO, Hold, StoreError
+from service.tokens import EncodingDataError, TokenEstimator
+from service.windows import Clock, Window, iso, window_at, zone
+
+log = logging.getLogger("spendgate.budgets")
+
+SMALL_BODY = 8192
+IMAGE_TOKENS_WORST = 1600
+DEFAULT_OUTPUT_TOKENS = 32768
+TTL_MARGIN_S = 86400          # a window's values outlive it by a day, for late settlements
+_MEMO_MAX = 4096
+_GLOB = frozenset("*?[")
+
+
+def usd(nano: int | Decimal) -> str:
+    """Nano-dollars for people, rounded down: ``$1,234.50``, ``$0.000123``."""
+    value = Decimal(nano).scaleb(-9)
+    if abs(value) >= 1:
+        return "$" + format(value.quantize(Decimal("0.01"), ROUND_FLOOR), ",f")
+    whole, _, frac = format(value.quantize(Decimal("0.000001"), ROUND_FLOOR), "f").partition(".")
+    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
+def to_nano(amount: Decimal, rounding: str = ROUND_CEILING) -> int:
+    return int((amount * NANO).to_integral_value(rounding))
+
+
+class Budget:
+    """One configured budget. Immutable except for its cached current window."""
+
+    __slots__ = ("_selectors", "_window", "block", "config", "limit", "max_reserve", "name",
+                 "thresholds", "tz")
+
+    def __init__(self, config: BudgetConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.block = config.action == "block"
+        self.limit = to_nano(config.limit_usd, ROUND_FLOOR)
+        self.max_reserve = (None if config.max_reserve_usd is None
+                            else to_nano(config.max_reserve_usd))
+        self.thresholds = tuple(sorted(set(config.alert_at)))
+        self.tz = zone(config.timezone)
+        self._selectors = [(field, value.lower() if field == "model" else value,
+                            bool(_GLOB & set(value)))
+                           for field in ("upstream", "project", "model", "key")
+                           if (value := getattr(config, field)) is not None]
+        self._window: Window | None = None
+
+    def matches(self, upstream: str, project: str, model: str, key: str) -> bool:
+        values = {"upstream": upstream, "project": project, "model": model.lower(), "key": key}
+        return all(fnmatchcase(values[f], v) if glob else values[f] == v
+                   for f, v, glob in self._selectors)
+
+    def window(self, now: float) -> Window:
+        """The window containing ``now``; cached until it ends."""
+        current = self._window
+        if current is None or not current.contains(now):
+            current = self._window = window_at(self.config.window, self.tz, now)
+        return current
+
+    def selectors(self) -> dict[str, str]:
+        return {f: str(getattr(self.config, f)) for f in ("upstream", "project", "model", "key")
+                if getattr(self.config, f) is not None}
+
+
+class BudgetBook:
+    """The configured budgets and a memo of which cover which call. Thread-safe."""
+
+    def __init__(self, configs: Sequence[BudgetConfig]) -> None:
+        self.budgets = tuple(Budget(c) for c in configs)
+        self.by_name = {b.name: b for b in self.budgets}
+        self.any_block = any(b.block for b in self.budgets)
+        self._memo: dict[tuple[str, str, str, str], tuple[Budget, ...]] = {}
+
+    def match(self, upstream: str, project: str, model: str, key: str) -> tuple[Budget, ...]:
+        memo_key = (upstream, project, model, key)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = tuple(b for b in self.budgets if b.matches(upstream, project, model, key))
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()   # bounded against floods of made-up project names
+            self._memo[memo_key] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What a call holds in the block budgets that cover it (``CallOutcome.reservation``)."""
+
+    id: str
+    holds: tuple[Hold, ...]
+    worst_case_nano: int
+
+
+def prompt_tokens_bound(info: RequestInfo, protocol: str, estimator: TokenEstimator) -> int:
+    body = info.upstream_body
+    bound = len(body)
+    if bound <= SMALL_BODY and info.json is not None:
+        try:
+            estimate = estimator.estimate_prompt(
+                info.operation, info.json, info.model,
+                protocol="anthropic" if protocol == "anthropic" else "openai")
+        except EncodingDataError:
+            estimate = None
+        if estimate is not None:
+            bound = min(bound, estimate * 3 // 2 + 32)
+    images = body.count(b'"image_url"') + body.count(b'"input_image"') + body.count(b'"image"')
+    return bound + images * IMAGE_TOKENS_WORST
+
+
+def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
+                    estimator: TokenEstimator) -> int:
+    """The most this call can cost, rounded up to a nano-dollar (see the module docstring)."""
+    info = outcome.request
+    if info is None or not info.metered:
+        return 0
+    resolved = catalog.resolve(info.model, upstream=outcome.upstream, provider=outcome.provider)
+    if resolved is None:
+        return 0
+    price = resolved.price
+    output = 0
+    if info.operation != "embeddings":
+        output = info.max_tokens or 0
+        if not output:
+            entry = catalog.entries.get(resolved.matched)
+            output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
+        choices = info.json.get("n") if info.json else None
+        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+            output *= choices
+    prompt = prompt_tokens_bound(info, outcome.protocol, estimator)
+    p_in = max(p for p in (price.input, price.cached_input, price.cache_write, Decimal(0))
+               if p is not None)
+    per_mtok = prompt * p_in + output * (price.output or Decimal(0))
+    return math.ceil(per_mtok * 1000)  # USD per Mtok x tokens x 1e9 / 1e6
+
+
+def refusal_message(budget: Budget, window: Window, spend: int, reserved: int, amount: int,
+                    now: float) -> str:
+    text = (f"budget {budget.name!r} has no room for this call: spent {usd(spend)} of "
+            f"{usd(budget.limit)} in its {budget.config.window} window")
+    if reserved:
+        text += f", {usd(reserved)} more reserved by calls in flight"
+    if amount:
+        text += f"; this call may cost up to {usd(amount)}"
+    if window.end is None:
+        return text + "; the window never resets (window: total): raise the limit to continue"
+    return text + f"; the window resets at {iso(window.end)} (in {_duration(window.end - now)})"
+
+
+def _duration(seconds: float) -> str:
+    s = math.ceil(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m")) if v]
+    return " ".join(parts[:2]) if parts else f"{s}s"
+
+
+class BudgetGate:
+    """The proxy's admission hook. ``reserve`` runs on the event loop."""
+
+    def __init__(self, book: BudgetBook, catalog: PriceCatalog, ledger: Ledger | None,
+                 estimator: TokenEstimator, clock: Clock,
+                 on_error: Literal["open", "closed"], count_blocked: Callable[[str], None],
+                 on_blocked: Callable[[Budget, Window, int, int, int], None] | None = None,
+                 ) -> None:
+        self.book = book
+        self.catalog = catalog
+        self.ledger = ledger
+        self.estimator = estimator
+        self.clock = clock
+        self.on_error = on_error
+        self._count_blocked = count_blocked
+        self._on_blocked = on_blocked
+
+    async def reserve(self, outcome: CallOutcome) -> None:
+        book = self.book
+        if not book.any_block or self.ledger is None:
+            return
+        model = (outcome.request.model if outcome.request else None) or "unknown"
+        covering = [b for b in book.match(outcome.upstream, outcome.project, model,
+                                          outcome.virtual_key or "") if b.block]
+        if not covering:
+            return
+        now = self.clock()
+        worst = worst_case_nano(outcome, self.catalog, self.estimator)
+        windows = {b.name: b.window(now) for b in covering}
+        holds = tuple(Hold(b.name, windows[b.name].id, b.limit,
+                           worst if b.max_reserve is None else min(worst, b.max_reserve),
+                           windows[b.name].ttl_s(now, TTL_MARGIN_S)) for b in covering)
+        rid = os.urandom(12).hex()
+        try:
+            refusal = await self.ledger.reserve(rid, holds, now)
+        except StoreError:
+            self._degraded(outcome, covering, windows, holds, now)
+            return
+        if refusal is not None:
+            budget = book.by_name[refusal.budget]
+            self._refuse(outcome, budget, windows[budget.name], refusal.spend, refusal.reserved,
+                         refusal.amount, now)
+        outcome.reservation = Reservation(rid, holds, worst)
+        outcome.budget_decision = "allowed"
+
+    def _degraded(self, outcome: CallOutcome, covering: list[Budget], windows: dict[str, Window],
+                  holds: tuple[Hold, ...], now: float) -> None:
+        if self.on_error == "closed":
+            outcome.budget_decision = "blocked"
+            raise BudgetStoreUnavailable(
+                "the budget store is unavailable and store.on_error is 'closed': calls "
+                "covered by a block budget are refused until it is back",
+                headers=[(b"retry-after", b"5")])
+        assert self.ledger is not None
+        for budget, hold in zip(covering, holds, strict=True):
+            spend, _ = self.ledger.known(budget.name, hold.window)
+            if spend >= budget.limit:
+                self._refuse(outcome, budget, windows[budget.name], spend, 0, hold.amount, now)
+        outcome.budget_decision = "allowed"
+
+    def _refuse(self, outcome: CallOutcome, budget: Budget, window: Window, spend: int,
+                reserved: int, amount: int, now: float) -> None:
+        outcome.budget_decision = "blocked"
+        self._count_blocked(budget.name)
+        if self._on_blocked is not None:
+            self._on_blocked(budget, window, spend, reserved, amount)
+        headers = [(b"x-should-retry", b"false")]
+        left = window.seconds_left(now)
+        if left is not None:
+            headers.insert(0, (b"retry-after", str(max(math.ceil(left), 1)).encode()))
+        raise BudgetExceeded(refusal_message(budget, window, spend, reserved, amount, now),
+                             headers=headers)
+
+
+def describe(budget: Budget, spend: int, reserved: int, now: float) -> dict[str, Any]:
+    """One budget as the admin API shows it."""
+    window = budget.window(now)
+    return {
+        "name": budget.name, "action": budget.config.action, "window": budget.config.window,
+        "timezone": budget.config.timezone, "window_id": window.id,
+        "window_start": iso(window.start) if window.end is not None else None,
+        "resets_at": iso(window.end), "limit_usd": float(Decimal(budget.limit).scaleb(-9)),
+        "spend_usd": float(Decimal(spend).scaleb(-9)),
+        "reserved_usd": float(Decimal(reserved).scaleb(-9)),
+        "ratio": spend / budget.limit if budget.limit else None,
+        "alert_at": list(budget.thresholds), "selectors": budget.selectors(),
+    }

@@ -62,6 +62,8 @@ TARGET_VS_LITELLM = 10.0
 LITELLM_ANCHOR = {"added_p50_ms": 5.0, "rps_c32": 190.0}
 
 WARMUP_S = 2
+# At c=32 a proxy should keep its core busy; below this share something else had the core.
+CONTENDED_SHARE = 0.9
 LATENCY_CONNECTIONS = 1
 THROUGHPUT_CONNECTIONS = 32
 
@@ -541,6 +543,7 @@ def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[st
             if pid:
                 used = settled_cpu_seconds(pid) - before
                 result["proxy_cpu_s"] = used
+                result["proxy_core_share"] = used / (result["duration_us"] / 1e6)
                 result["proxy_cpu_us_per_req"] = (used * 1e6 / result["requests"]
                                                   if result["requests"] else None)
             out[f"{kind}_runs"].append(result)
@@ -560,6 +563,7 @@ def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[st
         "p99_ms_c32": ms(thr, "p99_us"),
         "cpu_us_per_req_c1": med(lat, "proxy_cpu_us_per_req"),
         "cpu_us_per_req_c32": med(thr, "proxy_cpu_us_per_req"),
+        "core_share_c32": med(thr, "proxy_core_share"),
         "errors": sum(r["errors"] for r in lat + thr),
         "requests": sum(r["requests"] for r in lat + thr),
     })
@@ -679,18 +683,32 @@ def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
             continue
         lines += ["", f"### {title}", "",
                   "| path | p50 c=1 (ms) | p99 c=1 (ms) | added p50 (ms) | added p99 (ms) "
-                  "| req/s c=32 | p99 c=32 (ms) | proxy CPU µs/req (c=1 / c=32) | errors |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| req/s c=32 | p99 c=32 (ms) | proxy CPU µs/req (c=1 / c=32) "
+                  "| proxy core use c=32 | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, m in rows:
             label = {"direct": "direct to nginx", "spendgate": "through spendgate",
                      "floor": "through a minimal Python proxy (floor)",
                      "litellm": "through LiteLLM"}.get(name, name)
             cpu = ("–" if m["cpu_us_per_req_c1"] is None else
                    f"{m['cpu_us_per_req_c1']:.0f} / {m['cpu_us_per_req_c32']:.0f}")
+            share = ("–" if m.get("core_share_c32") is None else
+                     f"{m['core_share_c32']:.0%}")
             lines.append(
                 f"| {label} | {_ms(m['p50_ms'])} | {_ms(m['p99_ms'])} | "
                 f"{_ms(m.get('added_p50_ms'))} | {_ms(m.get('added_p99_ms'))} | "
-                f"{m['rps_c32']:,.0f} | {_ms(m['p99_ms_c32'])} | {cpu} | {m['errors']} |")
+                f"{m['rps_c32']:,.0f} | {_ms(m['p99_ms_c32'])} | {cpu} | {share} | "
+                f"{m['errors']} |")
+        notes = []
+        for name, m in rows:
+            share, cpu32 = m.get("core_share_c32"), m.get("cpu_us_per_req_c32")
+            if share is not None and cpu32 and share < CONTENDED_SHARE:
+                notes.append(
+                    f"- {name} kept its core only {share:.0%} busy at c=32 (most likely other "
+                    f"load on the machine took the rest), so its req/s is understated: its CPU "
+                    f"cost per request implies about {1e6 / cpu32:,.0f} req/s on a whole core.")
+        if notes:
+            lines += ["", *notes]
     if verdict.get("checks"):
         ref = verdict["litellm_reference"]
         lines += ["", "### Targets (non-streamed)", "",

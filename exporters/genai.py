@@ -154,9 +154,8 @@ def span_attributes(record: UsageRecord, server: Server | None) -> dict[str, Att
         if record.priced:
             # A double for the backends to sum; the exact Decimal lives in /metrics.
             a[sc.SPENDGATE_COST_USD] = float(record.cost_usd)
-    decision = getattr(record, "budget_decision", None)  # set by the budgets engine, if any
-    if decision is not None:
-        a[sc.SPENDGATE_BUDGET_DECISION] = str(decision)
+    if record.budget_decision is not None:  # "allowed" | "blocked" by a block budget
+        a[sc.SPENDGATE_BUDGET_DECISION] = record.budget_decision
     return a
 
 

@@ -76,13 +76,15 @@ INSTRUMENTS = (TOKEN_USAGE, OPERATION_DURATION, TIME_TO_FIRST_CHUNK, TIME_PER_OU
 
 
 class _Instrument:
-    """One spec made real: a Prometheus histogram and, optionally, an OpenTelemetry one."""
+    """One spec made real: a Prometheus histogram and, optionally, an OpenTelemetry one.
+    Prometheus children are cached by label values (bounded by the label caps)."""
 
-    __slots__ = ("otel", "prom", "spec")
+    __slots__ = ("children", "otel", "prom", "spec")
 
     def __init__(self, spec: InstrumentSpec, registry: CollectorRegistry | None,
                  meter: Any) -> None:
         self.spec = spec
+        self.children: dict[tuple[str, ...], Any] = {}
         self.prom = None if registry is None else Histogram(
             spec.prometheus_name, spec.description, spec.prometheus_labels,
             buckets=spec.buckets, registry=registry)
@@ -90,14 +92,18 @@ class _Instrument:
             spec.name, unit=spec.unit, description=spec.description,
             explicit_bucket_boundaries_advisory=list(spec.buckets))
 
-    def record(self, value: float, attributes: Mapping[str, str | int],
+    def record(self, value: float, labels: tuple[str, ...],
+               attributes: Mapping[str, str | int] | None,
                exemplar: dict[str, str] | None = None, times: int = 1) -> None:
+        """``labels``: Prometheus label values in ``spec.attributes`` order; ``attributes``:
+        the same as OpenTelemetry attributes (absent ones omitted), None without a meter."""
         if self.prom is not None:
-            child = self.prom.labels(*[str(attributes.get(key, ""))
-                                       for key in self.spec.attributes])
+            child = self.children.get(labels)
+            if child is None:
+                child = self.children[labels] = self.prom.labels(*labels)
             for _ in range(times):
                 child.observe(value, exemplar)
-        if self.otel is not None:
+        if self.otel is not None and attributes is not None:
             for _ in range(times):
                 self.otel.record(value, attributes)
 
@@ -114,36 +120,46 @@ class GenAIMetricsSink:
     def __init__(self, registry: CollectorRegistry | None, servers: Mapping[str, Server],
                  label_limit: int = 200, meter: Any = None, exemplars: bool = False) -> None:
         self._servers = servers
+        self._server_labels = {name: (host, "" if port is None else str(port))
+                               for name, (host, port) in servers.items()}
         self._request_model = LabelCap(label_limit)
         self._response_model = LabelCap(label_limit)
         self._exemplars = exemplars
+        self._otel = meter is not None
         self.token_usage, self.duration, self.ttfc, self.tpoc = (
             _Instrument(spec, registry, meter) for spec in INSTRUMENTS)
 
     def export(self, records: Sequence[UsageRecord]) -> None:
         for record in records:
-            if record.metered and operation_name(record) is not None:
-                self._export_one(record)
+            operation = operation_name(record)
+            if record.metered and operation is not None:
+                self._export_one(record, operation)
 
-    def _export_one(self, r: UsageRecord) -> None:
+    def _export_one(self, r: UsageRecord, operation: str) -> None:
         request_model = self._request_model(r.model) if r.model != "unknown" else ""
         response_model = self._response_model(r.response_model) if r.response_model else ""
+        # Label values in _COMMON order: operation, provider, models, server address, port.
+        base = (operation, r.provider, request_model, response_model,
+                *self._server_labels.get(r.upstream, ("", "")))
         attributes = metric_attributes(r, self._servers.get(r.upstream), request_model,
-                                       response_model)
+                                       response_model) if self._otel else None
         exemplar = trace_exemplar(r) if self._exemplars else None
         for token_type, count in ((sc.TOKEN_TYPE_INPUT, r.usage.input),
                                   (sc.TOKEN_TYPE_OUTPUT, r.usage.output)):
             if count is not None:
-                self.token_usage.record(count, {**attributes, sc.TOKEN_TYPE: token_type})
+                self.token_usage.record(
+                    count, (*base, token_type),
+                    None if attributes is None else {**attributes, sc.TOKEN_TYPE: token_type})
         error = error_type(r)
-        self.duration.record(r.duration_s,
-                             {**attributes, sc.ERROR_TYPE: error} if error else attributes,
-                             exemplar)
+        self.duration.record(
+            r.duration_s, (*base, error or ""),
+            {**attributes, sc.ERROR_TYPE: error} if attributes is not None and error
+            else attributes, exemplar)
         if r.stream and r.ttft_s is not None:
-            self.ttfc.record(r.ttft_s, attributes, exemplar)
+            self.ttfc.record(r.ttft_s, base, attributes, exemplar)
             if r.chunks > 1:
                 mean = max(r.duration_s - r.ttft_s, 0.0) / (r.chunks - 1)
-                self.tpoc.record(mean, attributes, exemplar, times=r.chunks - 1)
+                self.tpoc.record(mean, base, attributes, exemplar, times=r.chunks - 1)
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         return True

@@ -6,7 +6,7 @@ Each line (UTF-8, ``\\n``-terminated, keys stable)::
      "request_id": "…", "upstream": "openai", "provider": "openai", "operation": "chat",
      "model": "gpt-4o", "response_model": "gpt-4o-2024-08-06", "project": "search",
      "user": "alice", "virtual_key": "search#0", "status": 200, "error_type": null,
-     "client_closed": false, "stream": true,
+     "client_closed": false, "budget_decision": null, "stream": true,
      "tokens": {"input": {"count": 12, "source": "reported"}, "output": {...}, ...},
      "cost_usd": "0.000123", "priced": true, "price_source": "builtin",
      "duration_s": 1.234, "ttft_s": 0.2, "tpot_s": 0.01, "overhead_s": 0.0002}
@@ -57,6 +57,7 @@ def usage_line(record: UsageRecord) -> dict[str, Any]:
         "status": record.status,
         "error_type": record.error_type,
         "client_closed": record.client_closed,
+        "budget_decision": record.budget_decision,
         "stream": record.stream,
         "tokens": tokens,
         "cost_usd": format(record.cost_usd, "f"),

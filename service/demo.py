@@ -323,7 +323,6 @@ async def _start(stack: contextlib.AsyncExitStack,
     simulator = Simulator(seed=options.seed, error_rate=options.error_rate)
     simulator_url = await simulator.start(HOST, 0)
     stack.push_async_callback(simulator.stop)
-    await simulator.warm_up()
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spendgate-demo-")))
     config_path = workdir / "spendgate-demo.yaml"
     config_path.write_text(yaml.safe_dump(demo_config(simulator_url, workdir / "ledger.sqlite3"),
@@ -331,6 +330,7 @@ async def _start(stack: contextlib.AsyncExitStack,
     child = ProxyChild(config_path, port, workdir / "proxy.log")
     stack.push_async_callback(child.stop)
     await child.spawn()
+    await simulator.warm_up()  # while the child starts
     return child.url, simulator_url, child
 
 

@@ -73,7 +73,7 @@ _QUERIES = ("cheap flights to lisbon in may", "python asyncio timeout example",
 
 
 def _knowledge_base() -> str:
-    """A ~1.8k-token support system prompt (deterministic: it must repeat to be cached)."""
+    """A ~2.8k-token support system prompt (deterministic: it must repeat to be cached)."""
     topics = ("billing", "invoices", "refunds", "shipping", "returns", "passwords", "accounts",
               "teams", "exports", "integrations", "security", "plans")
     lines = ["You are the support assistant of Acme Cloud. Answer politely and briefly, cite "
@@ -92,14 +92,16 @@ def _knowledge_base() -> str:
 def _schema() -> str:
     """A ~1.3k-token analytics system prompt: table definitions the model reports from."""
     tables = ("orders", "customers", "products", "regions", "tickets", "subscriptions",
-              "invoices", "payments", "sessions", "events")
+              "invoices", "payments", "sessions", "events", "refunds", "shipments", "coupons",
+              "campaigns", "experiments", "agents")
     lines = ["You are a data analyst. Answer with a short report and the SQL you used. "
              "The warehouse has these tables:"]
     for table in tables:
         columns = ", ".join(f"{table[:-1]}_{name} {kind}" for name, kind in (
             ("id", "bigint primary key"), ("created_at", "timestamp"), ("updated_at", "timestamp"),
             ("status", "text"), ("amount_usd", "numeric(12,2)"), ("region_id", "bigint"),
-            ("owner_id", "bigint"), ("notes", "text")))
+            ("owner_id", "bigint"), ("channel", "text"), ("currency", "char(3)"),
+            ("notes", "text")))
         lines.append(f"Table {table}: {columns}. Rows are never deleted; use status to "
                      f"filter out cancelled {table}.")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The ledger: a ``Store`` plus what keeps spend safe when the store is down or slow.
 
 * A circuit breaker (``StoreHealth``): after a failure the store is not asked again for a
-  backoff (0.5 s doubling to 10 s), so a dead Redis costs the hot path nothing; the
+  backoff (0.5 s doubling to 5 s), so a dead Redis costs the hot path nothing; the
   ``ledger-sync`` thread, callers and the next call probe it when the backoff ends.
 * Nothing recorded is lost: a settlement the store did not take is kept in memory (a batch
   that may have been applied is retried under its own id, which the store applies once;
@@ -62,7 +62,7 @@ class StoreHealth:
     def failed(self, operation: str, error: BaseException) -> None:
         self.errors += 1
         self._count(operation)
-        self._backoff = min(max(self._backoff * 2, 0.5), 10.0)
+        self._backoff = min(max(self._backoff * 2, 0.5), 5.0)
         self._retry_at = time.monotonic() + self._backoff
         if self.down_since is None:
             self.down_since = self._clock()

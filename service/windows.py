@@ -58,7 +58,7 @@ class Window:
     def ttl_s(self, now: float, margin_s: int) -> int:
         """Seconds a stored value of this window must live: to its end plus ``margin_s``;
         0 means forever (``total``)."""
-        return 0 if self.end is None else int(self.end - now) + margin_s
+        return 0 if self.end is None else max(int(self.end - now) + margin_s, 1)
 
 
 def _midnight(day: date, tz: tzinfo) -> float:

@@ -51,6 +51,11 @@ def test_metric_names_units_buckets_and_prometheus_translation() -> None:
         assert {"gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
                 "server.address", "server.port"} <= set(instrument.attributes)
     assert "gen_ai_token_type" in TOKEN_USAGE.prometheus_labels
+    # The sink builds label values in this order: operation, provider, models, server.
+    for instrument in INSTRUMENTS:
+        assert instrument.prometheus_labels[:6] == (
+            "gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
+            "gen_ai_response_model", "server_address", "server_port")
     assert "error_type" in OPERATION_DURATION.prometheus_labels
 
 

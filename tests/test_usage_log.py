@@ -85,7 +85,7 @@ def test_an_unwritable_path_fails_at_startup(fake: FakeUpstream, spawn: Any,
                                              tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     bad = tmp_path / "a-file" / "usage.jsonl"
-    with pytest.raises(RuntimeError, match="telemetry.usage_log.path: cannot open"):
+    with pytest.raises(RuntimeError, match=r"telemetry\.usage_log\.path: cannot open"):
         spawn(basic_config(fake, telemetry={"usage_log": {"path": str(bad)}}))
 
 

@@ -1,0 +1,154 @@
+"""``spendgate demo`` as a user runs it: a real subprocess, its printed URLs, its /metrics.
+
+Both demos start together (they are independent, on their own free ports) so the module
+costs one demo's time: one runs out its ``--duration``, the other is stopped with SIGINT.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, free_port
+
+PROJECTS = ("search", "support", "analytics", "internal-tools", "experiments")
+
+
+class Demo:
+    """``python -m service demo ...`` with its stdout read line by line in a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "demo", "--port", str(self.port), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        """The first printed line (from the start) matching ``pattern``."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if found := re.search(pattern, line):
+                    return found
+            seen = len(self.lines)
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}; output:\n"
+                                     + "\n".join(self.lines)) from None
+            if line is None:
+                raise AssertionError(f"demo exited without {pattern!r}:\n" + "\n".join(
+                    self.lines) + "\n" + self.stderr())
+            self.lines.append(line)
+
+    def finish(self, timeout_s: float) -> int:
+        code = self.proc.wait(timeout_s)
+        while (line := self._queue.get(timeout=5)) is not None:
+            self.lines.append(line)
+        return code
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def demos() -> Iterator[tuple[Demo, Demo]]:
+    timed = Demo("--duration", "8", "--rate", "10", "--seed", "5")
+    interrupted = Demo("--rate", "10", "--seed", "6")
+    yield timed, interrupted
+    timed.kill()
+    interrupted.kill()
+
+
+def metrics(url: str) -> list[tuple[str, dict[str, str], float]]:
+    text = httpx.get(url, timeout=10).text
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text)
+            for s in f.samples]
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_demo_serves_real_metrics_and_exits_on_its_own(demos: tuple[Demo, Demo]) -> None:
+    demo = demos[0]
+    proxy = demo.wait_for(r"^\s+proxy\s+(http://\S+)", 60)[1]
+    metrics_url = demo.wait_for(r"^\s+metrics\s+(http://\S+/metrics)", 5)[1]
+    assert proxy == f"http://127.0.0.1:{demo.port}"
+    assert metrics_url == proxy + "/metrics"
+    demo.wait_for(r"curl -s http://127\.0\.0\.1:\d+/openai/v1/chat/completions", 5)
+    demo.wait_for(r"OPENAI_BASE_URL=http://127\.0\.0\.1:\d+/openai/v1", 5)
+
+    # While it runs, the proxy's own /metrics shows the whole mix.
+    deadline = time.monotonic() + 8
+    while True:
+        samples = metrics(metrics_url)
+        requests = [labels for name, labels, _ in samples if name == "spendgate_requests_total"]
+        projects = {labels["project"] for labels in requests}
+        models = {labels["model"] for labels in requests}
+        providers = {labels["provider"] for labels in requests}
+        estimated = [value for name, labels, value in samples
+                     if name == "spendgate_tokens_total" and labels["model"] == "llama3.1:8b"
+                     and labels["source"] == "estimated" and labels["upstream"] == "local"]
+        done = (len(projects) >= 4 and len(models) >= 4 and {"openai", "anthropic"} <= providers
+                and sum(estimated) > 0)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(projects) >= 4, projects
+    assert len(models) >= 4, models
+    assert {"openai", "anthropic"} <= providers, providers
+    assert sum(estimated) > 0, "the self-hosted model's tokens are estimated"
+
+    assert demo.finish(40) == 0, demo.stderr()
+    out = "\n".join(demo.lines)
+    assert "stopped after" in out
+    # Non-TTY output: plain periodic lines, then the final table.
+    assert re.search(r"^\[\s*\d+\.\ds\] \d+ requests", out, re.MULTILINE)
+    spend = {m[1]: float(m[2].replace(",", "")) for m in re.finditer(
+        r"^(\S+)\s+[\d,]+\s+[\d,]+\s+\S+\s+[\d,]+\s+[\d,]+\s+\$([\d,.]+)$", out, re.MULTILINE)}
+    assert sum(1 for p in PROJECTS if spend.get(p, 0) > 0) >= 3, spend
+    assert spend["total"] > 0
+    assert port_closed(demo.port), "the proxy child is stopped"
+
+
+def test_demo_stops_cleanly_on_ctrl_c(demos: tuple[Demo, Demo]) -> None:
+    demo = demos[1]
+    demo.wait_for(r"^\s+metrics\s+(http://\S+/metrics)", 60)
+    demo.wait_for(r"^\[\s*\d+\.\ds\] [1-9][\d,]* requests", 15)
+    demo.proc.send_signal(signal.SIGINT)
+    assert demo.finish(30) == 0, demo.stderr()
+    out = "\n".join(demo.lines)
+    assert "stopped after" in out and re.search(r"^total\s+[1-9]", out, re.MULTILINE)
+    assert port_closed(demo.port), "the proxy child is stopped"

@@ -48,7 +48,7 @@ from service.demo_traffic import LOCAL_MODEL, Traffic
 from service.simulator import Simulator
 
 HOST = "127.0.0.1"
-DRAIN_GRACE_S = 3.0
+DRAIN_GRACE_S = 2.0
 LOCAL_PRICE = {"input_per_mtok": "0.10", "output_per_mtok": "0.40"}
 BUDGETS: list[dict[str, Any]] = [
     {"name": "search-daily", "project": "search", "limit_usd": "1", "window": "day",

@@ -44,7 +44,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.posts.append((time.monotonic(), self.path, orjson.loads(body)))
                 status = receiver.fail_with if len(receiver.posts) <= receiver.failures else 200

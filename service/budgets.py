@@ -144,8 +144,8 @@ def prompt_tokens_bound(info: RequestInfo, protocol: str, estimator: TokenEstima
             estimate = estimator.estimate_prompt(
                 info.operation, info.json, info.model,
                 protocol="anthropic" if protocol == "anthropic" else "openai")
-        except EncodingDataError:
-            estimate = None
+        except (EncodingDataError, ValueError, TypeError, RecursionError):
+            estimate = None  # a body the estimator cannot read is bounded by its bytes
         if estimate is not None:
             bound = min(bound, estimate * 3 // 2 + 32)
     images = body.count(b'"image_url"') + body.count(b'"input_image"') + body.count(b'"image"')

@@ -9,7 +9,9 @@ Contract keys (issue-defined; acceptance checks use them)::
 
 Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
-``metrics.gen_ai`` (the GenAI convention histograms too; see ``service.telemetry``).
+``metrics.gen_ai`` (the GenAI convention histograms too; see ``service.telemetry``),
+``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
+``budgets[].max_reserve_usd`` (see ``service.budgets``).
 
 ``${VAR}`` is replaced by the environment variable (``${VAR:-default}`` gives a default); an
 unset variable becomes the empty string, and an empty ``api_key`` means "forward the caller's

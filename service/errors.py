@@ -14,7 +14,7 @@ Hierarchy::
         ├── UpstreamUnreachable  502: connect/read failure
         └── UpstreamTimeout      504: ``timeout_s`` passed
 
-Library errors (aiohttp, OS) are translated into these at the boundary (``upstream.py``),
+Client errors (``http1``, OS) are translated into these at the boundary (``upstream.py``),
 so the proxy deals with one family only. Messages never carry secrets.
 """
 

@@ -4,7 +4,8 @@
   backoff (0.5 s doubling to 5 s), so a dead Redis costs the hot path nothing; the
   ``ledger-sync`` thread, callers and the next call probe it when the backoff ends.
 * Nothing recorded is lost: a settlement the store did not take is kept in memory (a batch
-  that may have been applied is retried under its own id, which the store applies once;
+  that may have been applied is retried under its own sequence number, which the store
+  applies once;
   newer spend is summed per budget window and per dimensions, so memory stays bounded
   through any outage) and written when the store answers again.
 * ``known(budget, window)``: the last totals the store reported plus spend not written yet,
@@ -97,6 +98,8 @@ class Ledger:
         self._dims: dict[tuple[str, Dims], list[int]] = {}
         self._releases: list[tuple[str, str, str]] = []
         self._known: Totals = {}
+        self.source = uuid.uuid4().hex[:16]   # this process, as a writer to the store
+        self._seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sync, name="spendgate-ledger-sync",
                                         daemon=True)
@@ -112,6 +115,9 @@ class Ledger:
         except StoreError as error:
             self.health.failed("reserve", error)
             raise
+        except Exception as error:  # an unexpected reply must not fail the call either
+            self.health.failed("reserve", error)
+            raise StoreError(f"{type(error).__name__}: {error}") from error
         self.health.ok()
         if refusal is not None:
             self._known[(refusal.budget, refusal.window)] = (refusal.spend, refusal.reserved)
@@ -128,6 +134,7 @@ class Ledger:
                 idle = self._retry is None and not self._charges and not self._dims \
                     and not self._releases
             if idle and self.health.usable():
+                self._stamp(batch)
                 try:
                     totals = self.store.settle(batch, self.clock())
                 except StoreError as error:
@@ -140,6 +147,11 @@ class Ledger:
                 return totals
             self._merge(batch)
             return self._flush() if self.health.usable() else None
+
+    def _stamp(self, batch: SettleBatch) -> None:
+        """Number a batch as it is first sent: each only after the previous one applied."""
+        self._seq += 1
+        batch.source, batch.seq = self.source, self._seq
 
     def _merge(self, batch: SettleBatch) -> None:
         with self._lock:
@@ -160,9 +172,10 @@ class Ledger:
                 batch = self._retry
                 if batch is None and (self._charges or self._dims or self._releases):
                     batch = SettleBatch(
-                        uuid.uuid4().hex, self._releases,
+                        "", 0, self._releases,
                         [Charge(b, w, a, t) for (b, w), (a, t) in self._charges.items()],
                         [DimCharge(w, d, a, t) for (w, d), (a, t) in self._dims.items()])
+                    self._stamp(batch)
                     self._retry, self._charges, self._dims, self._releases = batch, {}, {}, []
             if batch is None:
                 return totals

@@ -16,7 +16,6 @@ never off by more than one nano-dollar per process, however many calls it sums.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC
 from decimal import Context, Decimal, localcontext
@@ -52,7 +51,7 @@ class LedgerSink:
     def batch(self, records: Sequence[UsageRecord]) -> SettleBatch:
         now = self._clock()
         book = self._book()
-        batch = SettleBatch(uuid.uuid4().hex)
+        batch = SettleBatch()
         charges: dict[tuple[str, str], _Sum] = {}
         dims: dict[tuple[str, Dims], _Sum] = {}
         utc_windows = [window_at(kind, UTC, now) for kind in WINDOW_KINDS]

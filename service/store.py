@@ -16,8 +16,11 @@ Operations, each atomic in the store:
   leases (a replica died with calls in flight) are reclaimed first. All holds or none.
 * ``settle(batch, now)``: release reservations, add charges to ``spend`` and to the per
   dimension totals (``upstream, project, model, key`` per UTC window, at most ``DIM_CAP``
-  distinct tuples per window, the rest summed as ``(other)``). A batch id applies once only,
-  so a batch retried after an ambiguous timeout is not counted twice.
+  distinct tuples per window, the rest summed as ``(other)``). Each writer (``source``, one
+  per process) numbers its batches 1, 2, 3... and sends one only once the previous one is
+  known to be applied; the store applies a batch only if its ``seq`` is above the last it
+  applied from that source, so a batch retried after an ambiguous timeout is never counted
+  twice, at the cost of one small record per process.
 * ``totals``, ``dims``: reads. ``claim(name, ttl_s)``: true for the first caller only (alert
   dedupe across replicas).
 
@@ -91,9 +94,11 @@ class DimCharge:
 
 @dataclass(slots=True)
 class SettleBatch:
-    """What the pipeline learned from a batch of finished calls, to apply once."""
+    """What the pipeline learned from a batch of finished calls, to apply once.
+    ``source`` and ``seq`` are stamped by the ``Ledger`` when it first sends the batch."""
 
-    id: str
+    source: str = ""
+    seq: int = 0
     releases: list[tuple[str, str, str]] = field(default_factory=list)  # (rid, budget, window)
     charges: list[Charge] = field(default_factory=list)
     dims: list[DimCharge] = field(default_factory=list)
@@ -169,7 +174,8 @@ CREATE TABLE IF NOT EXISTS dim_spend (win TEXT NOT NULL, upstream TEXT NOT NULL,
     spend INTEGER NOT NULL DEFAULT 0, expires REAL,
     PRIMARY KEY (win, upstream, project, model, vkey)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, expires REAL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS settled (batch TEXT PRIMARY KEY, expires REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settled (source TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+    expires REAL) WITHOUT ROWID;
 """
 _PRUNE_EVERY_S = 60.0
 _SETTLED_TTL_S = 86400
@@ -289,9 +295,11 @@ class SQLiteStore(Store):
     def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
         touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
                                      + [(c.budget, c.window) for c in batch.charges]))
-        fresh = db.execute("INSERT OR IGNORE INTO settled VALUES (?, ?)",
-                           (batch.id, now + _SETTLED_TTL_S)).rowcount
-        if fresh:
+        last = db.execute("SELECT seq FROM settled WHERE source=?", (batch.source,)).fetchone()
+        if last is None or batch.seq > last[0]:
+            db.execute("INSERT INTO settled VALUES (?, ?, ?) ON CONFLICT (source) DO UPDATE "
+                       "SET seq=excluded.seq, expires=excluded.expires",
+                       (batch.source, batch.seq, now + _SETTLED_TTL_S))
             for rid, budget, window in batch.releases:
                 row = db.execute("DELETE FROM reservations WHERE rid=? AND budget=? AND win=? "
                                  "RETURNING amount", (rid, budget, window)).fetchone()

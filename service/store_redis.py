@@ -7,7 +7,7 @@ Keys (``P`` is ``store.key_prefix``; budget names are user text, window ids neve
     P leases:{budget}:{window}   zset   rid -> lease end (unix seconds)
     P spend:{window}             hash   JSON [upstream, project, model, key] -> nano-dollars
     P claim:{name}               string alert dedupe (SET NX)
-    P settled:{batch}            string batch ids already applied (one day)
+    P settled:{source}           string last batch seq applied from a process (one day)
 
 Each script runs atomically in Redis, so the check-and-increment of ``reserve`` holds under
 any number of replicas. Amounts travel as decimal strings and are added with ``HINCRBY``
@@ -81,13 +81,14 @@ end
 return {0}
 """
 
-# KEYS[1]: the batch's "settled" marker. ARGV[1]: JSON ops, amounts as strings:
+# KEYS[1]: the source's last applied seq; ARGV[2]: this batch's seq. ARGV[1]: JSON ops,
+# amounts as strings:
 # {"r": [[hash, zset, rid]], "c": [[hash, amount, ttl]], "d": [[hash, field, amount, ttl]],
 #  "t": [hash, ...] (budget hashes whose totals to return), "o": other-field, "cap": n}
 _SETTLE = """
 local ops = cjson.decode(ARGV[1])
-local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400)
-if fresh then
+if tonumber(ARGV[2]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', 86400)
   for _, r in ipairs(ops.r) do
     local amount = redis.call('HGET', r[1], 'r:' .. r[3])
     if amount then
@@ -204,8 +205,8 @@ class RedisStore(Store):
             "o": _OTHER_FIELD, "cap": DIM_CAP,
         }
         try:
-            reply = self._settle_sync(keys=[f"{self.prefix}settled:{batch.id}"],
-                                      args=[orjson.dumps(ops)])
+            reply = self._settle_sync(keys=[f"{self.prefix}settled:{batch.source}"],
+                                      args=[orjson.dumps(ops), str(batch.seq)])
         except redis.RedisError as error:
             raise StoreError(f"{self.description}: {type(error).__name__}: {error}") from None
         return {key: (int(reply[2 * i]), int(reply[2 * i + 1])) for i, key in enumerate(touched)}

@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import orjson
 import pytest
 import redis
 
+from service.records import UsageRecord
+from service.usage import Usage
 from tests.conftest import basic_config, free_port
 from tests.fake_upstream import FakeUpstream, Reply
 
@@ -111,6 +114,19 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.kill()
+
+
+def usage_record(**overrides: Any) -> UsageRecord:
+    fields: dict[str, Any] = dict(
+        start_unix=0.0, upstream="openai", provider="openai", protocol="openai",
+        operation="chat", model=MODEL, response_model=None, project="default", user=None,
+        virtual_key=None, status=200, stream=False, metered=True, usage=Usage(output=100),
+        cost_usd=Decimal("0.1"), priced=True, price_source="override", duration_s=0.1,
+        ttft_s=None, tpot_s=None, overhead_s=0.001, error_type=None, client_closed=False,
+        response_id=None, finish_reasons=(), service_tier=None, request_id=None,
+        max_tokens=100)
+    fields.update(overrides)
+    return UsageRecord(**fields)
 
 
 def chat_reply(output_tokens: int, input_tokens: int = 10, delay_s: float = 0.0,

@@ -37,9 +37,8 @@ from service.config import BudgetConfig, parse_config
 from service.errors import BudgetExceeded, ConfigError
 from service.pricing import PriceCatalog
 from service.providers import PROVIDERS
-from service.records import CallOutcome, UsageRecord
+from service.records import CallOutcome
 from service.tokens import TokenEstimator
-from service.usage import Usage
 from tests.budget_helpers import (  # noqa: F401  (fixtures)
     MODEL,
     PRICE,
@@ -51,6 +50,7 @@ from tests.budget_helpers import (  # noqa: F401  (fixtures)
     messages_reply,
     private_redis,
     redis_prefix,
+    usage_record,
     wait_for,
 )
 from tests.conftest import ProxyProcess
@@ -58,19 +58,6 @@ from tests.fake_upstream import FakeUpstream
 
 NANO_PER_CALL = 100_000_000  # $0.10
 JSON = {"content-type": "application/json"}
-
-
-def usage_record(**overrides: Any) -> UsageRecord:
-    fields: dict[str, Any] = dict(
-        start_unix=0.0, upstream="openai", provider="openai", protocol="openai",
-        operation="chat", model=MODEL, response_model=None, project="default", user=None,
-        virtual_key=None, status=200, stream=False, metered=True, usage=Usage(output=100),
-        cost_usd=Decimal("0.1"), priced=True, price_source="override", duration_s=0.1,
-        ttft_s=None, tpot_s=None, overhead_s=0.001, error_type=None, client_closed=False,
-        response_id=None, finish_reasons=(), service_tier=None, request_id=None,
-        max_tokens=100)
-    fields.update(overrides)
-    return UsageRecord(**fields)
 
 
 def outcome_for(body: bytes, project: str = "default", protocol: str = "openai",
@@ -265,7 +252,13 @@ def test_block_budget_answers_429_in_each_protocol(capped: ProxyProcess,
     openai_client(capped).chat.completions.create(
         model="unpriced-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
     assert capped.sample("spendgate_budget_blocked_total", budget="daily-cap") == 2
-    assert capped.sample("spendgate_requests_total", status="429") == 2
+    # x-should-retry: false keeps an SDK with its default retries from asking again.
+    retrying = openai.OpenAI(base_url=capped.url + "/openai/v1", api_key="sk-caller")
+    with pytest.raises(openai.RateLimitError):
+        retrying.chat.completions.create(model=MODEL, max_tokens=100,
+                                         messages=[{"role": "user", "content": "five"}])
+    assert capped.sample("spendgate_budget_blocked_total", budget="daily-cap") == 3
+    assert capped.sample("spendgate_requests_total", status="429") == 3
     assert capped.sample("spendgate_budget_spend_usd", budget="daily-cap") == pytest.approx(0.2)
     assert capped.sample("spendgate_budget_spend_usd", budget="watch") == pytest.approx(0.2)
     assert capped.sample("spendgate_budget_limit_usd", budget="daily-cap") == 0.25
@@ -508,3 +501,20 @@ def test_store_down_with_on_error_closed_refuses_block_calls(
         f"spendgate:budget:strict:month:{datetime.now(UTC).date().replace(day=1)}",
         "spend") is not None
 
+
+
+def test_store_down_with_on_error_open_still_refuses_a_used_up_budget(
+        spawn: Any, upstream: FakeUpstream, private_redis: RedisServer) -> None:  # noqa: F811
+    proxy = spawn(budget_config(upstream, [
+        {"name": "small", "project": "mine", "limit_usd": "0.2", "action": "block"},
+        {"name": "roomy", "project": "other", "limit_usd": 100, "action": "block"}],
+        store={"url": private_redis.url, "timeout_s": 0.2}))
+    upstream.queue(*[chat_reply(100) for _ in range(4)])
+    post = lambda project: httpx.post(  # noqa: E731
+        proxy.url + "/openai/v1/chat/completions", content=chat_body(100),
+        headers={**JSON, "x-spendgate-project": project}).status_code
+    assert [post("mine"), post("mine")] == [200, 200]
+    private_redis.kill()
+    assert post("mine") == 429   # known to be used up: refused without the store
+    assert post("other") == 200  # "roomy" has room as far as this replica knows: open
+    assert proxy.sample("spendgate_store_errors_total") >= 1

@@ -108,18 +108,23 @@ def test_reserve_is_all_or_nothing_across_budgets(store: Store) -> None:
 
 def test_reservation_may_fill_the_limit_exactly_then_nothing_fits(store: Store) -> None:
     assert store.reserve("r1", [hold("a", 100)], 1000.0) is None
-    store.settle(SettleBatch("s1", [("r1", "a", W)], [Charge("a", W, 100, 3600)]), 1000.0)
+    store.settle(SettleBatch("t", 1, [("r1", "a", W)], [Charge("a", W, 100, 3600)]), 1000.0)
     assert totals(store, "a") == [(100, 0)]
     assert store.reserve("r2", [hold("a", 0)], 1000.0) is not None  # used up: even a free call
 
 
 def test_settle_releases_charges_and_applies_a_batch_once(store: Store) -> None:
     store.reserve("r1", [hold("a", 50)], 1000.0)
-    batch = SettleBatch("batch-1", [("r1", "a", W)], [Charge("a", W, 7, 3600)],
+    batch = SettleBatch("proc-1", 1, [("r1", "a", W)], [Charge("a", W, 7, 3600)],
                         [DimCharge(W, ("openai", "p", "m", ""), 7, 3600)])
     assert store.settle(batch, 1001.0) == {("a", W): (7, 0)}
     assert store.settle(batch, 1002.0) == {("a", W): (7, 0)}  # a retry counts nothing twice
     assert store.dims(W) == {("openai", "p", "m", ""): 7}
+    again = SettleBatch("proc-2", 1, charges=[Charge("a", W, 1, 3600)])  # another process
+    assert store.settle(again, 1003.0) == {("a", W): (8, 0)}
+    next_one = SettleBatch("proc-1", 2, charges=[Charge("a", W, 2, 3600)])
+    assert store.settle(next_one, 1004.0) == {("a", W): (10, 0)}
+    assert store.settle(batch, 1005.0) == {("a", W): (10, 0)}  # an older batch: applied
 
 
 def test_expired_leases_are_reclaimed(store: Store) -> None:
@@ -128,13 +133,13 @@ def test_expired_leases_are_reclaimed(store: Store) -> None:
     assert store.reserve("r3", [hold("a", 90)], 1061.0) is None  # lease_s is 60
     assert totals(store, "a") == [(0, 90)]
     # The dead call's late settlement must not release the new call's reservation.
-    store.settle(SettleBatch("late", [("dead", "a", W)], [Charge("a", W, 5, 3600)]), 1062.0)
+    store.settle(SettleBatch("t", 1, [("dead", "a", W)], [Charge("a", W, 5, 3600)]), 1062.0)
     assert totals(store, "a") == [(5, 90)]
 
 
 def test_dimensions_are_capped_per_window(store: Store) -> None:
     dims = [DimCharge(W, ("u", f"p{i}", "m", ""), 1, 3600) for i in range(DIM_CAP + 5)]
-    store.settle(SettleBatch("d", dims=dims), 1000.0)
+    store.settle(SettleBatch("t", 1, dims=dims), 1000.0)
     found = store.dims(W)
     assert len(found) == DIM_CAP + 1
     assert found[(OTHER, OTHER, OTHER, OTHER)] == 5
@@ -175,7 +180,7 @@ def test_two_sqlite_stores_share_one_file(tmp_path: Path) -> None:
     try:
         assert first.reserve("r1", [hold("a", 60)], 1000.0) is None
         assert second.reserve("r2", [hold("a", 60)], 1000.0) is not None
-        second.settle(SettleBatch("x", charges=[Charge("a", W, 3, 3600)]), 1000.0)
+        second.settle(SettleBatch("t", 1, charges=[Charge("a", W, 3, 3600)]), 1000.0)
         assert first.totals([("a", W)], 0)[("a", W)] == (3, 60)
     finally:
         first.close()
@@ -185,7 +190,7 @@ def test_two_sqlite_stores_share_one_file(tmp_path: Path) -> None:
 def test_sqlite_spend_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/nested/dir/ledger.sqlite3"
     store = open_store(url, 2.0, 60)
-    store.settle(SettleBatch("x", charges=[Charge("a", W, 123_456_789, 3600)]), 1000.0)
+    store.settle(SettleBatch("t", 1, charges=[Charge("a", W, 123_456_789, 3600)]), 1000.0)
     store.close()
     reopened = open_store(url, 2.0, 60)
     assert reopened.totals([("a", W)], 0)[("a", W)] == (123_456_789, 0)
@@ -208,11 +213,11 @@ def test_ledger_keeps_spend_while_redis_is_down_and_writes_it_back(
     ledger = Ledger(store, lambda: 1000.0, errors.append)
     ledger.start()
     try:
-        first = SettleBatch("b1", charges=[Charge("a", W, 10, 3600)])
+        first = SettleBatch(charges=[Charge("a", W, 10, 3600)])
         assert ledger.record(first) == {("a", W): (10, 0)}
         private_redis.pause()       # unresponsive: every call times out
-        assert ledger.record(SettleBatch("b2", charges=[Charge("a", W, 20, 3600)])) is None
-        assert ledger.record(SettleBatch("b3", charges=[Charge("a", W, 30, 3600)])) is None
+        assert ledger.record(SettleBatch(charges=[Charge("a", W, 20, 3600)])) is None
+        assert ledger.record(SettleBatch(charges=[Charge("a", W, 30, 3600)])) is None
         assert errors and set(errors) == {"settle"}
         assert ledger.known("a", W) == (60, 0)
         assert ledger.pending() == 50
@@ -254,7 +259,7 @@ def test_fractions_of_a_nano_dollar_are_carried_not_rounded(tmp_path: Path) -> N
     from service.budgets import BudgetBook
     from service.config import BudgetConfig
     from service.settlement import LedgerSink
-    from tests.test_budgets import usage_record
+    from tests.budget_helpers import usage_record
 
     store = open_store(f"sqlite:///{tmp_path}/l.sqlite3", 2.0, 60)
     ledger = Ledger(store, lambda: 1000.0, lambda op: None)

@@ -13,8 +13,9 @@ It starts, all on loopback:
 It prints the proxy and metrics URLs and what to try, then a summary computed from the
 proxy's ``/metrics`` every ``refresh_s`` (redrawn in place on a terminal, one plain line per
 refresh otherwise), until Ctrl-C (or SIGTERM) or ``duration``. Then it stops sending, gives
-calls in flight a few seconds, prints the final summary, and stops the proxy, the simulator
-and the temporary directory, in that order. A second Ctrl-C skips the wait.
+calls in flight ``DRAIN_GRACE_S`` and hangs up on the rest, prints the final summary, and
+stops the simulator, the proxy (SIGTERM: its graceful shutdown) and the temporary directory,
+in that order. A second Ctrl-C skips the wait.
 
 ``--traffic-only`` sends the traffic (and shows the summary) to a proxy that is already
 running at ``--proxy-url``: the docker-compose demo profile runs it beside ``spendgate
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -43,8 +45,9 @@ import aiohttp
 import yaml
 
 from service import demo_summary
-from service.config import Config, parse_config
+from service.config import parse_config
 from service.demo_traffic import LOCAL_MODEL, Traffic
+from service.errors import ConfigError
 from service.simulator import Simulator
 
 HOST = "127.0.0.1"
@@ -85,7 +88,7 @@ class DemoError(Exception):
 
 
 def demo_config(simulator_url: str, ledger: Path) -> dict[str, Any]:
-    """The proxy's config: three upstreams on the simulator, budgets if supported."""
+    """The proxy's config: three upstreams on the simulator, budgets, a private ledger."""
     config: dict[str, Any] = {
         "server": {"host": HOST},
         "upstreams": {
@@ -95,10 +98,13 @@ def demo_config(simulator_url: str, ledger: Path) -> dict[str, Any]:
                       "timeout_s": 120, "pricing": LOCAL_PRICE},
         },
     }
-    if "budgets" in Config.model_fields and "store" in Config.model_fields:
-        config["store"] = {"url": f"sqlite:///{ledger}"}
-        config["budgets"] = BUDGETS
-    parse_config(config)  # fail here, clearly, rather than in the child
+    config["store"] = {"url": f"sqlite:///{ledger}"}
+    config["budgets"] = BUDGETS
+    try:
+        parse_config(config)  # fail here, clearly, rather than in the child
+    except ConfigError as error:
+        raise DemoError("the demo's proxy config is invalid: " + "; ".join(error.problems)
+                        ) from None
     return config
 
 
@@ -191,29 +197,36 @@ class Screen:
         self.out.flush()
         self._drawn = len(lines)
 
+    def clear(self) -> None:
+        """Erase the live block (the final summary replaces it)."""
+        if self.live and self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
 
-def _banner(proxy_url: str, simulator_url: str | None, options: DemoOptions,
-            budgets: bool) -> list[str]:
-    lines = [
+
+def _banner(proxy_url: str, simulator_url: str | None, upstreams: frozenset[str],
+            options: DemoOptions) -> list[str]:
+    stop = ("Ctrl-C to stop." if options.duration is None
+            else f"Running for {options.duration:g}s (Ctrl-C stops sooner).")
+    routes = ", ".join(f"/{name}" for name in sorted(upstreams))
+    if simulator_url is None:  # --traffic-only: someone else runs the proxy and upstreams
+        return [f"spendgate demo: traffic from 5 projects at ~{options.rate:g} calls/s",
+                f"  proxy      {proxy_url}   (upstreams {routes})",
+                f"  metrics    {proxy_url}/metrics", stop, ""]
+    budgets = ", ".join(
+        f"{b['name']} ${b['limit_usd']} "
+        f"{'total' if b['window'] == 'total' else 'a ' + b['window']} ({b['action']})"
+        for b in BUDGETS)
+    return [
         "spendgate demo: a simulated OpenAI + Anthropic provider (no key, no network), the "
         "spendgate proxy in front of it,",
-        f"and traffic from 5 projects at ~{options.rate:g} calls/s."
-        if simulator_url else f"spendgate demo: traffic from 5 projects at ~{options.rate:g} "
-        f"calls/s through {proxy_url}.",
+        f"and traffic from 5 projects at ~{options.rate:g} calls/s.",
         "",
-        f"  proxy      {proxy_url}   (upstreams /openai, /anthropic, /local)",
+        f"  proxy      {proxy_url}   (upstreams {routes})",
         f"  metrics    {proxy_url}/metrics",
-    ]
-    if simulator_url:
-        lines.append(f"  simulator  {simulator_url}   (local: {LOCAL_MODEL}, self-hosted, "
-                     f"no usage reported: spendgate estimates it)")
-    if budgets:
-        described = ", ".join(
-            f"{b['name']} ${b['limit_usd']} "
-            f"{'total' if b['window'] == 'total' else 'a ' + b['window']} ({b['action']})"
-            for b in BUDGETS)
-        lines.append(f"  budgets    {described}")
-    lines += [
+        f"  simulator  {simulator_url}   (local: {LOCAL_MODEL}, self-hosted, reports no usage: "
+        "spendgate estimates it)",
+        f"  budgets    {budgets}",
         "",
         "Try it:",
         f"  curl -s {proxy_url}/openai/v1/chat/completions -H 'content-type: application/json' "
@@ -227,11 +240,9 @@ def _banner(proxy_url: str, simulator_url: str | None, options: DemoOptions,
         "  Grafana dashboards on the same kind of traffic: docker compose --profile demo up, "
         "then http://localhost:3000",
         "",
-        "Ctrl-C to stop." if options.duration is None
-        else f"Running for {options.duration:g}s (Ctrl-C stops sooner).",
+        stop,
         "",
     ]
-    return lines
 
 
 def _client_line(traffic: Traffic) -> str:
@@ -239,7 +250,8 @@ def _client_line(traffic: Traffic) -> str:
     parts = [f"{s['sent']:,} sent", f"{s['ok']:,} ok"]
     for key, label in (("rate_limited", "rate limited"), ("budget_blocked", "blocked by budget"),
                        ("server_error", "server errors"), ("connection", "cut off"),
-                       ("other", "other errors"), ("abandoned", "abandoned at stop"),
+                       ("no_upstream", "to a missing upstream"), ("other", "other errors"),
+                       ("abandoned", "abandoned at stop"),
                        ("dropped", "dropped (too many in flight)")):
         if s[key]:
             parts.append(f"{s[key]:,} {label}")
@@ -274,7 +286,8 @@ async def run_demo(options: DemoOptions, out: TextIO) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            proxy_url, simulator_url, child = await _start(stack, options)
+            proxy_url, simulator, child = await _start(stack, options)
+            simulator_url = simulator.url if simulator is not None else None
             # The SDKs load and warm up while the proxy child starts (another process).
             seed = None if options.seed is None else options.seed + 1
             traffic = Traffic(proxy_url, options.rate, seed)
@@ -284,12 +297,13 @@ async def run_demo(options: DemoOptions, out: TextIO) -> int:
                 await child.wait_ready(session)
             else:
                 await _wait_healthy(session, proxy_url, 60.0)
-                await traffic.discover(session)
-            budgets = child is not None and "budgets" in Config.model_fields
-            for text in _banner(proxy_url, simulator_url, options, budgets):
+            for text in _banner(proxy_url, simulator_url, traffic.upstreams, options):
                 screen.say(text)
             sender = asyncio.create_task(traffic.run(stop))
             started = time.monotonic()
+            if options.traffic_only and not screen.live:
+                # A container's log, for hours: a line every 10 s is plenty.
+                options = dataclasses.replace(options, refresh_s=max(options.refresh_s, 10.0))
             snapshot = await _watch(screen, session, proxy_url, traffic, options, stop,
                                     started, lambda: child is not None and child.exited)
             stop.set()
@@ -298,12 +312,18 @@ async def run_demo(options: DemoOptions, out: TextIO) -> int:
             await asyncio.sleep(0.3)  # the proxy records hang-ups once it notices them
             snapshot = await _scrape(session, proxy_url + "/metrics") or snapshot
             if child is not None and child.exited:
-                screen.say(f"the proxy stopped unexpectedly:\n{child.log_tail()}")
+                print(f"spendgate demo: the proxy stopped unexpectedly:\n{child.log_tail()}",
+                      file=sys.stderr, flush=True)
                 return 1
+            screen.clear()
             screen.say(f"\nspendgate demo: stopped after {time.monotonic() - started:.1f}s.")
             for text in demo_summary.table(snapshot or demo_summary.Snapshot()):
                 screen.say(text)
             screen.say(_client_line(traffic))
+            if simulator is not None:
+                # Hang up on calls the proxy still forwards (callers already gone), so the
+                # proxy's graceful shutdown does not wait for their answers.
+                await simulator.stop()
         return 0
     except DemoError as error:
         print(f"spendgate demo: {error}", file=sys.stderr, flush=True)
@@ -314,7 +334,7 @@ async def run_demo(options: DemoOptions, out: TextIO) -> int:
 
 
 async def _start(stack: contextlib.AsyncExitStack,
-                 options: DemoOptions) -> tuple[str, str | None, ProxyChild | None]:
+                 options: DemoOptions) -> tuple[str, Simulator | None, ProxyChild | None]:
     """Start the simulator and spawn the proxy (not yet ready), or name the proxy to drive;
     cleanups go on ``stack``."""
     if options.traffic_only:
@@ -331,7 +351,7 @@ async def _start(stack: contextlib.AsyncExitStack,
     stack.push_async_callback(child.stop)
     await child.spawn()
     await simulator.warm_up()  # while the child starts
-    return child.url, simulator_url, child
+    return child.url, simulator, child
 
 
 async def _wait_healthy(session: aiohttp.ClientSession, url: str, timeout_s: float) -> None:

@@ -14,11 +14,11 @@ as independent users make) until told to stop. Each call is drawn from a mix of 
 
 Calls go out with the official ``openai`` and ``anthropic`` async SDKs when they are
 installed (attribution in ``x-spendgate-project`` / ``x-spendgate-user``, as an app would
-send them), else as the same JSON over plain HTTP. Upstreams the proxy does not have (the
-proxy's own 404) are skipped. At most ``max_in_flight`` calls run at once; arrivals beyond
-that are dropped and counted. ``stats`` counts outcomes as the client saw them: ``ok``,
-``rate_limited``, ``budget_blocked``, ``server_error``, ``connection`` (cut off), ``other``.
-One event loop owns a ``Traffic``.
+send them), else as the same JSON over plain HTTP. An upstream the proxy turns out not to
+have (its own 404, ``spendgate_not_found``) gets no more calls. At most ``max_in_flight``
+calls run at once; arrivals beyond that are dropped and counted. ``stats`` counts outcomes
+as the client saw them: ``ok``, ``rate_limited``, ``budget_blocked``, ``server_error``,
+``connection`` (cut off), ``no_upstream``, ``other``. One event loop owns a ``Traffic``.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def _draw(rng: random.Random) -> DemoCall:
             "instructions": "Answer in three bullet points.", "stream": roll < 0.85})
     if project == "internal-tools":
         return DemoCall(project, user, "local", "chat", {
-            "model": LOCAL_MODEL, "max_tokens": rng.choice((200, 300)), "stream": roll < 0.6,
+            "model": LOCAL_MODEL, "max_tokens": rng.choice((120, 200, 300)), "stream": roll < 0.6,
             "messages": [{"role": "user", "content": f"Draft a changelog entry: {question}"}]})
     if roll < 0.6:
         return DemoCall(project, user, "openai", "chat", {
@@ -181,6 +181,8 @@ def classify(status: int | None, message: str) -> str:
     """An outcome name from an error's HTTP status (None: no response) and text."""
     if status is None:
         return "connection"
+    if status == 404 and "spendgate_not_found" in message:
+        return "no_upstream"   # the proxy's own 404: it has no upstream of that name
     if status == 429:
         return "budget_blocked" if "budget" in message.lower() else "rate_limited"
     if status >= 500:
@@ -218,10 +220,12 @@ class SDKSender:
                             "responses": client.responses}[call.api]
                 result = await endpoint.create(**call.params, extra_headers=headers)
             if call.stream:
-                async for _event in result:
-                    pass
+                async with result:  # closes the connection if this task is cancelled
+                    async for _event in result:
+                        pass
         except self._errors as error:
-            return classify(getattr(error, "status_code", None), str(error))
+            body = getattr(error, "body", None)  # the parsed error JSON; str() has only its message
+            return classify(getattr(error, "status_code", None), f"{error} {body}")
         return "ok"
 
     async def close(self) -> None:
@@ -299,21 +303,6 @@ class Traffic:
             await sender.close()
             await simulator.stop()
 
-    async def discover(self, session: aiohttp.ClientSession) -> frozenset[str]:
-        """Keep the upstreams the proxy has: its own 404 names an unknown upstream."""
-        present = set()
-        for name in UPSTREAMS:
-            async with session.get(f"{self.proxy_url}/{name}/v1/models",
-                                   headers={"authorization": f"Bearer {DEMO_KEY}",
-                                            "x-spendgate-project": "search"}) as response:
-                body = await response.read()
-                if not (response.status == 404 and b"spendgate_not_found" in body):
-                    present.add(name)
-        if "openai" not in present:
-            raise RuntimeError(f"{self.proxy_url} has no upstream named 'openai'")
-        self.upstreams = frozenset(present)
-        return self.upstreams
-
     async def run(self, stop: asyncio.Event) -> None:
         """Send calls until ``stop`` is set; calls in flight then keep running (``drain``)."""
         while not stop.is_set():
@@ -337,6 +326,8 @@ class Traffic:
         except Exception:  # anything else the client library raises: count it, keep going
             outcome = "other"
         self.stats[outcome] += 1
+        if outcome == "no_upstream" and call.upstream != "openai":
+            self.upstreams -= {call.upstream}  # e.g. a proxy without "local": skip it from now
 
     @property
     def in_flight(self) -> int:

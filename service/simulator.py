@@ -101,6 +101,7 @@ class Simulator:
         self._in_flight = 0
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._runner: web.AppRunner | None = None
+        self.url: str | None = None             # set by start()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -108,11 +109,7 @@ class Simulator:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        app.on_startup.append(self._on_startup)
         return app
-
-    async def _on_startup(self, _app: web.Application) -> None:
-        await self.warm_up()
 
     async def warm_up(self) -> None:
         """Load both tokenizers (~0.4 s) in a thread so no call waits for them."""
@@ -123,14 +120,18 @@ class Simulator:
         await asyncio.to_thread(load)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0: a free port) in the running loop; returns the base URL."""
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        """Serve on ``host:port`` (0: a free port) in the running loop; returns the base URL.
+        Call ``warm_up`` too, before traffic arrives."""
+        # stop() gives calls in flight a second, then hangs up on them.
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         server: Any = site._server  # an asyncio.Server once started
         bound = server.sockets[0].getsockname()[1]
-        return f"http://{host}:{bound}"
+        self.url = f"http://{host}:{bound}"
+        return self.url
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -412,4 +413,10 @@ def run(host: str, port: int, *, seed: int | None, error_rate: float, speed: flo
     print(f"spendgate simulator on http://{host}:{port}: OpenAI /v1/chat/completions, "
           f"/v1/embeddings, /v1/responses, /v1/models; Anthropic /v1/messages "
           f"(error rate {error_rate:.0%}, speed x{speed:g})", file=sys.stderr, flush=True)
-    web.run_app(simulator.app(), host=host, port=port, access_log=None, print=None)
+    app = simulator.app()
+
+    async def warm_up(_app: web.Application) -> None:
+        await simulator.warm_up()
+
+    app.on_startup.append(warm_up)
+    web.run_app(app, host=host, port=port, access_log=None, print=None)

@@ -55,14 +55,14 @@ class Demo:
                     return found
             seen = len(self.lines)
             try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                got = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no line matching {pattern!r}; output:\n"
                                      + "\n".join(self.lines)) from None
-            if line is None:
+            if got is None:
                 raise AssertionError(f"demo exited without {pattern!r}:\n" + "\n".join(
                     self.lines) + "\n" + self.stderr())
-            self.lines.append(line)
+            self.lines.append(got)
 
     def finish(self, timeout_s: float) -> int:
         code = self.proc.wait(timeout_s)
@@ -96,6 +96,17 @@ def metrics(url: str) -> list[tuple[str, dict[str, str], float]]:
             for s in f.samples]
 
 
+def mix(samples: list[tuple[str, dict[str, str], float]],
+        ) -> tuple[set[str], set[str], set[str], float]:
+    """Projects, models and providers with calls, and the local model's estimated tokens."""
+    requests = [labels for name, labels, _ in samples if name == "spendgate_requests_total"]
+    estimated = sum(value for name, labels, value in samples
+                    if name == "spendgate_tokens_total" and labels["model"] == "llama3.1:8b"
+                    and labels["source"] == "estimated" and labels["upstream"] == "local")
+    return ({r["project"] for r in requests}, {r["model"] for r in requests},
+            {r["provider"] for r in requests}, estimated)
+
+
 def port_closed(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -112,24 +123,22 @@ def test_demo_serves_real_metrics_and_exits_on_its_own(demos: tuple[Demo, Demo])
 
     # While it runs, the proxy's own /metrics shows the whole mix.
     deadline = time.monotonic() + 8
+    last = mix([])
     while True:
-        samples = metrics(metrics_url)
-        requests = [labels for name, labels, _ in samples if name == "spendgate_requests_total"]
-        projects = {labels["project"] for labels in requests}
-        models = {labels["model"] for labels in requests}
-        providers = {labels["provider"] for labels in requests}
-        estimated = [value for name, labels, value in samples
-                     if name == "spendgate_tokens_total" and labels["model"] == "llama3.1:8b"
-                     and labels["source"] == "estimated" and labels["upstream"] == "local"]
-        done = (len(projects) >= 4 and len(models) >= 4 and {"openai", "anthropic"} <= providers
-                and sum(estimated) > 0)
-        if done or time.monotonic() > deadline:
+        try:
+            last = mix(metrics(metrics_url))
+        except httpx.HTTPError:  # the demo ended meanwhile: judge the last scrape
+            break
+        projects, models, providers, estimated = last
+        if (len(projects) >= 4 and len(models) >= 4 and {"openai", "anthropic"} <= providers
+                and estimated > 0) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    projects, models, providers, estimated = last
     assert len(projects) >= 4, projects
     assert len(models) >= 4, models
     assert {"openai", "anthropic"} <= providers, providers
-    assert sum(estimated) > 0, "the self-hosted model's tokens are estimated"
+    assert estimated > 0, "the self-hosted model's tokens are estimated"
 
     assert demo.finish(40) == 0, demo.stderr()
     out = "\n".join(demo.lines)
@@ -152,3 +161,16 @@ def test_demo_stops_cleanly_on_ctrl_c(demos: tuple[Demo, Demo]) -> None:
     out = "\n".join(demo.lines)
     assert "stopped after" in out and re.search(r"^total\s+[1-9]", out, re.MULTILINE)
     assert port_closed(demo.port), "the proxy child is stopped"
+
+
+def test_demo_refuses_a_busy_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "service", "demo", "--port", str(port)],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is not available" in result.stderr
+    assert "--port 0" in result.stderr

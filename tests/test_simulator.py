@@ -24,7 +24,7 @@ from service.tokens import TokenEstimator
 
 SPEED = 50.0
 TOKENS = TokenEstimator()
-HI = [{"role": "user", "content": "Hello, how are you?"}]
+HI: Any = [{"role": "user", "content": "Hello, how are you?"}]
 
 
 class SimulatorThread:
@@ -118,7 +118,7 @@ def test_stream_options_without_stream_is_refused_like_openai(sim: SimulatorThre
 
 
 def test_long_repeated_prefix_is_reported_cached(sim: SimulatorThread) -> None:
-    messages = [{"role": "system", "content": SCHEMA},
+    messages: Any = [{"role": "system", "content": SCHEMA},
                 {"role": "user", "content": "Revenue by region?"}]
     first = oai(sim).chat.completions.create(model="gpt-4o", messages=messages, max_tokens=5)
     messages[-1]["content"] = "Churn last quarter?"
@@ -196,7 +196,7 @@ def test_messages_stream_event_sequence_and_usage(sim: SimulatorThread) -> None:
     assert kinds[:3] == ["message_start", "content_block_start", "ping"]
     assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(kinds[3:-3]) == {"content_block_delta"}
-    events = list(claude(sim).messages.create(**body))  # type: ignore[call-overload]
+    events = list(claude(sim).messages.create(**body))
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta"
                    and e.delta.type == "text_delta")
     delta = events[-2]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Which async HTTP client for upstream calls: aiohttp vs httpx, measured.
+"""Which async HTTP client for upstream calls: aiohttp vs httpx vs service/http1.py, measured.
 
     python bench/client_choice.py [-n 5000] [--rounds 3] [--out bench/results/client_choice.json]
 
@@ -13,10 +13,11 @@ the same chat request N times over a pooled keep-alive connection pool, two ways
 
 Reported per client and mode: mean/p50/p99 latency, requests/s, and the client process's
 CPU time per request (the cost a proxy pays per upstream call). Clients are set up the
-way a proxy uses them: aiohttp like ``service/upstream.py`` (no auto headers, no
-decompression, dummy cookie jar), httpx with an equivalent pool. Rounds alternate the
-clients, and medians over rounds are reported. With 2+ cores this process is pinned to one
-core and nginx to another.
+way a proxy uses them: aiohttp as ``service/upstream.py`` used it (no auto headers, no
+decompression, dummy cookie jar), httpx with an equivalent pool, and spendgate's own
+``UpstreamClient`` (``service/upstream.py`` + ``service/http1.py``, "http1") as the proxy
+calls it. Rounds rotate the clients, and medians over rounds are reported. With 2+ cores
+this process is pinned to one core and nginx to another.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ import signal
 import statistics
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import httpx
@@ -47,6 +50,9 @@ from run import (
     pick_cpus,
     start_nginx,
 )
+
+from service.config import UpstreamConfig
+from service.upstream import UpstreamClient, UpstreamTarget, read_body
 
 CONCURRENCY = 32
 WARMUP = 300
@@ -97,6 +103,33 @@ class HttpxClient:
         await self.client.aclose()
 
 
+class Http1Client:
+    """spendgate's own, exactly as the proxy calls it (``service/upstream.py``)."""
+
+    name = "http1"
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.client = UpstreamClient()
+        self.target = UpstreamTarget("bench", UpstreamConfig(
+            url=f"{parts.scheme}://{parts.netloc}", timeout_s=30))
+        self.url = self.target.url(parts.path, "")
+        self.headers = list(HEADERS.items())
+
+    async def post(self) -> int:
+        async with self.client.open(self.target, "POST", self.url, self.headers,
+                                    BODY) as response:
+            await read_body(response, self.target)
+            return response.status
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+Client = AiohttpClient | HttpxClient | Http1Client
+CLIENTS: tuple[type[Client], ...] = (AiohttpClient, HttpxClient, Http1Client)
+
+
 async def run_mode(post: Post, n: int, concurrency: int) -> dict[str, Any]:
     latencies: list[int] = []
     errors = 0
@@ -125,7 +158,7 @@ async def run_mode(post: Post, n: int, concurrency: int) -> dict[str, Any]:
     }
 
 
-async def bench_client(cls: type[AiohttpClient] | type[HttpxClient], url: str, n: int,
+async def bench_client(cls: type[Client], url: str, n: int,
                        ) -> dict[str, dict[str, Any]]:
     """One fresh client: the pool holds 1 connection, then 32 once a burst has opened them."""
     client = cls(url)
@@ -143,7 +176,7 @@ async def bench_client(cls: type[AiohttpClient] | type[HttpxClient], url: str, n
 def render(results: dict[str, dict[str, dict[str, Any]]], n: int, rounds: int,
            pinned: bool) -> str:
     lines = [
-        "## Upstream HTTP client: aiohttp vs httpx", "",
+        "## Upstream HTTP client: " + " vs ".join(results), "",
         f"{n:,} POSTs per client and mode to a canned nginx chat completion, uvloop, pooled "
         f"keep-alive connections; median of {rounds} round(s); "
         + ("client pinned to one core, nginx to the other." if pinned else "no CPU pinning."),
@@ -156,18 +189,21 @@ def render(results: dict[str, dict[str, dict[str, Any]]], n: int, rounds: int,
             m = modes[mode]
             lines.append(f"| {name} | {label} | {m['mean_us']:.0f} | {m['p50_us']:.0f} | "
                          f"{m['p99_us']:.0f} | {m['rps']:,.0f} | {m['cpu_us_per_req']:.0f} |")
-    a, h = results["aiohttp"], results["httpx"]
+    for better, worse in (("aiohttp", "httpx"), ("http1", "aiohttp")):
+        a, h = results[better], results[worse]
 
-    def ratio(mode: str, key: str, higher_is_better: bool = False) -> str:
-        value = a[mode][key] / h[mode][key] if higher_is_better else h[mode][key] / a[mode][key]
-        return f"{value:.1f}x"
+        def ratio(mode: str, key: str, higher_is_better: bool = False,
+                  a: dict[str, dict[str, Any]] = a, h: dict[str, dict[str, Any]] = h) -> str:
+            value = (a[mode][key] / h[mode][key] if higher_is_better
+                     else h[mode][key] / a[mode][key])
+            return f"{value:.1f}x"
 
-    lines += ["", "aiohttp vs httpx (how many times better aiohttp is): sequential p50 "
-              f"{ratio('sequential', 'p50_us')} (with {CONCURRENCY} idle pooled connections "
-              f"{ratio('sequential_idle_pool', 'p50_us')}), {CONCURRENCY}-concurrent "
-              f"throughput {ratio('concurrent', 'rps', True)}, CPU per request "
-              f"{ratio('sequential', 'cpu_us_per_req')} sequential / "
-              f"{ratio('concurrent', 'cpu_us_per_req')} concurrent."]
+        lines += ["", f"{better} vs {worse} (how many times better {better} is): sequential "
+                  f"p50 {ratio('sequential', 'p50_us')} (with {CONCURRENCY} idle pooled "
+                  f"connections {ratio('sequential_idle_pool', 'p50_us')}), {CONCURRENCY}-"
+                  f"concurrent throughput {ratio('concurrent', 'rps', True)}, CPU per request "
+                  f"{ratio('sequential', 'cpu_us_per_req')} sequential / "
+                  f"{ratio('concurrent', 'cpu_us_per_req')} concurrent."]
     return "\n".join(lines)
 
 
@@ -195,15 +231,15 @@ def main() -> int:
     client_cpus, nginx_cpus = pick_cpus(args.no_pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
-    raw: dict[str, list[dict[str, dict[str, Any]]]] = {"aiohttp": [], "httpx": []}
+    raw: dict[str, list[dict[str, dict[str, Any]]]] = {cls.name: [] for cls in CLIENTS}
     try:
         with start_nginx(cpus=nginx_cpus) as nginx, \
                 asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             url = nginx.base_url + JSON_PATH
             for index in range(args.rounds):
-                order = (AiohttpClient, HttpxClient) if index % 2 == 0 else (HttpxClient,
-                                                                             AiohttpClient)
-                for cls in order:
+                # Rotate which client goes first, round by round.
+                shift = index % len(CLIENTS)
+                for cls in CLIENTS[shift:] + CLIENTS[:shift]:
                     print(f"round {index + 1}/{args.rounds}: {cls.name}", file=sys.stderr,
                           flush=True)
                     raw[cls.name].append(runner.run(bench_client(cls, url, args.requests)))
@@ -217,7 +253,8 @@ def main() -> int:
     errors = sum(m["errors"] for modes in results.values() for m in modes.values())
     report = render(results, args.requests, args.rounds, client_cpus is not None)
     print(report)
-    versions = {p: importlib.metadata.version(p) for p in ("aiohttp", "httpx", "uvloop")}
+    versions = {p: importlib.metadata.version(p)
+                for p in ("aiohttp", "httpx", "httptools", "uvloop")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"versions": versions, "requests": args.requests,

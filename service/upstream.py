@@ -1,33 +1,57 @@
 """The pooled keep-alive HTTP client that talks to upstreams, and its error boundary.
 
-aiohttp was chosen over httpx by measurement (``bench/client_choice.py``; figures in the
-README). One ``UpstreamClient`` per process, created inside the running event loop at
-startup and closed at shutdown; not thread-safe (event-loop only).
+The client is spendgate's own: ``Pool`` here keeps the connections, ``service/http1.py``
+speaks HTTP/1.1 on them (asyncio Protocols, httptools' parser). It was chosen over aiohttp
+and httpx by measurement (``bench/client_choice.py``, and ``bench/run.py`` A/B; figures in
+``bench/README.md``). One ``UpstreamClient`` per process, created inside the running event
+loop at startup and closed at shutdown; not thread-safe (event-loop only).
 
 The client is transparent: it adds no default headers of its own (no User-Agent, Accept,
 Accept-Encoding or Content-Type the caller did not send) and never decompresses, so response
-bytes reach the caller exactly as the upstream sent them. aiohttp and OS errors are
+bytes reach the caller exactly as the upstream sent them. Client and OS errors are
 translated here into ``UpstreamUnreachable`` / ``UpstreamTimeout``.
+
+Pooling: idle connections are kept per ``(scheme, host, port)``, last in first out, and
+reused only after a complete response that allowed it (``http1.Response``); one idle longer
+than ``idle_s`` is closed instead (servers and NATs drop idle connections silently). A
+pooled connection that turns out dead before any response byte arrives (the server closed
+it as the request went out) is replaced once by a fresh connection when the request may be
+replayed (RFC 9112 §9.3.1: an idempotent method, or an ``Idempotency-Key`` header), as
+aiohttp does; otherwise the caller gets the error rather than a possibly doubled call.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
 
-import aiohttp
 from yarl import URL
 
 from service.config import UpstreamConfig
 from service.errors import UpstreamTimeout, UpstreamUnreachable
+from service.http1 import (
+    Connection,
+    Endpoint,
+    PoolKey,
+    Response,
+    ResponseError,
+    ServerDisconnected,
+    encode_head,
+    open_connection,
+)
 
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+__all__ = ["Pool", "Response", "UpstreamClient", "UpstreamTarget", "iter_body", "read_body"]
+
+IDLE_S = 60.0             # an idle pooled connection older than this is closed, not reused
+_JOIN_LIMIT = 64 * 1024   # bodies up to this size are copied after the head: one write
 
 
 class UpstreamTarget:
     """An upstream's fixed scheme, host, port and base path: nothing a request can change."""
 
-    __slots__ = ("base_path", "host", "name", "port", "scheme", "timeout")
+    __slots__ = ("base_path", "endpoint", "host", "name", "port", "scheme")
 
     def __init__(self, name: str, config: UpstreamConfig) -> None:
         url = URL(config.url)
@@ -36,8 +60,8 @@ class UpstreamTarget:
         self.host = url.raw_host or ""
         self.port = url.port
         self.base_path = url.raw_path.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s,
-                                             sock_read=config.timeout_s)
+        self.endpoint = Endpoint(self.scheme, self.host, self.port or 0,
+                                 config.connect_timeout_s, config.timeout_s)
 
     def url(self, raw_path: str, raw_query: str) -> URL:
         """Join the caller's (already checked, still-encoded) path onto the base path.
@@ -48,57 +72,176 @@ class UpstreamTarget:
                          path=self.base_path + raw_path, query_string=raw_query, encoded=True)
 
 
-class UpstreamClient:
-    """Owns the connection pool. ``open`` yields the response with its headers read."""
+class Pool:
+    """Keep-alive connections by ``(scheme, host, port)``, unbounded (as many as there are
+    requests in flight). ``ssl_context`` defaults to ``ssl.create_default_context(cafile=
+    ca_file)`` (certificates and host names verified; ``ca_file`` is for tests with their
+    own CA), made at the first https connection. Raises ``http1``'s errors untranslated."""
 
-    def __init__(self, pool_size: int = 0) -> None:
-        connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=_SKIP_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None))
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, ca_file: str | None = None,
+                 idle_s: float = IDLE_S) -> None:
+        self._idle: dict[PoolKey, list[Connection]] = {}
+        self._ssl_context, self._ca_file, self._idle_s = ssl_context, ca_file, idle_s
+        self._closed = False
 
-    @asynccontextmanager
-    async def open(self, target: UpstreamTarget, method: str, url: URL,
-                   headers: list[tuple[str, str]], body: bytes | None,
-                   ) -> AsyncIterator[aiohttp.ClientResponse]:
-        try:
-            response = await self._session.request(
-                method, url, headers=headers, data=body, allow_redirects=False,
-                timeout=target.timeout, compress=None, chunked=None)
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream {target.name!r} did not answer in time") from None
-        except (aiohttp.ClientError, OSError) as error:
-            raise UpstreamUnreachable(
-                f"upstream {target.name!r} is unreachable ({type(error).__name__})") from None
-        try:
-            yield response
-        finally:
-            response.release()
+    async def request(self, endpoint: Endpoint, method: str, target: str,
+                      headers: Sequence[tuple[str, str]], body: bytes | None) -> Response:
+        """Send one request (``target``: the already-encoded path and query) and return the
+        response with its status and headers read. The caller must ``close()`` it."""
+        head, keeps_alive, replayable = encode_head(method, target, endpoint.host_header,
+                                                    headers, body)
+        fresh_only = False
+        while True:
+            conn = None if fresh_only else self._take_idle(endpoint.key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(endpoint)
+            response = Response(conn, method == "HEAD", endpoint.read_timeout, keeps_alive)
+            conn.response = response
+            if conn.lost or conn.transport is None:
+                response.connection_lost(None)
+            elif not body:
+                conn.transport.write(head)
+            elif len(body) <= _JOIN_LIMIT:
+                conn.transport.write(head + body)
+            else:
+                conn.transport.writelines((head, body))
+            try:
+                await response.wait_headers()
+                return response
+            except ServerDisconnected:
+                response.close()
+                if not (reused and replayable) or fresh_only:
+                    raise
+                fresh_only = True  # the server closed it while idle: once more, anew
+            except BaseException:
+                response.close()
+                raise
+
+    def _take_idle(self, key: PoolKey) -> Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and now - conn.idle_since < self._idle_s:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, endpoint: Endpoint) -> Connection:
+        if self._closed:
+            raise ResponseError("client closed")
+        tls = None
+        if endpoint.scheme == "https":
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context(cafile=self._ca_file)
+            tls = self._ssl_context
+        return await open_connection(endpoint, tls, lambda: Connection(self, endpoint.key))
+
+    def release(self, conn: Connection, reuse: bool) -> None:
+        """Take back ``conn`` once its response is closed: pooled if ``reuse``, else closed."""
+        conn.response = None
+        if not reuse or self._closed or conn.lost:
+            conn.close()
+            return
+        now = asyncio.get_running_loop().time()
+        conn.idle_since = now
+        idle = self._idle.setdefault(conn.key, [])
+        # The oldest sit at the bottom of the stack: close those past idle_s as we go.
+        while idle and now - idle[0].idle_since >= self._idle_s:
+            idle.pop(0).close()
+        idle.append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        """A pooled connection was closed by the server while idle."""
+        idle = self._idle.get(conn.key)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+
+    def idle_count(self, key: PoolKey) -> int:
+        return len(self._idle.get(key, ()))
 
     async def close(self) -> None:
-        await self._session.close()
+        """Close every idle connection; busy ones close when their response is closed."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports run their close callbacks
 
 
-async def read_body(response: aiohttp.ClientResponse, target: UpstreamTarget) -> bytes:
-    """The whole response body, with library errors translated."""
+class UpstreamClient:
+    """Owns the connection pool. ``open`` yields the response with its headers read.
+
+    ``ca_file`` adds a CA to trust for https upstreams (tests with their own CA); by default
+    the system's CAs are used and certificates and host names are verified.
+    """
+
+    def __init__(self, ca_file: str | None = None) -> None:
+        self._pool = Pool(ca_file=ca_file)
+
+    def open(self, target: UpstreamTarget, method: str, url: URL,
+             headers: list[tuple[str, str]], body: bytes | None) -> _Exchange:
+        """``async with client.open(...) as response``: the request goes to ``target`` (whose
+        ``url()`` made ``url``; only its path and query are sent). Leaving the block closes
+        the response: the connection goes back to the pool if the response was complete,
+        else it is dropped."""
+        return _Exchange(self._pool, target, method, url.raw_path_qs, headers, body)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class _Exchange:
+    """The async context manager behind ``UpstreamClient.open`` (a class: cheaper per call
+    than a generator-based one)."""
+
+    __slots__ = ("_args", "_pool", "_response", "_target")
+
+    def __init__(self, pool: Pool, target: UpstreamTarget, method: str, path: str,
+                 headers: list[tuple[str, str]], body: bytes | None) -> None:
+        self._pool, self._target = pool, target
+        self._args = (method, path, headers, body)
+        self._response: Response | None = None
+
+    async def __aenter__(self) -> Response:
+        target = self._target
+        try:
+            self._response = await self._pool.request(target.endpoint, *self._args)
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream {target.name!r} did not answer in time") from None
+        except (ResponseError, OSError) as error:
+            raise UpstreamUnreachable(
+                f"upstream {target.name!r} is unreachable ({type(error).__name__})") from None
+        return self._response
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._response is not None:
+            self._response.close()
+
+
+async def read_body(response: Response, target: UpstreamTarget) -> bytes:
+    """The whole response body, with client errors translated."""
     try:
         return await response.read()
     except TimeoutError:
         raise UpstreamTimeout(f"upstream {target.name!r} stopped sending in time") from None
-    except (aiohttp.ClientError, OSError) as error:
+    except (ResponseError, OSError) as error:
         raise UpstreamUnreachable(
             f"upstream {target.name!r} broke off the response ({type(error).__name__})") from None
 
 
-async def iter_body(response: aiohttp.ClientResponse, target: UpstreamTarget,
-                    ) -> AsyncIterator[bytes]:
-    """Body chunks as they arrive (no re-chunking), with library errors translated."""
+async def iter_body(response: Response, target: UpstreamTarget) -> AsyncIterator[bytes]:
+    """Body chunks as they arrive (no re-chunking), with client errors translated."""
     try:
-        async for chunk in response.content.iter_any():
+        while chunk := await response.read_chunk():
             yield chunk
     except TimeoutError:
         raise UpstreamTimeout(f"upstream {target.name!r} stopped sending in time") from None
-    except (aiohttp.ClientError, OSError) as error:
+    except (ResponseError, OSError) as error:
         raise UpstreamUnreachable(
             f"upstream {target.name!r} broke off the response ({type(error).__name__})") from None

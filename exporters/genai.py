@@ -146,14 +146,15 @@ def span_attributes(record: UsageRecord, server: Server | None) -> dict[str, Att
         a[sc.SPENDGATE_USER] = record.user
     if record.request_id:
         a[sc.SPENDGATE_REQUEST_ID] = record.request_id
-    a[sc.SPENDGATE_CLIENT_CLOSED] = record.client_closed
-    a[sc.SPENDGATE_OVERHEAD_S] = record.overhead_s
+    if record.client_closed:  # absent means false: every attribute costs export time
+        a[sc.SPENDGATE_CLIENT_CLOSED] = True
     if record.metered and not record.usage.is_empty:
         a[sc.SPENDGATE_USAGE_SOURCE] = "estimated" if record.usage.estimated else "reported"
-        a[sc.SPENDGATE_PRICED] = record.priced
         if record.priced:
             # A double for the backends to sum; the exact Decimal lives in /metrics.
             a[sc.SPENDGATE_COST_USD] = float(record.cost_usd)
+        else:
+            a[sc.SPENDGATE_PRICED] = False
     if record.budget_decision is not None:  # "allowed" | "blocked" by a block budget
         a[sc.SPENDGATE_BUDGET_DECISION] = record.budget_decision
     return a

@@ -12,10 +12,11 @@ Recorded per metered call (inference operations only):
   or, where the upstream did not report them, estimated by spendgate.
 * ``gen_ai.client.operation.duration``: arrival to last byte; ``error.type`` on failures.
 * ``gen_ai.client.operation.time_to_first_chunk`` (streams).
-* ``gen_ai.client.operation.time_per_output_chunk`` (streams): spendgate does not time
-  chunks one by one on the hot path, so each of a call's ``chunks - 1`` intervals is recorded
-  as the call's mean interval, ``(duration - time to first chunk) / (chunks - 1)``. Count
-  and sum are exact; the spread within one call is not.
+* ``gen_ai.client.operation.time_per_output_chunk`` (streams): one observation per streamed
+  call, its mean interval between chunks, ``(duration - time to first chunk) / (chunks - 1)``
+  (chunks: SSE events). The convention records every interval; spendgate does not time
+  chunks one by one on the hot path, and one observation keeps the cost of a call
+  independent of its length (a 4,000-chunk answer is not 4,000 OpenTelemetry records).
 
 Model labels pass a ``LabelCap`` (the ``metrics.label_limit`` of ``exporters.prometheus``).
 Absent attributes are empty Prometheus labels. ``export`` runs on the pipeline thread only.
@@ -94,18 +95,16 @@ class _Instrument:
 
     def record(self, value: float, labels: tuple[str, ...],
                attributes: Mapping[str, str | int] | None,
-               exemplar: dict[str, str] | None = None, times: int = 1) -> None:
+               exemplar: dict[str, str] | None = None) -> None:
         """``labels``: Prometheus label values in ``spec.attributes`` order; ``attributes``:
         the same as OpenTelemetry attributes (absent ones omitted), None without a meter."""
         if self.prom is not None:
             child = self.children.get(labels)
             if child is None:
                 child = self.children[labels] = self.prom.labels(*labels)
-            for _ in range(times):
-                child.observe(value, exemplar)
+            child.observe(value, exemplar)
         if self.otel is not None and attributes is not None:
-            for _ in range(times):
-                self.otel.record(value, attributes)
+            self.otel.record(value, attributes)
 
 
 class GenAIMetricsSink:
@@ -159,7 +158,7 @@ class GenAIMetricsSink:
             self.ttfc.record(r.ttft_s, base, attributes, exemplar)
             if r.chunks > 1:
                 mean = max(r.duration_s - r.ttft_s, 0.0) / (r.chunks - 1)
-                self.tpoc.record(mean, base, attributes, exemplar, times=r.chunks - 1)
+                self.tpoc.record(mean, base, attributes, exemplar)
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         return True

@@ -80,15 +80,14 @@ TOKEN_TYPE_OUTPUT: Final = "output"
 
 # ---- ours ----------------------------------------------------------------------------------
 SPENDGATE_COST_USD: Final = "spendgate.cost_usd"
-SPENDGATE_PRICED: Final = "spendgate.priced"
+SPENDGATE_PRICED: Final = "spendgate.priced"                  # set (false) when unpriced
 SPENDGATE_PROJECT: Final = "spendgate.project"
 SPENDGATE_USER: Final = "spendgate.user"
 SPENDGATE_UPSTREAM: Final = "spendgate.upstream"
 SPENDGATE_USAGE_SOURCE: Final = "spendgate.usage.source"      # reported | estimated
 SPENDGATE_BUDGET_DECISION: Final = "spendgate.budget.decision"
 SPENDGATE_REQUEST_ID: Final = "spendgate.request_id"
-SPENDGATE_CLIENT_CLOSED: Final = "spendgate.client_closed"
-SPENDGATE_OVERHEAD_S: Final = "spendgate.overhead_s"
+SPENDGATE_CLIENT_CLOSED: Final = "spendgate.client_closed"     # set (true) on hang-ups
 
 # ---- metrics -------------------------------------------------------------------------------
 METRIC_TOKEN_USAGE: Final[str] = _metrics.GEN_AI_CLIENT_TOKEN_USAGE

@@ -39,7 +39,8 @@ none; ``[parentbased_]traceidratio``: the ratio ``sampler_arg`` (by trace id, as
 ``always_off``: no spans at all.
 
 With no exporter configured, no span sink exists and the hot path only forwards the
-caller's ``traceparent``; tracing then costs nothing per call.
+caller's ``traceparent``; tracing then costs nothing per call. Over http/protobuf, spans are
+encoded by ``exporters.otlp_encoding`` (the SDK's exporter otherwise); grpc uses the SDK's.
 """
 
 from __future__ import annotations
@@ -95,12 +96,16 @@ def _env_true(value: str | None) -> bool:
 
 
 def _protocol(cfg: TelemetryConfig, env: Mapping[str, str], signal: str) -> str:
-    value = cfg.protocol or env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") \
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
-    if value not in PROTOCOLS:
-        raise ConfigError([f"OTEL_EXPORTER_OTLP_PROTOCOL: {value!r} is not supported "
-                           f"(use {' or '.join(PROTOCOLS)})"])
-    return value
+    if cfg.protocol:  # validated by the config model
+        return cfg.protocol
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = env.get(name)
+        if value:
+            if value not in PROTOCOLS:
+                raise ConfigError([f"{name}: {value!r} is not supported "
+                                   f"(use {' or '.join(PROTOCOLS)})"])
+            return value
+    return "http/protobuf"
 
 
 def _headers(cfg: TelemetryConfig, env: Mapping[str, str], signal: str) -> dict[str, str]:
@@ -205,9 +210,9 @@ def _span_exporter(signal: Signal) -> Any:
         except ImportError:
             raise _grpc_missing("traces") from None
         return GrpcSpanExporter(endpoint=signal.endpoint, headers=signal.headers or None)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from exporters.otlp_encoding import FastOTLPSpanExporter
 
-    return OTLPSpanExporter(endpoint=signal.endpoint, headers=signal.headers or None)
+    return FastOTLPSpanExporter(endpoint=signal.endpoint, headers=signal.headers or None)
 
 
 def _metric_exporter(signal: Signal) -> Any:

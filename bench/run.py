@@ -295,6 +295,11 @@ http {{
             add_header Cache-Control no-cache;
             return 200 {sse_body};
         }}
+        # An OTLP/HTTP sink for --tracing: an empty body is a valid Export*ServiceResponse.
+        location ~ ^/v1/(traces|metrics)$ {{
+            default_type application/x-protobuf;
+            return 200 "";
+        }}
         location / {{
             return 404;
         }}
@@ -364,7 +369,7 @@ class Target:
 
 
 def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
-                    src: Path = REPO) -> Target:
+                    src: Path = REPO, tracing: bool = False) -> Target:
     port = free_port()
     config = workdir / "spendgate.yaml"
     # JSON is YAML; no PyYAML needed here.
@@ -374,6 +379,8 @@ def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
     }}, indent=2))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)}
+    if tracing:  # every call traced and exported (OTLP/HTTP) to nginx's sink; metrics scraped
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=nginx.base_url, OTEL_METRICS_EXPORTER="none")
     argv = [sys.executable, "-m", "service", "serve", "--config", str(config),
             "--port", str(port), "--log-level", "warning"]
     service = Service("spendgate", argv, workdir / "spendgate.log", cpus=cpus, env=env,
@@ -746,6 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="JSON results file (default bench/results/latest.json)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--no-stream", action="store_true", help="skip the SSE scenario")
+    parser.add_argument("--tracing", action="store_true",
+                        help="run spendgate with every call traced and exported over OTLP/HTTP "
+                        "(to a sink in the same nginx)")
     parser.add_argument("--floor", action="store_true",
                         help="also measure bench/floor_proxy.py, a minimal Python proxy on "
                         "the same stack: the floor under spendgate's figures")
@@ -801,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["direct"] = {s: measure(direct, s, plan, workdir) for s in scenarios}
             # One proxy at a time, alone on its core; each is stopped before the next starts.
             print("starting spendgate", file=sys.stderr, flush=True)
-            current = start_spendgate(nginx, workdir, proxy_cpus, plan.src)
+            current = start_spendgate(nginx, workdir, proxy_cpus, plan.src, args.tracing)
             check_target(current)
             results["spendgate"] = {s: measure(current, s, plan, workdir) for s in scenarios}
             current.stop()

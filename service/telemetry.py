@@ -45,6 +45,7 @@ encoded by ``exporters.otlp_encoding`` (the SDK's exporter otherwise); grpc uses
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -201,32 +202,26 @@ def _grpc_missing(signal: str) -> ConfigError:
                         "'spendgate[grpc]'); or use http/protobuf"])
 
 
-def _span_exporter(signal: Signal) -> Any:
-    if signal.protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
-                OTLPSpanExporter as GrpcSpanExporter,
-            )
-        except ImportError:
-            raise _grpc_missing("traces") from None
-        return GrpcSpanExporter(endpoint=signal.endpoint, headers=signal.headers or None)
-    from exporters.otlp_encoding import FastOTLPSpanExporter
-
-    return FastOTLPSpanExporter(endpoint=signal.endpoint, headers=signal.headers or None)
+# The OTLP exporter class of each signal and protocol; grpc ones need the optional package.
+_EXPORTERS = {
+    ("traces", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+                         "OTLPSpanExporter"),
+    ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+                          "OTLPMetricExporter"),
+    ("traces", "http/protobuf"): ("exporters.otlp_encoding", "FastOTLPSpanExporter"),
+    ("metrics", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter",
+                                   "OTLPMetricExporter"),
+}
 
 
-def _metric_exporter(signal: Signal) -> Any:
-    if signal.protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found,unused-ignore]
-                OTLPMetricExporter as GrpcMetricExporter,
-            )
-        except ImportError:
-            raise _grpc_missing("metrics") from None
-        return GrpcMetricExporter(endpoint=signal.endpoint, headers=signal.headers or None)
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-    return OTLPMetricExporter(endpoint=signal.endpoint, headers=signal.headers or None)
+def _exporter(name: str, signal: Signal) -> Any:
+    """The OTLP exporter for one signal (``traces`` or ``metrics``)."""
+    module, cls = _EXPORTERS[(name, signal.protocol)]
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+    except ImportError:
+        raise _grpc_missing(name) from None
+    return factory(endpoint=signal.endpoint, headers=signal.headers or None)
 
 
 def check_telemetry(config: Config, environ: Mapping[str, str] | None = None) -> None:
@@ -296,7 +291,7 @@ def build_telemetry(config: Config, registry: CollectorRegistry,
         ids = PresetIds()
         provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, id_generator=ids,
                                   shutdown_on_exit=False)
-        provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
+        provider.add_span_processor(BatchSpanProcessor(_exporter("traces", traces)))
         out.tracing = True
         out.sample_new_traces = sampling
         out.capture_content = resolve_capture(cfg, env)
@@ -313,7 +308,7 @@ def build_telemetry(config: Config, registry: CollectorRegistry,
 
         from exporters import semconv as sc
 
-        reader = PeriodicExportingMetricReader(_metric_exporter(metrics))
+        reader = PeriodicExportingMetricReader(_exporter("metrics", metrics))
         meter_provider = MeterProvider(metric_readers=[reader], resource=resource,
                                        shutdown_on_exit=False)
         meter = meter_provider.get_meter(sc.SCOPE_NAME, __version__)

@@ -8,7 +8,6 @@ tests that stop, pause or kill it; never the shared one. Without Redis the tests
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ import redis
 
 from service.records import UsageRecord
 from service.usage import Usage
-from tests.conftest import basic_config, free_port
+from tests.conftest import basic_config, free_port, need
 from tests.fake_upstream import FakeUpstream, Reply
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -34,13 +33,6 @@ MODEL = "budget-model"
 # times $0.001, so a reservation from max_tokens equals what the upstream then reports.
 PRICE = {"input_per_mtok": 0, "output_per_mtok": 1000}
 CENT = 0.001  # USD per output token at PRICE
-
-
-def need(reason: str) -> None:
-    """Skip outside CI; fail under CI=true (a missing service is then a broken CI)."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def shared_redis_available() -> bool:

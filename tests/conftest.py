@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -20,6 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def need(reason: str) -> NoReturn:
+    """A test dependency is missing: skip with the reason, but fail under CI=true, where a
+    missing package or service means a broken CI, not an optional test."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -10,11 +10,12 @@ small JSON body. Canned bodies come from ``tests/fixtures``: literal provider tr
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+
+from tests.threaded_app import ThreadedApp
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -50,44 +51,21 @@ class SeenRequest:
         return None
 
 
-class FakeUpstream:
+class FakeUpstream(ThreadedApp):
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[SeenRequest] = []
         self.replies: list[Reply] = []
         self.disconnects = 0          # streams the proxy hung up on before their end
         self.completed_streams = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def queue(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
-    def start(self) -> FakeUpstream:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=1024 ** 3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
+        return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

@@ -8,7 +8,6 @@ Helpers flatten spans (``Span`` with attributes as a dict) and metric points for
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import threading
 import time
@@ -28,6 +27,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+
+from tests.threaded_app import ThreadedApp
 
 
 def value_of(value: AnyValue) -> Any:
@@ -75,47 +76,23 @@ class Point:
     bounds: tuple[float, ...]
 
 
-class OTLPReceiver:
+class OTLPReceiver(ThreadedApp):
     def __init__(self) -> None:
+        super().__init__()
         self.raw: list[tuple[str, bytes]] = []     # (path, decompressed body)
         self.headers: list[dict[str, str]] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
         self._lock = threading.Lock()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> OTLPReceiver:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def clear(self) -> None:
         with self._lock:
             self.raw.clear()
             self.headers.clear()
 
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 ** 2)
         app.router.add_post("/v1/traces", self._traces)
         app.router.add_post("/v1/metrics", self._metrics)
-        runner = self._runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
+        return app
 
     async def _body(self, request: web.Request) -> bytes:
         body = await request.read()

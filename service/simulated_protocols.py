@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -156,7 +157,7 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-class Renderer:
+class Renderer(ABC):
     """One call's wire format. ``start``/``delta``/``finish`` are stream bytes; ``complete``
     is the non-streamed body."""
 
@@ -172,14 +173,17 @@ class Renderer:
     def start(self) -> bytes:
         return b""
 
+    @abstractmethod
     def delta(self, text: str) -> bytes:
-        raise NotImplementedError
+        """Stream bytes carrying one piece of generated ``text``."""
 
+    @abstractmethod
     def finish(self, text: str, output: int) -> bytes:
-        raise NotImplementedError
+        """The stream's closing bytes (usage where the protocol reports it)."""
 
+    @abstractmethod
     def complete(self, text: str, output: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The non-streamed response body."""
 
 
 class ChatRenderer(Renderer):

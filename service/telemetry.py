@@ -111,7 +111,8 @@ def _protocol(cfg: TelemetryConfig, env: Mapping[str, str], signal: str) -> str:
 
 def _headers(cfg: TelemetryConfig, env: Mapping[str, str], signal: str) -> dict[str, str]:
     if cfg.headers:
-        return dict(cfg.headers)
+        # Lower case, as the SDK makes the env's: gRPC rejects upper-case metadata keys.
+        return {key.lower(): value for key, value in cfg.headers.items()}
     from opentelemetry.util.re import parse_env_headers
 
     raw = env.get(f"OTEL_EXPORTER_OTLP_{signal}_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS")

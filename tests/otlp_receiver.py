@@ -12,6 +12,7 @@ import gzip
 import threading
 import time
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +77,50 @@ class Point:
     bounds: tuple[float, ...]
 
 
-class OTLPReceiver(ThreadedApp):
+class SpanReader(ABC):
+    """Span queries over the trace export requests a receiver recorded, whatever the
+    transport (``OTLPReceiver`` here, ``OTLPGrpcReceiver`` in ``tests/otlp_grpc_receiver.py``).
+    ``trace_requests`` must be safe to call from the test's thread while exports arrive."""
+
+    @abstractmethod
+    def trace_requests(self) -> list[ExportTraceServiceRequest]:
+        """Every trace export received so far, in order."""
+
+    def spans(self) -> list[Span]:
+        out = []
+        for request in self.trace_requests():
+            for resource_spans in request.resource_spans:
+                resource = attributes_of(resource_spans.resource.attributes)
+                for scope_spans in resource_spans.scope_spans:
+                    for s in scope_spans.spans:
+                        out.append(Span(
+                            s.name, s.kind, s.trace_id.hex(), s.span_id.hex(),
+                            s.parent_span_id.hex(), s.trace_state, s.start_time_unix_nano,
+                            s.end_time_unix_nano, s.status.code, attributes_of(s.attributes),
+                            resource, scope_spans.scope.name))
+        return out
+
+    def wait_for(self, find: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+        """Poll ``find`` until it returns something truthy (the export is asynchronous)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = find()
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def span(self, request_id: str, timeout_s: float = 10.0) -> Span:
+        """The span of the call with ``x-request-id: request_id``."""
+        def find() -> list[Span]:
+            return [s for s in self.spans()
+                    if s.attributes.get("spendgate.request_id") == request_id]
+        found = self.wait_for(find, timeout_s)
+        assert found, f"no span for request {request_id}; spans: {[s.name for s in self.spans()]}"
+        assert len(found) == 1, found
+        return found[0]  # type: ignore[no-any-return]
+
+
+class OTLPReceiver(ThreadedApp, SpanReader):
     def __init__(self) -> None:
         super().__init__()
         self.raw: list[tuple[str, bytes]] = []     # (path, decompressed body)
@@ -126,20 +170,8 @@ class OTLPReceiver(ThreadedApp):
         with self._lock:
             return b"".join(body for _, body in self.raw)
 
-    def spans(self) -> list[Span]:
-        out = []
-        for body in self._bodies("/v1/traces"):
-            request = ExportTraceServiceRequest.FromString(body)
-            for resource_spans in request.resource_spans:
-                resource = attributes_of(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    for s in scope_spans.spans:
-                        out.append(Span(
-                            s.name, s.kind, s.trace_id.hex(), s.span_id.hex(),
-                            s.parent_span_id.hex(), s.trace_state, s.start_time_unix_nano,
-                            s.end_time_unix_nano, s.status.code, attributes_of(s.attributes),
-                            resource, scope_spans.scope.name))
-        return out
+    def trace_requests(self) -> list[ExportTraceServiceRequest]:
+        return [ExportTraceServiceRequest.FromString(b) for b in self._bodies("/v1/traces")]
 
     def points(self, metric: str) -> list[Point]:
         """Histogram points of ``metric`` from the latest export that has it (cumulative)."""
@@ -153,22 +185,3 @@ class OTLPReceiver(ThreadedApp):
             if found:
                 return found
         return []
-
-    def wait_for(self, find: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-        """Poll ``find`` until it returns something truthy (the export is asynchronous)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = find()
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
-
-    def span(self, request_id: str, timeout_s: float = 10.0) -> Span:
-        """The span of the call with ``x-request-id: request_id``."""
-        def find() -> list[Span]:
-            return [s for s in self.spans()
-                    if s.attributes.get("spendgate.request_id") == request_id]
-        found = self.wait_for(find, timeout_s)
-        assert found, f"no span for request {request_id}; spans: {[s.name for s in self.spans()]}"
-        assert len(found) == 1, found
-        return found[0]  # type: ignore[no-any-return]

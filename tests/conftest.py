@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -103,6 +104,25 @@ class ProxyProcess:
             if value is not None or time.monotonic() > deadline:
                 return value
             time.sleep(0.05)
+
+
+@contextmanager
+def proxies_exporting_to(receiver: Any, spawn: Any) -> Iterator[Any]:
+    """Start proxies that export to ``receiver`` (started); on exit they stop before the
+    receiver does, so their last flush has somewhere to go."""
+    started: list[ProxyProcess] = []
+
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> ProxyProcess:
+        proxy: ProxyProcess = spawn(config, env)
+        started.append(proxy)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
+        receiver.stop()
 
 
 @pytest.fixture(scope="session")

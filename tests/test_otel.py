@@ -21,9 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporters import semconv as sc
-from tests.conftest import ROOT, ProxyProcess, basic_config, free_port
+from tests.conftest import ROOT, ProxyProcess, basic_config, free_port, proxies_exporting_to
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 from tests.otlp_receiver import OTLPReceiver
+from tests.test_proxy import sse_reply
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
@@ -65,22 +66,8 @@ def own(spawn: Any) -> Iterator[Own]:
     """A receiver of this test's own, and a way to start proxies exporting to it. The
     proxies stop before the receiver does, so their last flush has somewhere to go."""
     rx = OTLPReceiver().start()
-    started: list[ProxyProcess] = []
-
-    def start(config: dict[str, Any], env: dict[str, str]) -> ProxyProcess:
-        proxy: ProxyProcess = spawn(config, env)
-        started.append(proxy)
-        return proxy
-
-    yield rx, start
-    for proxy in started:
-        proxy.stop()
-    rx.stop()
-
-
-def sse_reply(name: str, **kw: Any) -> Reply:
-    events = [e + b"\n\n" for e in fixture(name).split(b"\n\n") if e.strip()]
-    return Reply(content_type="text/event-stream", chunks=events, **kw)
+    with proxies_exporting_to(rx, spawn) as start:
+        yield rx, start
 
 
 def openmetrics(proxy: ProxyProcess) -> str:

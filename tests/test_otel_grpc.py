@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from exporters import semconv as sc
-from tests.conftest import ProxyProcess, basic_config, need
+from tests.conftest import ProxyProcess, basic_config, need, proxies_exporting_to
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 from tests.test_otel import CALLER_SPAN, CALLER_TRACE, upstream_traceparent
 
@@ -39,17 +39,8 @@ def grpc_own(spawn: Any) -> Iterator[GrpcOwn]:
     from tests.otlp_grpc_receiver import OTLPGrpcReceiver
 
     rx = OTLPGrpcReceiver().start()
-    started: list[ProxyProcess] = []
-
-    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> ProxyProcess:
-        proxy: ProxyProcess = spawn(config, env)
-        started.append(proxy)
-        return proxy
-
-    yield rx, start
-    for proxy in started:
-        proxy.stop()
-    rx.stop()
+    with proxies_exporting_to(rx, spawn) as start:
+        yield rx, start
 
 
 def traced_chat(proxy: ProxyProcess, upstream: FakeUpstream, request_id: str) -> None:

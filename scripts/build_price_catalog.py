@@ -4,8 +4,8 @@
     python scripts/build_price_catalog.py [INPUT] [--output PATH] [--source TEXT] [--date DATE]
 
 INPUT is LiteLLM's ``model_prices_and_context_window.json`` (MIT licence); it defaults to
-``../shared/pricing/litellm_model_prices.json`` beside the repository root, which developers
-and CI have and users do not, so the result is committed: ``service/data/prices.json``.
+the copy committed in ``scripts/data/`` (see its README). The result is committed too:
+``service/data/prices.json``, which the package ships; nothing reads INPUT at run time.
 The conversion is ``service.pricing.convert_litellm``, the very code ``PriceCatalog.load``
 runs on a user's own LiteLLM file; the format is documented in ``service/pricing.py``.
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from service.pricing import convert_litellm  # noqa: E402
 
-DEFAULT_INPUT = REPO.parent / "shared" / "pricing" / "litellm_model_prices.json"
+DEFAULT_INPUT = REPO / "scripts" / "data" / "litellm_model_prices.json"
 DEFAULT_OUTPUT = REPO / "service" / "data" / "prices.json"
 DEFAULT_SOURCE = "LiteLLM model_prices_and_context_window.json (MIT), litellm 1.110"
 UNIT = "USD per million tokens"

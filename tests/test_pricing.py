@@ -1,7 +1,7 @@
 """Pricing: exact cost math, price resolution, the generated catalog and the CLI renderers.
 
-Real data only: the committed catalog, and LiteLLM's price map at ../shared (beside the repo
-root, present for developers and CI) to check that catalog against.
+Real data only: the committed catalog, and the LiteLLM price map it is generated from
+(``scripts/data/litellm_model_prices.json``) to check that catalog against.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from service.usage import Usage
 REPO = Path(__file__).resolve().parents[1]
 CATALOG_FILE = REPO / "service" / "data" / "prices.json"
 BUILD_SCRIPT = REPO / "scripts" / "build_price_catalog.py"
-SHARED = REPO.parent / "shared" / "pricing" / "litellm_model_prices.json"
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"{SHARED} is absent (it is "
-                                  "present for developers and CI, beside the repository root)")
+LITELLM_MAP = REPO / "scripts" / "data" / "litellm_model_prices.json"
 
 PRICE_FIELDS = {"input": "input_cost_per_token", "output": "output_cost_per_token",
                 "cached_input": "cache_read_input_token_cost",
@@ -47,9 +45,7 @@ def catalog() -> PriceCatalog:
 
 @pytest.fixture(scope="module")
 def litellm() -> dict[str, dict[str, object]]:
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} is absent")
-    data: dict[str, dict[str, object]] = json.loads(SHARED.read_text(encoding="utf-8"))
+    data: dict[str, dict[str, object]] = json.loads(LITELLM_MAP.read_text(encoding="utf-8"))
     return data
 
 
@@ -135,16 +131,15 @@ def test_committed_catalog_has_clean_decimal_strings() -> None:
     assert CATALOG_FILE.stat().st_size < 300 * 1024
 
 
-@needs_shared
 def test_committed_catalog_is_what_the_build_script_produces(tmp_path: Path) -> None:
     committed = CATALOG_FILE.read_text(encoding="utf-8")
     date = json.loads(committed)["generated"]
     out = tmp_path / "prices.json"
-    subprocess.run([sys.executable, str(BUILD_SCRIPT), str(SHARED), "--output", str(out),
+    subprocess.run([sys.executable, str(BUILD_SCRIPT), str(LITELLM_MAP), "--output", str(out),
                     "--date", date], check=True, capture_output=True, cwd=tmp_path)
     assert out.read_text(encoding="utf-8") == committed, "re-run scripts/build_price_catalog.py"
     # without --date, an unchanged catalog keeps its date: re-running gives no diff
-    subprocess.run([sys.executable, str(BUILD_SCRIPT), str(SHARED), "--output", str(out)],
+    subprocess.run([sys.executable, str(BUILD_SCRIPT), str(LITELLM_MAP), "--output", str(out)],
                    check=True, capture_output=True)
     assert out.read_text(encoding="utf-8") == committed
 
@@ -156,7 +151,6 @@ FLAGSHIPS = ["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-5", "o3", "text-embedding-
              "cohere/embed-v4.0", "voyage/voyage-3.5", "moonshot/kimi-k3", "zai/glm-5.3"]
 
 
-@needs_shared
 @pytest.mark.parametrize("model", FLAGSHIPS)
 def test_flagship_prices_equal_litellms(catalog: PriceCatalog, model: str,
                                         litellm: dict[str, dict[str, object]]) -> None:
@@ -171,7 +165,6 @@ def test_flagship_prices_equal_litellms(catalog: PriceCatalog, model: str,
     assert resolved(catalog, model) == ResolvedPrice(entry.price, "exact", model)
 
 
-@needs_shared
 def test_what_the_catalog_leaves_out(catalog: PriceCatalog,
                                      litellm: dict[str, dict[str, object]]) -> None:
     assert "ft:gpt-4o-mini-2024-07-18" in litellm and catalog.resolve("ft:gpt-4o-mini") is None

@@ -49,7 +49,8 @@ class KeyRing:
         return found
 
 
-def _credential(value: bytes) -> bytes:
+def credential_value(value: bytes) -> bytes:
+    """The secret in a credential header: ``Bearer`` stripped."""
     return value[7:].strip() if value[:7].lower() == b"bearer " else value.strip()
 
 
@@ -65,7 +66,7 @@ def admit(headers: dict[bytes, bytes], keyring: KeyRing, upstream: UpstreamConfi
     candidates = [explicit] if explicit else [headers.get(h) for h in CREDENTIAL_HEADERS]
     for value in candidates:
         if value:
-            matched = keyring.match(_credential(value))
+            matched = keyring.match(credential_value(value))
             if matched is not None:
                 # A key sent as the caller's credential must not travel on; one sent in
                 # x-spendgate-key leaves the caller's credential to the custody rule.

@@ -233,16 +233,20 @@ class BudgetGate:
                            worst if b.max_reserve is None else min(worst, b.max_reserve),
                            windows[b.name].ttl_s(now, TTL_MARGIN_S)) for b in covering)
         rid = os.urandom(12).hex()
+        # Recorded before the store is asked: a timeout or cancellation may come after the
+        # store wrote the hold, and the ledger sink must then release it (releasing an id
+        # the store never recorded is a no-op), not leave it for the lease to reclaim.
+        outcome.reservation = Reservation(rid, holds, worst)
         try:
             refusal = await self.ledger.reserve(rid, holds, now)
         except StoreError:
             self._degraded(outcome, covering, windows, holds, now)
             return
         if refusal is not None:
+            outcome.reservation = None  # a refusal holds nothing
             budget = book.by_name[refusal.budget]
             self._refuse(outcome, budget, windows[budget.name], refusal.spend, refusal.reserved,
                          refusal.amount, now)
-        outcome.reservation = Reservation(rid, holds, worst)
         outcome.budget_decision = "allowed"
 
     def _degraded(self, outcome: CallOutcome, covering: list[Budget], windows: dict[str, Window],

@@ -9,6 +9,7 @@ Hierarchy::
         ├── Unauthorized         401: missing or wrong virtual key
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``
+        ├── ClientClosed         499: the caller hung up before its body was complete
         ├── BudgetExceeded       429: a ``block`` budget has no room for this call
         ├── BudgetStoreUnavailable 503: budget store down and ``store.on_error: closed``
         ├── UpstreamUnreachable  502: connect/read failure
@@ -87,6 +88,13 @@ class BudgetStoreUnavailable(ProxyError):
     error_type = "budget_store_unavailable"
     openai_type = "budget_store_unavailable"
     anthropic_type = "api_error"
+
+
+class ClientClosed(ProxyError):
+    """The caller hung up before its request body was complete: nothing goes upstream."""
+
+    status = 499
+    error_type = "client_closed"
 
 
 class UpstreamUnreachable(ProxyError):

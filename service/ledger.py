@@ -137,7 +137,7 @@ class Ledger:
                 self._stamp(batch)
                 try:
                     totals = self.store.settle(batch, self.clock())
-                except StoreError as error:
+                except Exception as error:  # StoreError, or a reply we could not read
                     self.health.failed("settle", error)
                     with self._lock:
                         self._retry = batch  # may have been applied: retry under its id
@@ -181,7 +181,7 @@ class Ledger:
                 return totals
             try:
                 totals.update(self.store.settle(batch, self.clock()))
-            except StoreError as error:
+            except Exception as error:  # StoreError, or a reply we could not read
                 self.health.failed("settle", error)
                 return None
             self.health.ok()
@@ -242,8 +242,11 @@ class Ledger:
                 waiting = self._retry is not None or bool(self._charges or self._dims
                                                           or self._releases)
             if waiting and self.health.usable():
-                with self._flushing:
-                    self._flush()
+                try:
+                    with self._flushing:
+                        self._flush()
+                except Exception:  # keep syncing: the batch stays queued for the next try
+                    log.exception("budget ledger sync failed")
 
     def close(self) -> None:
         """Stop the sync thread, try a last write, close the store."""

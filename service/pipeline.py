@@ -58,28 +58,21 @@ class RecordBuilder:
         return ResponseSummary()
 
     def build(self, outcome: CallOutcome) -> UsageRecord:
+        """The call's record. Never raises: if reading usage or pricing fails (a bug), the
+        call is still recorded, with no usage and ``error_type`` ``record_build_failed``, so
+        it is counted and its budget reservation released."""
         info = outcome.request
-        summary = self.summary(outcome)
-        usage = summary.usage
         metered = info is not None and info.metered
-        generated = outcome.tracker is not None or 200 <= outcome.status < 300
-        if metered and info is not None and generated:
-            usage = self._fill_gaps(outcome, usage, summary)
         model = (info.model if info is not None else None) or "unknown"
-        cost, priced, price_source = Decimal(0), True, None
-        if metered and not usage.is_empty:
-            resolved = None
-            for candidate in (summary.response_model, model):
-                if candidate:
-                    resolved = self.catalog.resolve(candidate, upstream=outcome.upstream,
-                                                    provider=outcome.provider)
-                    if resolved is not None:
-                        break
-            if resolved is None:
-                priced = False
-                self._log_unpriced(model)
-            else:
-                cost, price_source = resolved.price.cost(usage), resolved.source
+        error_type = outcome.error_type
+        try:
+            summary = self.summary(outcome)
+            usage, cost, priced, price_source = self._account(outcome, summary, model)
+        except Exception:
+            log.exception("could not read the usage of a call to %s", outcome.upstream)
+            summary, usage = ResponseSummary(), Usage()
+            cost, priced, price_source = Decimal(0), True, None
+            error_type = "record_build_failed"
         return UsageRecord(
             start_unix=outcome.start_unix, upstream=outcome.upstream, provider=outcome.provider,
             protocol=outcome.protocol, operation=info.operation if info else "other",
@@ -88,7 +81,7 @@ class RecordBuilder:
             stream=bool(info and info.stream), metered=metered, usage=usage, cost_usd=cost,
             priced=priced, price_source=price_source, duration_s=outcome.duration_s,
             ttft_s=outcome.ttft_s, tpot_s=_time_per_output_token(outcome, usage),
-            overhead_s=outcome.overhead_s, error_type=outcome.error_type,
+            overhead_s=outcome.overhead_s, error_type=error_type,
             client_closed=outcome.client_closed, response_id=summary.response_id,
             finish_reasons=summary.finish_reasons, service_tier=summary.service_tier,
             request_id=outcome.request_id, max_tokens=info.max_tokens if info else None,
@@ -97,6 +90,26 @@ class RecordBuilder:
             output_text=summary.output_text if self.keep_output else None,
             reservation=outcome.reservation, budget_decision=outcome.budget_decision,
         )
+
+    def _account(self, outcome: CallOutcome, summary: ResponseSummary, model: str,
+                 ) -> tuple[Usage, Decimal, bool, str | None]:
+        """Usage (gaps estimated) and its price: (usage, cost, priced, price source)."""
+        info = outcome.request
+        usage = summary.usage
+        metered = info is not None and info.metered
+        generated = outcome.tracker is not None or 200 <= outcome.status < 300
+        if metered and info is not None and generated:
+            usage = self._fill_gaps(outcome, usage, summary)
+        if not metered or usage.is_empty:
+            return usage, Decimal(0), True, None
+        for candidate in (summary.response_model, model):
+            if candidate:
+                resolved = self.catalog.resolve(candidate, upstream=outcome.upstream,
+                                                provider=outcome.provider)
+                if resolved is not None:
+                    return usage, resolved.price.cost(usage), True, resolved.source
+        self._log_unpriced(model)
+        return usage, Decimal(0), False, None
 
     def _fill_gaps(self, outcome: CallOutcome, usage: Usage, summary: ResponseSummary) -> Usage:
         """Estimate the types the upstream did not report; a hang-up is billed as generated."""
@@ -216,10 +229,14 @@ class RecordPipeline:
         records: list[UsageRecord] = []
         for outcome in batch:
             try:
-                records.append(self.builder.build(outcome))
-            except Exception:  # a bug here must not stop the pipeline
-                log.exception("could not build the record of a call to %s", outcome.upstream)
+                record = self.builder.build(outcome)
+            except Exception:  # build() falls back on its own; this guards the thread itself
+                log.exception("could not record a call to %s", outcome.upstream)
                 self._sink_failed("pipeline", "build")
+                continue
+            if record.error_type == "record_build_failed":
+                self._sink_failed("pipeline", "build")
+            records.append(record)
         for sink in self.sinks:
             try:
                 sink.export(records)

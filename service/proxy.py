@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
-from service.attribution import CREDENTIAL_HEADERS, KeyRing, admit
+from service.attribution import CREDENTIAL_HEADERS, KeyRing, admit, credential_value
 from service.config import Config, UpstreamConfig
-from service.errors import BodyTooLarge, ProxyError, error_body
+from service.errors import BodyTooLarge, ClientClosed, ProxyError, error_body
 from service.pipeline import RecordPipeline
 from service.providers import PROVIDERS, Provider
 from service.records import STATUS_CLIENT_CLOSED, CallOutcome
@@ -63,8 +63,8 @@ def provider_name_for(config: UpstreamConfig, host: str) -> str:
 class Upstream:
     """One configured upstream, with everything the hot path needs precomputed."""
 
-    __slots__ = ("config", "credential", "in_flight", "name", "protocol", "provider",
-                 "provider_name", "target")
+    __slots__ = ("config", "credential", "custody_headers", "in_flight", "name", "protocol",
+                 "provider", "provider_name", "target")
 
     def __init__(self, name: str, config: UpstreamConfig, in_flight: Any) -> None:
         self.name = name
@@ -75,11 +75,14 @@ class Upstream:
         self.provider_name = provider_name_for(config, self.target.host)
         self.in_flight = in_flight
         self.credential: tuple[str, str] | None = None
+        # The caller's credential headers the proxy drops when it holds the key itself.
+        self.custody_headers = CREDENTIAL_HEADERS
         if config.api_key:
-            header = config.api_key_header or ("x-api-key" if self.protocol == "anthropic"
-                                               else "authorization")
+            header = (config.api_key_header or ("x-api-key" if self.protocol == "anthropic"
+                                                else "authorization")).lower()
             value = f"Bearer {config.api_key}" if header == "authorization" else config.api_key
             self.credential = (header, value)
+            self.custody_headers = CREDENTIAL_HEADERS | {header.encode("latin-1")}
 
 
 class BudgetGate(Protocol):
@@ -118,9 +121,11 @@ class ProxyApp:
         except ProxyError as error:
             outcome = CallOutcome("unknown", "unknown", _guess_protocol(headers), time.time(),
                                   started)
-            await _reply_error(send, error, outcome)
-            outcome.duration_s = outcome.overhead_s = time.perf_counter() - started
-            self.pipeline.submit(outcome)
+            try:
+                await _reply_error(send, error, outcome)
+            finally:
+                outcome.duration_s = outcome.overhead_s = time.perf_counter() - started
+                self.pipeline.submit(outcome)
             return
         upstream = self.upstreams[target.upstream]
         outcome = CallOutcome(upstream.name, upstream.provider_name, upstream.protocol,
@@ -154,8 +159,10 @@ class ProxyApp:
         admission = admit(headers, self.keyring, upstream.config)
         outcome.project, outcome.user = admission.project, admission.user
         outcome.virtual_key = admission.key_name
-        out_headers = _upstream_headers(scope["headers"], admission.drop_caller_credentials,
-                                        info.stream)
+        out_headers = _upstream_headers(
+            scope["headers"],
+            upstream.custody_headers if admission.drop_caller_credentials else frozenset(),
+            info.stream, self.keyring)
         if upstream.credential is not None:
             out_headers.append(upstream.credential)
         trace = outcome.trace = start_trace(headers, self.sample_new_traces)
@@ -170,8 +177,9 @@ class ProxyApp:
         assert self.client is not None, "the proxy serves only between startup and shutdown"
         overhead = outcome.overhead_s = time.perf_counter() - outcome.started
         async with self.client.open(upstream.target, method, url, out_headers, payload) as resp:
+            skip = _hop_by_hop(resp.raw_headers)
             response_headers = [(k.lower(), v) for k, v in resp.raw_headers
-                                if k.lower() not in HOP_BY_HOP]
+                                if k.lower() not in skip]
             # Ours always; as x-request-id too unless the upstream named the call itself.
             response_headers.append((b"x-spendgate-request-id", rid.encode()))
             if "x-request-id" not in resp.headers:
@@ -257,6 +265,8 @@ async def _read_request(receive: Receive, limit: int, declared: bytes | None) ->
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body is over the {limit // (1024 * 1024)} MB limit")
     message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientClosed("the caller hung up before sending its request body")
     body: bytes = message.get("body", b"")
     if not message.get("more_body"):
         return body
@@ -264,8 +274,8 @@ async def _read_request(receive: Receive, limit: int, declared: bytes | None) ->
     size = len(body)
     while message.get("more_body"):
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] == "http.disconnect":  # never forward a truncated body
+            raise ClientClosed("the caller hung up in the middle of its request body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -274,13 +284,20 @@ async def _read_request(receive: Receive, limit: int, declared: bytes | None) ->
     return b"".join(chunks)
 
 
-def _upstream_headers(raw: list[tuple[bytes, bytes]], drop_credentials: bool,
-                      stream: bool) -> list[tuple[str, str]]:
+def _upstream_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes], stream: bool,
+                      keyring: KeyRing) -> list[tuple[str, str]]:
+    """The caller's headers as the upstream gets them: hop-by-hop (and those the caller's
+    ``Connection`` names), ``x-spendgate-*`` and the headers in ``drop`` removed, and any
+    credential that is a virtual key removed whatever header it came in."""
+    skip = _hop_by_hop(raw)
     out: list[tuple[str, str]] = []
     for name, value in raw:
-        if name in HOP_BY_HOP or name.startswith(b"x-spendgate-") or name == b"traceparent":
+        if name in skip or name in drop or name.startswith(b"x-spendgate-"):
             continue
-        if drop_credentials and name in CREDENTIAL_HEADERS:
+        if name == b"traceparent":
+            continue
+        if (keyring.enabled and name in CREDENTIAL_HEADERS
+                and keyring.match(credential_value(value)) is not None):
             continue
         if name == b"accept-encoding":
             # Streams must arrive uncompressed to be read event by event; buffered bodies
@@ -288,6 +305,14 @@ def _upstream_headers(raw: list[tuple[bytes, bytes]], drop_credentials: bool,
             value = b"identity" if stream else _decodable(value)
         out.append((name.decode("latin-1"), value.decode("latin-1")))
     return out
+
+
+def _hop_by_hop(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """``HOP_BY_HOP`` plus the names a ``Connection`` header declares hop-by-hop
+    (RFC 9110 7.6.1)."""
+    listed = {token.strip().lower() for name, value in raw if name.lower() == b"connection"
+              for token in value.split(b",")} - HOP_BY_HOP - {b""}
+    return HOP_BY_HOP | listed if listed else HOP_BY_HOP
 
 
 def _decodable(accept: bytes) -> bytes:

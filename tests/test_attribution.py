@@ -24,6 +24,8 @@ def keyed(fake: FakeUpstream, spawn: Any) -> ProxyProcess:
                                       {"key": SUPPORT_KEY, "project": "support"}])
     config["upstreams"]["openai"]["api_key"] = "${OPENAI_API_KEY}"
     config["upstreams"]["anthropic"]["api_key"] = "sk-ant-proxy-owned"
+    config["upstreams"]["google"] = {"url": fake.url, "provider": "openai",
+                                     "api_key": "sk-goog-proxy", "api_key_header": "X-Goog-Api-Key"}
     return spawn(config, env={"TEAM_SEARCH_KEY": SEARCH_KEY, "OPENAI_API_KEY": "sk-proxy-owned"})  # type: ignore[no-any-return]
 
 
@@ -106,3 +108,27 @@ def test_keyring_compares_every_key() -> None:
     assert ring.match(b"b" * 20) == ("p2", "p2#1")
     assert ring.match(b"a" * 19) is None
     assert not KeyRing(None).enabled
+
+
+def test_virtual_key_never_travels_even_beside_x_spendgate_key(keyed: ProxyProcess,
+                                                                upstream: FakeUpstream) -> None:
+    # "local" has no api_key: the caller's own credential is forwarded, but not a virtual key
+    upstream.queue(Reply(), Reply())
+    httpx.get(keyed.url + "/local/v1/models",
+              headers={"x-spendgate-key": SEARCH_KEY, "authorization": f"Bearer {SEARCH_KEY}"})
+    httpx.get(keyed.url + "/local/v1/models",
+              headers={"x-spendgate-key": SEARCH_KEY, "x-api-key": SUPPORT_KEY,
+                       "authorization": "Bearer sk-own-provider-key"})
+    first, second = upstream.requests
+    assert all(SEARCH_KEY not in v and SUPPORT_KEY not in v for _, v in first.headers)
+    assert all(SUPPORT_KEY not in v for _, v in second.headers)
+    assert second.header("authorization") == "Bearer sk-own-provider-key"
+
+
+def test_custom_api_key_header_is_kept_in_custody(keyed: ProxyProcess,
+                                                  upstream: FakeUpstream) -> None:
+    upstream.queue(Reply())
+    httpx.get(keyed.url + "/google/v1/models",
+              headers={"x-spendgate-key": SEARCH_KEY, "x-goog-api-key": "caller-own"})
+    seen = upstream.requests[-1]
+    assert [v for k, v in seen.headers if k.lower() == "x-goog-api-key"] == ["sk-goog-proxy"]

@@ -253,3 +253,27 @@ def test_health_and_metrics_formats(proxy: ProxyProcess) -> None:
                    headers={"accept": "application/openmetrics-text; version=1.0.0"})
     assert om.headers["content-type"].startswith("application/openmetrics-text")
     assert om.text.rstrip().endswith("# EOF")
+
+
+def test_headers_named_by_connection_are_hop_by_hop(proxy: ProxyProcess,
+                                                    upstream: FakeUpstream) -> None:
+    upstream.queue(Reply())
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close, X-Hop\r\nX-Hop: secret-hop\r\nX-Kept: 1\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    seen = upstream.requests[-1]
+    assert seen.header("x-hop") is None and seen.header("x-kept") == "1"
+
+
+def test_truncated_request_body_never_reaches_the_upstream(proxy: ProxyProcess,
+                                                           upstream: FakeUpstream) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"x-spendgate-project: truncated\r\nContent-Length: 1000\r\n\r\n"
+                     b'{"model": "gpt-4o", "mess')
+        time.sleep(0.2)
+    # Counted (499, before its body, so its model is unknown) and never forwarded.
+    assert proxy.eventually("spendgate_requests_total", upstream="openai", model="unknown",
+                            status="499") == 1
+    assert upstream.requests == []

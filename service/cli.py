@@ -42,10 +42,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_or_exit(_config_path(args.config))
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    # Exporters run in threads beside the event loop; with CPython's default 5 ms switch
-    # interval a busy exporter (a batch of spans being encoded) can hold the GIL for that
-    # long while a call waits. 1 ms bounds that wait at little cost.
-    sys.setswitchinterval(0.001)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape size for no use here
     try:
         app = Spendgate(config, config_path=_config_path(args.config))
@@ -53,6 +49,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return 1
+    if app.proxy.propagate:
+        # Span export runs in SDK threads beside the event loop; with CPython's default 5 ms
+        # switch interval a batch being encoded can hold the GIL that long while a call
+        # waits (measured: p99 at c=1 8.8 -> 4.4 ms). Without tracing the shorter interval
+        # only adds thread switches (measured: +0.12 ms p50), so it is set only here.
+        sys.setswitchinterval(0.001)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"spendgate {__version__} on http://{host}:{port} "

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -232,7 +232,7 @@ class BudgetGate:
         holds = tuple(Hold(b.name, windows[b.name].id, b.limit,
                            worst if b.max_reserve is None else min(worst, b.max_reserve),
                            windows[b.name].ttl_s(now, TTL_MARGIN_S)) for b in covering)
-        rid = os.urandom(12).hex()
+        rid = f"{random.getrandbits(96):024x}"  # unique, not secret (as trace ids)
         # Recorded before the store is asked: a timeout or cancellation may come after the
         # store wrote the hold, and the ledger sink must then release it (releasing an id
         # the store never recorded is a no-op), not leave it for the lease to reclaim.

@@ -9,7 +9,7 @@
 # Two stages on the same pinned base: the builder installs the package and its
 # dependencies into a virtualenv at /opt/spendgate; the runtime copies only that
 # virtualenv (no pip cache, no build tree). The tokenizer files and the price
-# catalog are package data (service/data/), so installing the package brings them;
+# catalog are package data (service/accounting/data/), so installing the package brings them;
 # the builder checks that they arrived. Every wheel spendgate needs (uvloop,
 # httptools, tiktoken, orjson, pydantic-core) is prebuilt for amd64 and arm64, so
 # no compiler is installed.
@@ -26,10 +26,10 @@ COPY pyproject.toml README* ./
 COPY service ./service
 COPY exporters ./exporters
 # pip byte-compiles here, so the read-only runtime never needs to write .pyc files.
-# -I: import the installed package, not ./service from this build directory.
+# -I: nothing from this build directory on sys.path: the installed package is what runs.
 RUN /opt/spendgate/bin/pip install . \
     && /opt/spendgate/bin/python -I -c "from importlib.resources import files; \
-d = files('service') / 'data'; \
+d = files('spendgate.accounting') / 'data'; \
 missing = [n for n in ('prices.json', 'SHA256SUMS', 'cl100k_base.tiktoken', 'o200k_base.tiktoken') if not (d / n).is_file()]; \
 assert not missing, f'package data missing from the install: {missing}'" \
     && /opt/spendgate/bin/spendgate --version

@@ -51,8 +51,8 @@ from run import (
     start_nginx,
 )
 
-from service.config import UpstreamConfig
-from service.upstream import UpstreamClient, UpstreamTarget, read_body
+from spendgate.config import UpstreamConfig
+from spendgate.upstream.client import UpstreamClient, UpstreamTarget, read_body
 
 CONCURRENCY = 32
 WARMUP = 300

@@ -4,22 +4,31 @@ A sink receives batches of immutable ``UsageRecord`` objects from the record pip
 single worker thread, so ``export`` is never called concurrently with itself. ``export`` may
 raise: the pipeline logs the failure, counts it in ``spendgate_sink_errors_total{sink}`` and
 carries on with the next sink; one failing sink never fails a call or another sink.
-``shutdown`` is called once, after the last ``export``.
+``force_flush`` and then ``shutdown`` are called once, after the last ``export``; both do
+nothing unless a sink buffers or holds something (a file, an SDK provider).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Protocol
 
-from service.records import UsageRecord
+from spendgate.records import UsageRecord
 
 
-class RecordSink(Protocol):
+class RecordSink(ABC):
+    """Base of every sink. ``name`` labels its failures in ``spendgate_sink_errors_total``."""
+
     name: str
 
-    def export(self, records: Sequence[UsageRecord]) -> None: ...
+    @abstractmethod
+    def export(self, records: Sequence[UsageRecord]) -> None:
+        """Take one batch, in the order the calls were handed over."""
 
-    def force_flush(self, timeout_s: float = 30.0) -> bool: ...
+    def force_flush(self, timeout_s: float = 30.0) -> bool:
+        """Push out anything buffered; True when it all went (or there was nothing)."""
+        return True
 
-    def shutdown(self) -> None: ...
+    def shutdown(self) -> None:
+        """Release what the sink holds; no ``export`` follows."""
+        return None

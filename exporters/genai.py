@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from exporters import semconv as sc
-from service.records import UsageRecord
+from spendgate.exporters import semconv as sc
+from spendgate.records import UsageRecord
 
 AttributeValue = str | bool | int | float | tuple[str, ...]
 Server = tuple[str, int | None]  # (server.address, server.port) of an upstream

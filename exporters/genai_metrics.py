@@ -18,7 +18,7 @@ Recorded per metered call (inference operations only):
   chunks one by one on the hot path, and one observation keeps the cost of a call
   independent of its length (a 4,000-chunk answer is not 4,000 OpenTelemetry records).
 
-Model labels pass a ``LabelCap`` (the ``metrics.label_limit`` of ``exporters.prometheus``).
+Model labels pass a ``labels.LabelCap`` (``metrics.label_limit``, as ``exporters.prometheus``).
 Absent attributes are empty Prometheus labels. ``export`` runs on the pipeline thread only.
 """
 
@@ -30,10 +30,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from exporters import semconv as sc
-from exporters.genai import Server, error_type, metric_attributes, operation_name
-from exporters.prometheus import LabelCap, trace_exemplar
-from service.records import UsageRecord
+from spendgate.exporters import semconv as sc
+from spendgate.exporters.base import RecordSink
+from spendgate.exporters.genai import Server, error_type, metric_attributes, operation_name
+from spendgate.exporters.prometheus import trace_exemplar
+from spendgate.labels import LabelCap
+from spendgate.records import UsageRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ class _Instrument:
             self.otel.record(value, attributes)
 
 
-class GenAIMetricsSink:
+class GenAIMetricsSink(RecordSink):
     """Records the convention metrics of each record: into ``registry`` (None: not on
     /metrics) and, given an OpenTelemetry ``meter`` (API object), over OTLP too.
     ``servers`` maps upstream names to their ``server.address``/``server.port``.
@@ -159,9 +161,3 @@ class GenAIMetricsSink:
             if r.chunks > 1:
                 mean = max(r.duration_s - r.ttft_s, 0.0) / (r.chunks - 1)
                 self.tpoc.record(mean, base, attributes, exemplar)
-
-    def force_flush(self, timeout_s: float = 30.0) -> bool:
-        return True
-
-    def shutdown(self) -> None:
-        return None

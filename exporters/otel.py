@@ -1,6 +1,6 @@
 """One OpenTelemetry span per proxied call, built after the call from its ``UsageRecord``.
 
-The hot path never touches the SDK: ``service.tracecontext`` only decides the call's ids
+The hot path never touches the SDK: ``hotpath.tracecontext`` only decides the call's ids
 (continuing the caller's trace, or starting one) and whether it is sampled, and sends the
 upstream a ``traceparent`` naming the span-to-be. This sink, on the pipeline thread, then
 creates that span with exactly those ids: the parent is the caller's span (a remote
@@ -8,7 +8,7 @@ creates that span with exactly those ids: the parent is the caller's span (a rem
 the trace id) come from ``PresetIds``, an ``IdGenerator`` that hands out the ids set just
 before ``start_span``. Start and end times are the call's (``start_unix``, ``duration_s``),
 so the span covers the whole call, up to the last byte or the caller hanging up
-(``spendgate.client_closed``; ``error.type`` ``client_closed``).
+(``client_closed``; ``error.type`` ``client_closed``).
 
 Only sampled calls become spans: the hot path's decision is final (so the span's flags always
 match the ``traceparent`` the upstream saw); the provider's sampler is ALWAYS_ON.
@@ -34,11 +34,12 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import TraceFlags, TraceState
 
-from exporters import semconv as sc
-from exporters.genai import AttributeValue, Server, error_type, span_attributes, span_name
-from exporters.genai_content import input_messages, output_messages, to_json
-from service import __version__
-from service.records import UsageRecord
+from spendgate import __version__
+from spendgate.exporters import semconv as sc
+from spendgate.exporters.base import RecordSink
+from spendgate.exporters.genai import AttributeValue, Server, error_type, span_attributes, span_name
+from spendgate.exporters.genai_content import input_messages, output_messages, to_json
+from spendgate.records import UsageRecord
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 # The SDK's flush blocks through every export retry (up to OTEL_EXPORTER_OTLP_TIMEOUT, 10 s
@@ -81,9 +82,9 @@ class PresetIds(IdGenerator):
         return True  # ours come from random.getrandbits, as the SDK's own
 
 
-class SpanSink:
+class SpanSink(RecordSink):
     """Turns each sampled record into a finished span on ``provider`` (built with a
-    ``PresetIds`` id generator, see ``service.telemetry``). ``servers`` maps upstream names
+    ``PresetIds`` id generator, see ``telemetry``). ``servers`` maps upstream names
     to ``server.address``/``server.port``; ``content_max_chars`` None means no content."""
 
     name = "otel_traces"

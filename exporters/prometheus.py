@@ -8,7 +8,7 @@ Money is summed exactly: ``spendgate_cost_usd_total`` keeps a ``Decimal`` per la
 converts to float only when scraped, so millions of micro-dollar calls never drift.
 
 Label values for ``project`` and ``model`` are capped (``label_limit`` distinct values each);
-later values become ``other`` so a caller cannot explode the series count.
+later values become ``labels.OTHER`` so a caller cannot explode the series count.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from service.records import UsageRecord
+from spendgate.exporters.base import RecordSink
+from spendgate.labels import LabelCap
+from spendgate.records import UsageRecord
 
 LLM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
                60.0, 120.0, 300.0)
@@ -30,31 +32,12 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
                     0.05, 0.1, 0.25, 1.0)
 COST_LABELS = ("upstream", "provider", "model", "project")
 LATENCY_LABELS = ("upstream", "model", "project")
-OTHER = "other"
 
 
 def trace_exemplar(record: UsageRecord) -> dict[str, str] | None:
     """The OpenMetrics exemplar linking a latency point to its trace: sampled spans only."""
     trace = record.trace
     return {"trace_id": trace.trace_id} if trace is not None and trace.sampled else None
-
-
-class LabelCap:
-    """Admits the first ``limit`` distinct values; the rest read ``other``. Thread-safe."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, value: str) -> str:
-        if value in self._seen:
-            return value
-        with self._lock:
-            if len(self._seen) < self._limit:
-                self._seen.add(value)
-                return value
-        return OTHER
 
 
 class _ExactCostCollector(Collector):
@@ -83,15 +66,16 @@ class _ExactCostCollector(Collector):
             return self._totals.get(labels, Decimal(0))
 
 
-class PrometheusSink:
+class PrometheusSink(RecordSink):
     """The ``spendgate_*`` metrics. ``export`` runs on the pipeline thread only."""
 
     name = "prometheus"
 
-    def __init__(self, registry: CollectorRegistry, label_limit: int = 200) -> None:
+    def __init__(self, registry: CollectorRegistry, label_limit: int = 200,
+                 exemplars: bool = False) -> None:
         self.registry = registry
-        # Set when spans are exported: latency histograms then carry trace-id exemplars.
-        self.exemplars = False
+        # On when spans are exported: latency histograms then carry trace-id exemplars.
+        self.exemplars = exemplars
         self._project = LabelCap(label_limit)
         self._model = LabelCap(label_limit)
         self.requests = Counter("spendgate_requests", "Proxied calls by final HTTP status "
@@ -126,6 +110,10 @@ class PrometheusSink:
         self.sink_errors = Counter("spendgate_sink_errors", "Exports that failed, by sink.",
                                    ("sink",), registry=registry)
 
+    def count_sink_error(self, sink: str) -> None:
+        """The record pipeline's report of a sink that failed."""
+        self.sink_errors.labels(sink).inc()
+
     def export(self, records: Sequence[UsageRecord]) -> None:
         for record in records:
             self._export_one(record)
@@ -154,9 +142,3 @@ class PrometheusSink:
             self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
         if not r.priced and not r.usage.is_empty:
             self.unpriced.labels(model).inc()
-
-    def force_flush(self, timeout_s: float = 30.0) -> bool:
-        return True
-
-    def shutdown(self) -> None:
-        return None

@@ -4,7 +4,7 @@ The GenAI names follow the semantic conventions v1.41 as released in
 ``opentelemetry-semantic-conventions`` 0.66b2 (imported from it, so they cannot drift from
 that release). The GenAI conventions have since moved to the ``semantic-conventions-genai``
 repository; its renames are not released yet. When they are, change the right-hand sides
-below and nothing else. Our own attributes live under ``spendgate.*``.
+below and nothing else. Our own attributes live under ``*``.
 
 Prometheus sees the metrics under their OpenTelemetry-to-Prometheus translated names
 (``prometheus_name``): dots become underscores and a unit of seconds becomes a

@@ -13,7 +13,7 @@ Each line (UTF-8, ``\\n``-terminated, keys stable)::
 
 ``cost_usd`` is the exact Decimal as a plain decimal string (never a float, never
 exponent notation), so sums over the log are exact. Token types are those of
-``service.usage``; a type absent from ``tokens`` was neither reported nor estimated.
+``usage``; a type absent from ``tokens`` was neither reported nor estimated.
 
 Written by the record pipeline's thread (never the hot path), one write and flush per batch.
 ``path: "-"`` is standard output; a file is appended to and rotated by size: past ``max_mb``
@@ -32,7 +32,8 @@ from typing import IO, Any
 
 import orjson
 
-from service.records import UsageRecord
+from spendgate.exporters.base import RecordSink
+from spendgate.records import UsageRecord
 
 
 def usage_line(record: UsageRecord) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def usage_line(record: UsageRecord) -> dict[str, Any]:
     }
 
 
-class UsageLogSink:
+class UsageLogSink(RecordSink):
     """Appends one line per record to ``path`` (``"-"``: stdout). Opens the file at once, so
     an unwritable path fails at startup (``OSError``). Pipeline thread only."""
 

@@ -5,9 +5,10 @@
 
 INPUT is LiteLLM's ``model_prices_and_context_window.json`` (MIT licence); it defaults to
 the copy committed in ``scripts/data/`` (see its README). The result is committed too:
-``service/data/prices.json``, which the package ships; nothing reads INPUT at run time.
-The conversion is ``service.pricing.convert_litellm``, the very code ``PriceCatalog.load``
-runs on a user's own LiteLLM file; the format is documented in ``service/pricing.py``.
+``service/accounting/data/prices.json``, which the package ships; nothing reads INPUT at
+run time. The conversion is ``spendgate.accounting.pricing.convert_litellm``, the very code
+``PriceCatalog.load`` runs on a user's own LiteLLM file; the format is documented in
+``service/accounting/pricing.py``.
 
 The output is deterministic (sorted, one model per line). ``generated`` is ``--date``, else
 the existing file's date when its models and source are unchanged (so a re-run gives no
@@ -24,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
+sys.path.insert(0, str(REPO / "scripts"))  # run as a plain script from anywhere
+import sourcetree  # noqa: E402
 
-from service.pricing import convert_litellm  # noqa: E402
+sourcetree.install(REPO)  # this checkout's converter, whatever else is installed
+from spendgate.accounting.pricing import convert_litellm  # noqa: E402
 
 DEFAULT_INPUT = REPO / "scripts" / "data" / "litellm_model_prices.json"
-DEFAULT_OUTPUT = REPO / "service" / "data" / "prices.json"
+DEFAULT_OUTPUT = REPO / "service" / "accounting" / "data" / "prices.json"
 DEFAULT_SOURCE = "LiteLLM model_prices_and_context_window.json (MIT), litellm 1.110"
 UNIT = "USD per million tokens"
 

@@ -1,16 +1,24 @@
 """spendgate: an LLMOps sidecar that forwards, counts, prices and budgets every LLM call.
 
-Data flow, one module per step::
+The data flow, one subpackage per stage::
 
-    request -> routing (routing.py) -> admit: auth + attribution (attribution.py)
-            -> reserve the worst case in block budgets (budgets.py, ledger.py)
-            -> forward and stream back (proxy.py, upstream.py, sse.py)
-            -> extract usage (providers/) -> estimate what is missing (tokens.py)
-            -> price (pricing.py) -> one immutable UsageRecord (records.py)
-            -> every sink (exporters/) via the RecordPipeline (pipeline.py),
-               the budget ledger's included (settlement.py)
+    request -> route ............................ hotpath/routing.py
+            -> admit: key, project, user ........ hotpath/attribution.py
+            -> reserve the worst case ........... budgets/gate.py (through hotpath's BudgetGate)
+            -> forward, stream back ............. hotpath/proxy.py, upstream/, providers/sse.py
+    ---- the caller has its bytes; everything below runs in the record pipeline's thread ----
+            -> extract usage .................... providers/ (one wire protocol per file)
+            -> estimate what is missing, price .. accounting/ (tokens.py, pricing.py)
+            -> one immutable UsageRecord ........ records.py, built by accounting/builder.py
+            -> every sink ....................... exporters/ (Prometheus, OTel, usage log)
+               and the budget ledger ............ budgets/settlement.py -> budgets/store/
 
-Everything after "stream back" runs once the caller has its bytes.
+Imports run one way: ``hotpath -> providers, upstream``; ``accounting -> providers``;
+``budgets -> accounting``; ``exporters -> records``; all of them -> the shared vocabulary at
+the top (``config``, ``errors``, ``records``, ``usage``, ``money``, ``labels``, ``asgi``).
+``app.py`` is the one composition root: it builds every object with what it needs and is the
+only module that imports every stage. ``admin/`` (health, metrics, admin API, console) and
+``demo/`` (``spendgate demo`` and its simulated provider) sit beside the flow.
 """
 
 __version__ = "0.1.0"

@@ -1,10 +1,13 @@
-"""The ASGI application: the raw proxy in front, FastAPI behind it for everything else.
+"""The composition root: every object of one proxy process, built with what it needs.
 
-``/{upstream}/...`` goes straight to ``ProxyApp`` (no FastAPI routing, middleware or
-``StreamingResponse`` on the hot path); the reserved first segments (``metrics``,
-``healthz``, ``readyz``, ``admin``, ``docs``, ``openapi.json``) go to a FastAPI app. The
-lifespan is handled here: the upstream client is created inside the running loop, the
-record pipeline's thread is started, and both are closed (queue drained) at shutdown.
+``Spendgate`` is the ASGI application. ``/{upstream}/...`` goes straight to the hot path's
+``ProxyApp`` (no FastAPI routing, middleware or ``StreamingResponse`` on the hot path); the
+reserved first segments (``metrics``, ``healthz``, ``readyz``, ``admin``, ``docs``,
+``openapi.json``) go to the FastAPI app of ``admin.api``. Construction wires, in order:
+prices, telemetry (which decides exemplars and trace propagation), the Prometheus sink,
+budgets, the record pipeline with its sinks in a fixed order (metrics, ledger, telemetry,
+extras), the upstream client and the proxy. The lifespan starts the pipeline's thread and
+the budget threads, and closes them (queue drained, last records settled) at shutdown.
 """
 
 from __future__ import annotations
@@ -16,26 +19,24 @@ import signal
 import threading
 from typing import Any
 
-import orjson
-from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
-from exporters.base import RecordSink
-from exporters.prometheus import PrometheusSink
-from service import __version__
-from service.admin import install_admin
-from service.attribution import KeyRing
-from service.budgeting import Budgeting
-from service.config import RESERVED_NAMES, Config, load_config
-from service.errors import ConfigError
-from service.pipeline import RecordBuilder, RecordPipeline
-from service.pricing import Price, PriceCatalog
-from service.providers import PROVIDERS
-from service.proxy import ProxyApp, Receive, Scope, Send
-from service.telemetry import build_telemetry
-from service.tokens import TokenEstimator
-from service.upstream import UpstreamClient
+from spendgate.accounting.builder import RecordBuilder
+from spendgate.accounting.pipeline import RecordPipeline
+from spendgate.accounting.pricing import Price, PriceCatalog
+from spendgate.accounting.tokens import TokenEstimator
+from spendgate.admin.api import build_api
+from spendgate.asgi import Receive, Scope, Send
+from spendgate.budgets.manager import BudgetManager
+from spendgate.config import RESERVED_NAMES, Config, load_config
+from spendgate.errors import ConfigError
+from spendgate.exporters.base import RecordSink
+from spendgate.exporters.prometheus import PrometheusSink
+from spendgate.hotpath.attribution import KeyRing
+from spendgate.hotpath.proxy import ProxyApp
+from spendgate.providers import PROVIDERS
+from spendgate.telemetry import build_telemetry
+from spendgate.upstream.client import UpstreamClient
 
 log = logging.getLogger("spendgate")
 
@@ -62,79 +63,49 @@ class Spendgate:
         self.config = config
         self.config_path = config_path      # what SIGHUP re-reads (``reload``)
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = PrometheusSink(self.registry, config.metrics.label_limit)
         self.catalog = build_catalog(config)
-        # Spans, GenAI convention metrics, usage log (service.telemetry); raises ConfigError.
+        # Spans, GenAI convention metrics, usage log; raises ConfigError.
         self.telemetry = build_telemetry(config, self.registry)
-        self.metrics.exemplars = self.telemetry.tracing
-        builder = RecordBuilder(PROVIDERS, self.catalog, TokenEstimator(),
-                                keep_request=self.telemetry.tracing,
-                                keep_output=self.telemetry.capture_content)
-        sinks: list[RecordSink] = [self.metrics, *self.telemetry.sinks, *(extra_sinks or [])]
-        # Budgets: gate, ledger sink, budget metrics, alerts (service.budgeting).
-        self.budgeting = Budgeting(config, self.catalog, self.registry, TokenEstimator())
-        sinks.insert(1, self.budgeting)
-        self.pipeline = RecordPipeline(builder, sinks, on_sink_error=self._count_sink_error)
-        self.proxy = ProxyApp(config, self.pipeline, self.metrics.in_flight.labels)
-        self.proxy.budgets = self.budgeting.gate if config.budgets else None
+        self.metrics = PrometheusSink(self.registry, config.metrics.label_limit,
+                                      exemplars=self.telemetry.tracing)
+        estimator = TokenEstimator()
+        self.budgets = BudgetManager(config, self.catalog, self.registry, estimator)
+        self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
+                                     keep_request=self.telemetry.tracing,
+                                     keep_output=self.telemetry.capture_content)
+        sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
+                                   *(extra_sinks or [])]
+        self.pipeline = RecordPipeline(self.builder, sinks,
+                                       on_sink_error=self.metrics.count_sink_error)
+        self.client = UpstreamClient()
+        self.proxy = ProxyApp(config, self.client, self.pipeline, self.metrics.in_flight.labels,
+                              gate=self.budgets.proxy_gate(),
+                              propagate=self.telemetry.tracing,
+                              sample_new_traces=self.telemetry.sample_new_traces)
+        self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
+                             self.degraded, lambda: self.config.admin_key, lambda: self.budgets)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
-        self.proxy.propagate = self.telemetry.tracing
-        self.proxy.sample_new_traces = self.telemetry.sample_new_traces
-        self.api = self._build_api()
-
-    def _count_sink_error(self, sink: str) -> None:
-        self.metrics.sink_errors.labels(sink).inc()
-
-    def _build_api(self) -> FastAPI:
-        api = FastAPI(title="spendgate", version=__version__,
-                      description="Health, metrics and admin API of the spendgate proxy. "
-                      "LLM calls go to /{upstream}/{path}, outside this API.")
-
-        @api.get("/healthz")
-        async def healthz() -> dict[str, str]:
-            return {"status": "ok"}
-
-        @api.get("/readyz")
-        async def readyz() -> Response:
-            problems = self.readiness_problems()
-            body = {"status": "ready" if not problems else "not ready", "problems": problems,
-                    "degraded": self.degraded()}
-            return Response(orjson.dumps(body), status_code=503 if problems else 200,
-                            media_type="application/json")
-
-        @api.get("/metrics")
-        async def metrics(request: Request) -> Response:
-            # A scrape shows every call that ended before it: wait for the pipeline briefly.
-            await asyncio.to_thread(self.pipeline.flush, 2.0)
-            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-            # Off the loop: the budget collector reads the shared ledger (bounded, cached).
-            output = await asyncio.to_thread(encoder, self.registry)
-            return Response(output, media_type=content_type)
-
-        install_admin(api, lambda: self.config.admin_key, lambda: self.budgeting)
-        return api
 
     def readiness_problems(self) -> list[str]:
         problems = []
-        if self.proxy.client is None:
-            problems.append("upstream client not started")
+        if self.client.closed:
+            problems.append("upstream client closed")
         if not self.pipeline.running:
             problems.append("record pipeline not running")
-        store = self.budgeting.problem()
+        store = self.budgets.problem()
         if store is not None and self.config.store.on_error == "closed":
             problems.append(store)  # calls under block budgets are being refused
         return problems
 
     def degraded(self) -> list[str]:
         """Problems that leave the proxy serving (a failing store with ``on_error: open``)."""
-        store = self.budgeting.problem()
+        store = self.budgets.problem()
         return [store] if store is not None and self.config.store.on_error == "open" else []
 
     async def startup(self) -> None:
-        self.proxy.client = UpstreamClient()
         self.pipeline.start()
-        await self.budgeting.start()
+        await self.budgets.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
         # Everything loaded so far (tokenizer tables, pydantic, FastAPI) lives as long as the
@@ -144,12 +115,10 @@ class Spendgate:
         gc.freeze()
 
     async def shutdown(self) -> None:
-        if self.proxy.client is not None:
-            await self.proxy.client.close()
-            self.proxy.client = None
+        await self.client.close()
         self._handle_sighup(False)
         self.pipeline.close()
-        await self.budgeting.close()  # after the pipeline: its last records are settled
+        await self.budgets.close()  # after the pipeline: its last records are settled
 
     def reload(self, config: Config | None = None) -> bool:
         """Apply a new config's budgets, keys, prices, alerts and admin key; True if applied.
@@ -170,7 +139,7 @@ class Spendgate:
                 catalog = build_catalog(new)
                 applied = ("keys", "pricing", "budgets", "alerts", "admin_key")
                 merged = self.config.model_copy(update={f: getattr(new, f) for f in applied})
-                self.budgeting.update(merged, catalog)
+                self.budgets.update(merged, catalog)
             except ConfigError as error:
                 log.error("reload rejected, the running config stays:\n%s",
                           "\n".join(error.problems))
@@ -179,9 +148,9 @@ class Spendgate:
                 log.error("reload rejected, the running config stays: pricing.catalog: %s",
                           error)
                 return False
-            self.catalog = self.pipeline.builder.catalog = catalog
-            self.proxy.keyring = KeyRing(merged.keys)
-            self.proxy.budgets = self.budgeting.gate if merged.budgets else None
+            self.catalog = catalog
+            self.builder.use_catalog(catalog)
+            self.proxy.reconfigure(KeyRing(merged.keys), self.budgets.proxy_gate())
             ignored = [f for f in type(new).model_fields
                        if f not in applied and getattr(new, f) != getattr(self.config, f)]
             self.config = merged

@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from service import __version__
-from service.config import Config, load_config
-from service.errors import ConfigError
+from spendgate import __version__
+from spendgate.config import Config, load_config
+from spendgate.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from prometheus_client import disable_created_metrics
 
-    from service.app import Spendgate
+    from spendgate.app import Spendgate
 
     config = _load_or_exit(_config_path(args.config))
     host = args.host or config.server.host
@@ -69,8 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
-        from service.app import build_catalog
-        from service.telemetry import check_telemetry
+        from spendgate.app import build_catalog
+        from spendgate.telemetry import check_telemetry
 
         build_catalog(config)
         check_telemetry(config)
@@ -86,8 +86,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_prices(args: argparse.Namespace) -> int:
-    from service.app import build_catalog
-    from service.pricing import describe_price, price_table
+    from spendgate.accounting.pricing import describe_price, price_table
+    from spendgate.app import build_catalog
 
     catalog = build_catalog(_load_or_exit(_config_path(args.config)))
     if args.model is None:
@@ -101,7 +101,7 @@ def cmd_prices(args: argparse.Namespace) -> int:
 
 
 def cmd_budgets(args: argparse.Namespace) -> int:
-    from service.admin import budgets_table, fetch_budgets
+    from spendgate.admin.client import budgets_table, fetch_budgets
 
     try:
         data = fetch_budgets(args.url, args.admin_key or os.environ.get("SPENDGATE_ADMIN_KEY"))
@@ -113,8 +113,8 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import DemoOptions
-    from service.demo import main as run_demo
+    from spendgate.demo.runner import DemoOptions
+    from spendgate.demo.runner import main as run_demo
 
     return run_demo(DemoOptions(port=args.port, duration=args.duration, rate=args.rate,
                                 seed=args.seed, error_rate=args.error_rate,
@@ -122,7 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from service.simulator import run
+    from spendgate.demo.simulator.server import run
 
     run(args.host, args.port, seed=args.seed, error_rate=args.error_rate, speed=args.speed)
     return 0

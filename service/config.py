@@ -9,9 +9,9 @@ Contract keys (issue-defined; acceptance checks use them)::
 
 Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
-``metrics.gen_ai`` (the GenAI convention histograms too; see ``service.telemetry``),
+``metrics.gen_ai`` (the GenAI convention histograms too; see ``telemetry``),
 ``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
-``budgets[].max_reserve_usd`` (see ``service.budgets``).
+``budgets[].max_reserve_usd`` (see ``budgets.gate``).
 
 ``${VAR}`` is replaced by the environment variable (``${VAR:-default}`` gives a default); an
 unset variable becomes the empty string, and an empty ``api_key`` means "forward the caller's
@@ -27,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import (
@@ -39,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.errors import ConfigError
+from spendgate.errors import ConfigError
 
 # Paths the proxy serves itself; an upstream may not take these names.
 RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "admin", "docs", "openapi.json"})
@@ -52,7 +53,7 @@ class _Strict(BaseModel):
 
 
 class PriceConfig(_Strict):
-    """USD per million tokens; ``None`` falls back as ``service.pricing.Price`` documents."""
+    """USD per million tokens; ``None`` falls back as ``accounting.pricing.Price`` documents."""
 
     input_per_mtok: Decimal
     output_per_mtok: Decimal = Decimal(0)
@@ -183,10 +184,9 @@ class BudgetConfig(_Strict):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        from service.windows import zone
-
         try:
-            zone(value)
+            if value.upper() != "UTC":  # budgets.windows.zone: UTC needs no tz database
+                ZoneInfo(value)
         except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
             raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Paris)"
                              ) from None

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from service.providers.base import RequestInfo, StreamTracker
-from service.usage import Usage
+from spendgate.providers.base import RequestInfo, StreamTracker
+from spendgate.usage import Usage
 
 STATUS_CLIENT_CLOSED = 499  # nginx's convention: the caller hung up before the response ended
 
@@ -70,7 +70,7 @@ class CallOutcome:
         self.overhead_s = 0.0
         self.request_id: str | None = None
         self.trace: Any = None               # telemetry's per-call state, opaque here
-        self.reservation: Any = None         # service.budgets.Reservation, when one was made
+        self.reservation: Any = None         # spendgate.budgets.gate.Reservation, when one was made
         self.budget_decision: str | None = None  # "allowed" | "blocked"; None: no block budget
 
 
@@ -117,7 +117,7 @@ class UsageRecord:
     # request attributes and content capture, and the generated text for content capture.
     request_json: dict[str, Any] | None = None
     output_text: str | None = None
-    # Budgets (service.budgets): the reservation the call held (settled by the ledger sink)
+    # Budgets (spendgate.budgets.gate): the reservation the call held (settled by the ledger sink)
     # and the admission decision: "allowed", "blocked", or None when no block budget covers it.
     reservation: Any = None
     budget_decision: str | None = None

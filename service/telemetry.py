@@ -31,7 +31,7 @@ turns OpenTelemetry export off whatever the file says (the usage log and ``/metr
 SDK's own variables (``OTEL_BSP_*``, ``OTEL_METRIC_EXPORT_INTERVAL``,
 ``OTEL_EXPORTER_OTLP_*_TIMEOUT|COMPRESSION|CERTIFICATE``) apply as usual.
 
-Sampling is decided on the hot path (``service.tracecontext``) so the upstream's
+Sampling is decided on the hot path (``hotpath.tracecontext``) so the upstream's
 ``traceparent`` and the exported span agree: a caller's sampled flag is always followed (a
 proxy in the middle of a trace must not cut it); new traces are sampled per the sampler:
 ``parentbased_always_on`` (default) and ``always_on``: all; ``parentbased_always_off``:
@@ -51,16 +51,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry
 
-from exporters.base import RecordSink
-from exporters.genai import servers
-from service import __version__
-from service.config import Config, TelemetryConfig
-from service.errors import ConfigError
-from service.upstream import UpstreamTarget
+from spendgate import __version__
+from spendgate.config import Config, TelemetryConfig
+from spendgate.errors import ConfigError
+from spendgate.exporters.base import RecordSink
+from spendgate.exporters.genai import servers
+from spendgate.redact import safe_url
+from spendgate.upstream.client import UpstreamTarget
 
 log = logging.getLogger("spendgate.telemetry")
 
@@ -174,18 +174,10 @@ def resolve_capture(cfg: TelemetryConfig, env: Mapping[str, str]) -> bool:
     return value.strip().lower() in _CAPTURE_ON
 
 
-def _shown(url: str) -> str:
-    """An endpoint fit for a log line: no credentials, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) if parts.scheme else url
-
-
 def _resource(cfg: TelemetryConfig) -> Any:
     from opentelemetry.sdk.resources import Resource
 
-    from exporters import semconv as sc
+    from spendgate.exporters import semconv as sc
 
     given: dict[str, str] = dict(cfg.resource_attributes)
     if cfg.service_name:
@@ -209,7 +201,7 @@ _EXPORTERS = {
                          "OTLPSpanExporter"),
     ("metrics", "grpc"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
                           "OTLPMetricExporter"),
-    ("traces", "http/protobuf"): ("exporters.otlp_encoding", "FastOTLPSpanExporter"),
+    ("traces", "http/protobuf"): ("spendgate.exporters.otlp_encoding", "FastOTLPSpanExporter"),
     ("metrics", "http/protobuf"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter",
                                    "OTLPMetricExporter"),
 }
@@ -241,32 +233,6 @@ def check_telemetry(config: Config, environ: Mapping[str, str] | None = None) ->
                 raise _grpc_missing(name) from None
 
 
-class MeterProviderSink:
-    """Flushes and shuts down the OTLP ``MeterProvider`` with the pipeline; exports nothing
-    itself (``GenAIMetricsSink`` records into its meter)."""
-
-    name = "otel_metrics"
-
-    def __init__(self, provider: Any) -> None:
-        self._provider = provider
-
-    def export(self, records: Any) -> None:
-        return None
-
-    def force_flush(self, timeout_s: float = 30.0) -> bool:
-        from exporters.otel import FLUSH_BUDGET_S, run_bounded
-
-        budget = min(timeout_s, FLUSH_BUDGET_S)
-        return run_bounded(lambda: self._provider.force_flush(int(budget * 1000)), budget,
-                           "metric export")
-
-    def shutdown(self) -> None:
-        from exporters.otel import SHUTDOWN_BUDGET_S, run_bounded
-
-        run_bounded(lambda: self._provider.shutdown(int(SHUTDOWN_BUDGET_S * 1000)),
-                    SHUTDOWN_BUDGET_S, "metric exporter shutdown")
-
-
 def build_telemetry(config: Config, registry: CollectorRegistry,
                     environ: Mapping[str, str] | None = None) -> Telemetry:
     """Build every telemetry sink the config and environment ask for. Raises ``ConfigError``
@@ -287,7 +253,7 @@ def build_telemetry(config: Config, registry: CollectorRegistry,
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-        from exporters.otel import PresetIds, SpanSink
+        from spendgate.exporters.otel import PresetIds, SpanSink
 
         ids = PresetIds()
         provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, id_generator=ids,
@@ -298,7 +264,7 @@ def build_telemetry(config: Config, registry: CollectorRegistry,
         out.capture_content = resolve_capture(cfg, env)
         out.sinks.append(SpanSink(provider, ids, upstream_servers,
                                   cfg.content_max_chars if out.capture_content else None))
-        described.append(f"traces to {_shown(traces.endpoint)} ({traces.protocol}, new traces "
+        described.append(f"traces to {safe_url(traces.endpoint)} ({traces.protocol}, new traces "
                          f"sampled: {sampling}, content capture "
                          f"{'on' if out.capture_content else 'off'})")
 
@@ -307,16 +273,18 @@ def build_telemetry(config: Config, registry: CollectorRegistry,
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        from exporters import semconv as sc
+        from spendgate.exporters import semconv as sc
 
         reader = PeriodicExportingMetricReader(_exporter("metrics", metrics))
         meter_provider = MeterProvider(metric_readers=[reader], resource=resource,
                                        shutdown_on_exit=False)
         meter = meter_provider.get_meter(sc.SCOPE_NAME, __version__)
+        from spendgate.exporters.otel_metrics import MeterProviderSink
+
         meter_sink = MeterProviderSink(meter_provider)
-        described.append(f"GenAI metrics to {_shown(metrics.endpoint)} ({metrics.protocol})")
+        described.append(f"GenAI metrics to {safe_url(metrics.endpoint)} ({metrics.protocol})")
     if config.metrics.gen_ai or meter is not None:
-        from exporters.genai_metrics import GenAIMetricsSink
+        from spendgate.exporters.genai_metrics import GenAIMetricsSink
 
         out.sinks.append(GenAIMetricsSink(
             registry if config.metrics.gen_ai else None, upstream_servers,
@@ -325,7 +293,7 @@ def build_telemetry(config: Config, registry: CollectorRegistry,
         out.sinks.append(meter_sink)
 
     if cfg.usage_log is not None:
-        from exporters.usage_log import UsageLogSink
+        from spendgate.exporters.usage_log import UsageLogSink
 
         try:
             out.sinks.append(UsageLogSink(cfg.usage_log.path, cfg.usage_log.max_mb,

@@ -22,8 +22,8 @@ import orjson
 import pytest
 import redis
 
-from service.records import UsageRecord
-from service.usage import Usage
+from spendgate.records import UsageRecord
+from spendgate.usage import Usage
 from tests.conftest import basic_config, free_port, need
 from tests.fake_upstream import FakeUpstream, Reply
 

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +17,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from scripts import sourcetree
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def spendgate_command(*args: str) -> list[str]:
+    """The argv of ``spendgate ARGS`` run from this checkout (``scripts/sourcetree.py``)."""
+    return sourcetree.command(ROOT, *args)
 
 
 def need(reason: str) -> NoReturn:
@@ -56,9 +61,9 @@ class ProxyProcess:
     def start(self) -> ProxyProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--config", str(self.config_path),
-             "--port", str(self.port), "--log-level", "warning"],
-            cwd=self.config_path.parent, env={**self.env, "PYTHONPATH": str(ROOT)},
+            spendgate_command("serve", "--config", str(self.config_path),
+                              "--port", str(self.port), "--log-level", "warning"),
+            cwd=self.config_path.parent, env=self.env,
             stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

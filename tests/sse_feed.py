@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.providers.base import ResponseSummary, StreamTracker
-from service.sse import SSESplitter
+from spendgate.providers.base import ResponseSummary, StreamTracker
+from spendgate.providers.sse import SSESplitter
 
 
 def feed_transcript(tracker: StreamTracker, raw: bytes, sizes: list[int] | None = None,

@@ -15,11 +15,11 @@ import httpx
 import orjson
 import pytest
 
-from exporters.alerts import AlertNotifier
-from service.budgets import Budget
-from service.config import AlertsConfig, BudgetConfig
-from service.store import open_store
-from service.windows import window_at
+from spendgate.budgets.alerts import AlertNotifier
+from spendgate.budgets.book import Budget
+from spendgate.budgets.store import open_store
+from spendgate.budgets.windows import window_at
+from spendgate.config import AlertsConfig, BudgetConfig
 from tests.budget_helpers import (  # noqa: F401  (fixtures)
     SHARED_REDIS,
     budget_config,

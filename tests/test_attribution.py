@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from service.attribution import KeyRing
-from service.config import VirtualKey
+from spendgate.config import VirtualKey
+from spendgate.hotpath.attribution import KeyRing
 from tests.conftest import ProxyProcess, basic_config
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from tests.budget_helpers import MODEL, budget_config, chat_body, chat_reply, wait_for
-from tests.conftest import ROOT, ProxyProcess
+from tests.conftest import ROOT, ProxyProcess, spendgate_command
 from tests.fake_upstream import FakeUpstream
 
 ADMIN = "adm-8c1f-secret"
@@ -88,9 +87,8 @@ def test_admin_views_show_budgets_and_spend(admin_proxy: ProxyProcess,
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service", *args], capture_output=True,
-                          text=True, timeout=30, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(spendgate_command(*args), capture_output=True, text=True, timeout=30,
+                          cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def test_budgets_command_prints_a_table(admin_proxy: ProxyProcess) -> None:

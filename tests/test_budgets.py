@@ -25,20 +25,20 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from service.budgeting import Budgeting
-from service.budgets import (
+from spendgate.accounting.pricing import PriceCatalog
+from spendgate.accounting.tokens import TokenEstimator
+from spendgate.budgets.book import BudgetBook
+from spendgate.budgets.gate import (
     DEFAULT_OUTPUT_TOKENS,
     IMAGE_TOKENS_WORST,
-    BudgetBook,
     prompt_tokens_bound,
     worst_case_nano,
 )
-from service.config import BudgetConfig, parse_config
-from service.errors import BudgetExceeded, ConfigError
-from service.pricing import PriceCatalog
-from service.providers import PROVIDERS
-from service.records import CallOutcome
-from service.tokens import TokenEstimator
+from spendgate.budgets.manager import BudgetManager
+from spendgate.config import BudgetConfig, parse_config
+from spendgate.errors import BudgetExceeded, ConfigError
+from spendgate.providers import PROVIDERS
+from spendgate.records import CallOutcome
 from tests.budget_helpers import (  # noqa: F401  (fixtures)
     MODEL,
     PRICE,
@@ -70,7 +70,7 @@ def outcome_for(body: bytes, project: str = "default", protocol: str = "openai",
 
 
 def catalog() -> PriceCatalog:
-    from service.pricing import Price
+    from spendgate.accounting.pricing import Price
     return PriceCatalog.load(overrides={MODEL: Price(input=Decimal(0), output=Decimal(1000))})
 
 
@@ -172,7 +172,7 @@ def test_window_rollover_with_an_injected_clock(tmp_path: Path) -> None:
     clock = [datetime(2026, 3, 4, 23, 59, 58, tzinfo=UTC).timestamp()]
     config = parse_config({"store": {"url": f"sqlite:///{tmp_path}/ledger.sqlite3"}, "budgets": [
         {"name": "daily", "limit_usd": "0.2", "window": "day", "action": "block"}]})
-    budgeting = Budgeting(config, catalog(), CollectorRegistry(), TokenEstimator(),
+    budgeting = BudgetManager(config, catalog(), CollectorRegistry(), TokenEstimator(),
                           clock=lambda: clock[0])
     gate = budgeting.gate
 
@@ -200,7 +200,7 @@ def test_window_rollover_with_an_injected_clock(tmp_path: Path) -> None:
 def test_reservation_is_capped_by_max_reserve(tmp_path: Path) -> None:
     config = parse_config({"store": {"url": f"sqlite:///{tmp_path}/l.sqlite3"}, "budgets": [
         {"name": "capped", "limit_usd": 1, "action": "block", "max_reserve_usd": "0.05"}]})
-    budgeting = Budgeting(config, catalog(), CollectorRegistry(), TokenEstimator())
+    budgeting = BudgetManager(config, catalog(), CollectorRegistry(), TokenEstimator())
     outcome = outcome_for(chat_body(100_000))  # worst case $100: far over the limit
     asyncio.run(budgeting.gate.reserve(outcome))
     assert [h.amount for h in outcome.reservation.holds] == [50_000_000]

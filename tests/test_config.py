@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load_config, parse_config
+from spendgate.config import ConfigError, load_config, parse_config
+from tests.conftest import spendgate_command
 
 CONTRACT = """
 server: {host: 127.0.0.1, port: 4000, max_body_mb: 32}
@@ -78,7 +78,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
     good.write_text(CONTRACT)
     bad = tmp_path / "bad.yaml"
     bad.write_text("upstreams:\n  local: {url: nope, provider: openai, colour: red}\n")
-    run = [sys.executable, "-m", "service", "check-config"]
+    run = spendgate_command("check-config")
     ok = subprocess.run([*run, str(good)], capture_output=True, text=True,
                         env={"TEAM_SEARCH_KEY": "x", "PATH": ""})
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -92,7 +92,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
 
 
 def test_prices_cli() -> None:
-    run = [sys.executable, "-m", "service", "prices"]
+    run = spendgate_command("prices")
     one = subprocess.run([*run, "gpt-4o-mini-2024-07-18"], capture_output=True, text=True)
     assert one.returncode == 0 and "gpt-4o-mini" in one.stdout and "0.15" in one.stdout
     unknown = subprocess.run([*run, "no-such-model-xyz"], capture_output=True, text=True)

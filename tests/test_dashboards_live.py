@@ -8,10 +8,8 @@ panel query, with Grafana's variables substituted as Grafana would, must be vali
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -25,7 +23,7 @@ from grafana.panel_queries import (
     label_values_to_promql,
     substitute_variables,
 )
-from tests.conftest import ROOT, free_port, need
+from tests.conftest import ROOT, free_port, need, spendgate_command
 
 PROMETHEUS = shutil.which("prometheus")
 WARMUP_S = 30
@@ -57,9 +55,9 @@ def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("live")
     proxy_port, prom_port = free_port(), free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "service", "demo", "--port", str(proxy_port), "--duration",
-         str(WARMUP_S + 90), "--rate", "20", "--seed", "7", "--error-rate", "0.1"],
-        cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        spendgate_command("demo", "--port", str(proxy_port), "--duration",
+                          str(WARMUP_S + 90), "--rate", "20", "--seed", "7", "--error-rate", "0.1"),
+        cwd=work,
         stdout=(work / "demo.log").open("wb"), stderr=subprocess.STDOUT)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

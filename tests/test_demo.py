@@ -6,13 +6,11 @@ costs one demo's time: one runs out its ``--duration``, the other is stopped wit
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,20 +19,19 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, spendgate_command
 
 PROJECTS = ("search", "support", "analytics", "internal-tools", "experiments")
 
 
 class Demo:
-    """``python -m service demo ...`` with its stdout read line by line in a thread."""
+    """``spendgate demo ...`` with its stdout read line by line in a thread."""
 
     def __init__(self, *args: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "demo", "--port", str(self.port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            spendgate_command("demo", "--port", str(self.port), *args),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -168,9 +165,8 @@ def test_demo_refuses_a_busy_port() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "service", "demo", "--port", str(port)],
-                                capture_output=True, text=True, timeout=60, cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        result = subprocess.run(spendgate_command("demo", "--port", str(port)),
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1
     assert f"port {port} on 127.0.0.1 is not available" in result.stderr
     assert "--port 0" in result.stderr

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -38,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service.config import Config, load_config  # noqa: E402
-from tests.conftest import need  # noqa: E402
+from spendgate.config import Config, load_config  # noqa: E402
+from tests.conftest import need, spendgate_command  # noqa: E402
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
@@ -221,9 +220,10 @@ def test_wheel_carries_the_tokenizers_and_the_price_catalog(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = out.glob("spendgate-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    data = sorted(p.name for p in (ROOT / "service" / "data").iterdir() if p.is_file())
+    data = sorted(p.name for p in (ROOT / "service" / "accounting" / "data").iterdir()
+                  if p.is_file())
     assert {"prices.json", "SHA256SUMS", "cl100k_base.tiktoken", "o200k_base.tiktoken"} <= set(data)
-    missing = [name for name in data if f"service/data/{name}" not in names]
+    missing = [name for name in data if f"spendgate/accounting/data/{name}" not in names]
     assert not missing, f"package data left out of the wheel: {missing}"
 
 
@@ -481,8 +481,8 @@ def test_demo_profile_runs_without_keys_against_the_simulator(compose: dict[str,
 def test_compose_demo_proxy_is_configured_like_spendgate_demo(compose: dict[str, Any],
                                                               tmp_path: Path) -> None:
     # Both demos should show the same upstreams and budgets on the dashboards.
-    from service.config import parse_config
-    from service.demo import demo_config
+    from spendgate.config import parse_config
+    from spendgate.demo.runner import demo_config
 
     (proxy,) = [n for n, s in services(compose).items() if "demo" in s.get("profiles", [])
                 and is_proxy(s)]
@@ -514,9 +514,8 @@ def test_deploy_configs_pass_check_config(tmp_path: Path) -> None:
     k8s_config.write_text(configmap["data"]["spendgate.yaml"])
     for path in [*configs, k8s_config]:
         result = subprocess.run(
-            [sys.executable, "-m", "service", "check-config", str(path)],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            spendgate_command("check-config", str(path)),
+            capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{path.name}:\n{result.stdout}{result.stderr}"
         assert result.stdout.strip().endswith("upstreams)"), result.stdout
 
@@ -549,7 +548,7 @@ def spendgate_container(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def k8s_proxy_config() -> Config:
-    from service.config import parse_config
+    from spendgate.config import parse_config
 
     text = find("ConfigMap", "spendgate-config")["data"]["spendgate.yaml"]
     return parse_config(yaml.safe_load(text), environ={})

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import uvloop
 
-from service.config import UpstreamConfig
-from service.errors import UpstreamTimeout, UpstreamUnreachable
-from service.http1 import Endpoint, ResponseError, ServerDisconnected
-from service.upstream import Pool, UpstreamClient, UpstreamTarget, iter_body, read_body
+from spendgate.config import UpstreamConfig
+from spendgate.errors import UpstreamTimeout, UpstreamUnreachable
+from spendgate.upstream.client import Pool, UpstreamClient, UpstreamTarget, iter_body, read_body
+from spendgate.upstream.http1 import Endpoint, ResponseError, ServerDisconnected
 from tests.conftest import free_port, need
 from tests.fake_upstream import FakeUpstream, Reply
 

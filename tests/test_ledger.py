@@ -13,21 +13,21 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service.ledger import Ledger
-from service.store import (
+from spendgate.budgets.ledger import Ledger
+from spendgate.budgets.store import open_store
+from spendgate.budgets.store.base import (
     DIM_CAP,
-    OTHER,
     Charge,
     DimCharge,
     Hold,
     Refusal,
     SettleBatch,
-    SQLiteStore,
     Store,
     StoreError,
-    open_store,
 )
-from service.windows import window_at
+from spendgate.budgets.store.sqlite import SQLiteStore
+from spendgate.budgets.windows import window_at
+from spendgate.labels import OTHER
 from tests.budget_helpers import (  # noqa: F401  (fixtures)
     SHARED_REDIS,
     RedisServer,
@@ -256,9 +256,9 @@ def test_ledger_reserve_fails_fast_while_the_breaker_is_open(
 
 def test_fractions_of_a_nano_dollar_are_carried_not_rounded(tmp_path: Path) -> None:
     """1000 calls of 0.15 nano-dollars each add up to exactly 150 in the ledger."""
-    from service.budgets import BudgetBook
-    from service.config import BudgetConfig
-    from service.settlement import LedgerSink
+    from spendgate.budgets.book import BudgetBook
+    from spendgate.budgets.settlement import LedgerSink
+    from spendgate.config import BudgetConfig
     from tests.budget_helpers import usage_record
 
     store = open_store(f"sqlite:///{tmp_path}/l.sqlite3", 2.0, 60)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,8 +19,15 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters import semconv as sc
-from tests.conftest import ROOT, ProxyProcess, basic_config, free_port, proxies_exporting_to
+from spendgate.exporters import semconv as sc
+from tests.conftest import (
+    ROOT,
+    ProxyProcess,
+    basic_config,
+    free_port,
+    proxies_exporting_to,
+    spendgate_command,
+)
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 from tests.otlp_receiver import OTLPReceiver
 from tests.test_proxy import sse_reply
@@ -491,7 +497,7 @@ def test_grpc_needs_its_optional_package(fake: FakeUpstream, tmp_path: Any) -> N
     path = tmp_path / "grpc.yaml"
     path.write_text(orjson.dumps(traced_config(fake, telemetry={
         "endpoint": "http://127.0.0.1:4317", "protocol": "grpc"})).decode())
-    done = subprocess.run([sys.executable, "-m", "service", "check-config", str(path)],
+    done = subprocess.run(spendgate_command("check-config", str(path)),
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     try:
         import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401

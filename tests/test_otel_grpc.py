@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 
-from exporters import semconv as sc
+from spendgate.exporters import semconv as sc
 from tests.conftest import ProxyProcess, basic_config, need, proxies_exporting_to
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 from tests.test_otel import CALLER_SPAN, CALLER_TRACE, upstream_traceparent

@@ -15,11 +15,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from exporters.otel import PresetIds, SpanSink
-from exporters.otlp_encoding import Unencodable, encode_request
-from service.records import UsageRecord
-from service.tracecontext import start_trace
-from service.usage import Usage
+from spendgate.exporters.otel import PresetIds, SpanSink
+from spendgate.exporters.otlp_encoding import Unencodable, encode_request
+from spendgate.hotpath.tracecontext import start_trace
+from spendgate.records import UsageRecord
+from spendgate.usage import Usage
 
 
 def provider() -> tuple[TracerProvider, InMemorySpanExporter, PresetIds]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.pricing import (
+from spendgate.accounting.pricing import (
     Price,
     PriceCatalog,
     ResolvedPrice,
@@ -26,10 +26,10 @@ from service.pricing import (
     per_mtok,
     price_table,
 )
-from service.usage import Usage
+from spendgate.usage import Usage
 
 REPO = Path(__file__).resolve().parents[1]
-CATALOG_FILE = REPO / "service" / "data" / "prices.json"
+CATALOG_FILE = REPO / "service" / "accounting" / "data" / "prices.json"
 BUILD_SCRIPT = REPO / "scripts" / "build_price_catalog.py"
 LITELLM_MAP = REPO / "scripts" / "data" / "litellm_model_prices.json"
 

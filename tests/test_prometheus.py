@@ -7,9 +7,9 @@ from decimal import Decimal
 
 from prometheus_client import CollectorRegistry
 
-from exporters.prometheus import PrometheusSink
-from service.records import UsageRecord
-from service.usage import Usage
+from spendgate.exporters.prometheus import PrometheusSink
+from spendgate.records import UsageRecord
+from spendgate.usage import Usage
 
 BASE = UsageRecord(
     start_unix=0.0, upstream="openai", provider="openai", protocol="openai", operation="chat",

@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from service.pricing import PriceCatalog
-from service.usage import Usage
+from spendgate.accounting.pricing import PriceCatalog
+from spendgate.usage import Usage
 from tests.conftest import ProxyProcess
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 from tests.test_proxy import client, sse_reply

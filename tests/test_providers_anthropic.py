@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from service.providers import PROVIDERS
-from service.providers.anthropic import AnthropicProvider
-from service.providers.base import ResponseSummary
-from service.sse import parse_event
-from service.usage import Usage
+from spendgate.providers import PROVIDERS
+from spendgate.providers.anthropic import AnthropicProvider
+from spendgate.providers.base import ResponseSummary
+from spendgate.providers.sse import parse_event
+from spendgate.usage import Usage
 from tests.fake_upstream import fixture
 from tests.sse_feed import feed_transcript
 

@@ -7,11 +7,11 @@ import random
 import orjson
 import pytest
 
-from service.providers import PROVIDERS
-from service.providers.base import RequestInfo, ResponseSummary
-from service.providers.openai import OpenAIProvider
-from service.sse import SSEEvent, SSESplitter, parse_event
-from service.usage import Usage
+from spendgate.providers import PROVIDERS
+from spendgate.providers.base import RequestInfo, ResponseSummary
+from spendgate.providers.openai import OpenAIProvider
+from spendgate.providers.sse import SSEEvent, SSESplitter, parse_event
+from spendgate.usage import Usage
 from tests.fake_upstream import fixture
 from tests.sse_feed import feed_transcript
 
@@ -119,7 +119,7 @@ def test_stream_without_options_gets_a_byte_insertion(body: bytes) -> None:
 
 
 def test_byte_insertion_into_an_empty_object() -> None:
-    from service.providers.openai import _with_include_usage
+    from spendgate.providers.openai import _with_include_usage
 
     out = _with_include_usage(b" {\n} ", {})
     assert out == b" {" + INCLUDE + b"\n} "

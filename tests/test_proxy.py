@@ -66,8 +66,8 @@ def test_usage_counted_with_normalised_types_and_exact_cost(proxy: ProxyProcess,
     assert proxy.sample("spendgate_tokens_total", type="cache_write", **labels) is None
     assert proxy.sample("spendgate_requests_total", status="200", **labels) == 1
     cost = proxy.sample("spendgate_cost_usd_total", **labels)
-    from service.pricing import PriceCatalog
-    from service.usage import Usage
+    from spendgate.accounting.pricing import PriceCatalog
+    from spendgate.usage import Usage
     price = PriceCatalog.load().resolve("o4-mini-2025-04-16")
     assert price is not None
     exact = price.price.cost(Usage(input=expect["input"], output=expect["output"],
@@ -118,7 +118,7 @@ def test_stream_without_usage_is_estimated_and_marked(proxy: ProxyProcess,
         model="llama3.1:8b", messages=[{"role": "user", "content": "Why is the sky blue?"}],
         stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    from service.tokens import TokenEstimator
+    from spendgate.accounting.tokens import TokenEstimator
     est = TokenEstimator()
     assert proxy.sample("spendgate_tokens_total", project="est", type="output",
                         source="estimated") == est.count_text(text, "llama3.1:8b")

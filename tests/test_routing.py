@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import UpstreamConfig
-from service.errors import BadRequest, NotFound
-from service.routing import route
-from service.upstream import UpstreamTarget
+from spendgate.config import UpstreamConfig
+from spendgate.errors import BadRequest, NotFound
+from spendgate.hotpath.routing import route
+from spendgate.upstream.client import UpstreamTarget
 
 KNOWN = {"openai": object()}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from exporters import semconv as sc
-from exporters.genai_content import input_messages, output_messages
-from exporters.genai_metrics import INSTRUMENTS, OPERATION_DURATION, TOKEN_USAGE
+from spendgate.exporters import semconv as sc
+from spendgate.exporters.genai_content import input_messages, output_messages
+from spendgate.exporters.genai_metrics import INSTRUMENTS, OPERATION_DURATION, TOKEN_USAGE
 
 
 def test_attribute_names() -> None:

@@ -18,9 +18,9 @@ import openai
 import orjson
 import pytest
 
-from service.demo_traffic import KNOWLEDGE_BASE, SCHEMA, Traffic
-from service.simulator import Simulator
-from service.tokens import TokenEstimator
+from spendgate.accounting.tokens import TokenEstimator
+from spendgate.demo.simulator.server import Simulator
+from spendgate.demo.traffic import KNOWLEDGE_BASE, SCHEMA, Traffic
 
 SPEED = 50.0
 TOKENS = TokenEstimator()

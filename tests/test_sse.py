@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.sse import SSESplitter, parse_event
+from spendgate.providers.sse import SSESplitter, parse_event
 from tests.fake_upstream import fixture
 
 TRANSCRIPTS = ["openai_chat_stream.sse", "anthropic_messages_stream_cached.sse",

@@ -1,4 +1,4 @@
-"""How the ``telemetry:`` section and the ``OTEL_*`` environment combine (service.telemetry),
+"""How the ``telemetry:`` section and the ``OTEL_*`` environment combine (spendgate.telemetry),
 and the hot path's sampling decision compared with the OpenTelemetry SDK's own."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-from service.config import TelemetryConfig
-from service.errors import ConfigError
-from service.telemetry import Signal, resolve_capture, resolve_sampler, resolve_signal
-from service.tracecontext import start_trace
+from spendgate.config import TelemetryConfig
+from spendgate.errors import ConfigError
+from spendgate.hotpath.tracecontext import start_trace
+from spendgate.telemetry import Signal, resolve_capture, resolve_sampler, resolve_signal
 
 
 def signal(cfg: dict[str, Any], env: dict[str, str], which: str = "TRACES") -> Signal | None:

@@ -1,6 +1,6 @@
-"""Tests for service.tokens: offline, checksum-verified encodings and prompt estimates.
+"""Tests for spendgate.accounting.tokens: offline, checksum-verified encodings and prompt estimates.
 
-References are built independently of service.tokens: tiktoken's own constructors in
+References are built independently of spendgate.accounting.tokens: tiktoken's own constructors in
 tiktoken_ext.openai_public, with only their download redirected to the packaged files.
 """
 
@@ -19,10 +19,10 @@ import tiktoken.load
 import tiktoken.model
 import tiktoken_ext.openai_public as openai_public
 
-import service
-from service.tokens import IMAGE_TOKENS, EncodingDataError, TokenEstimator
+import spendgate.accounting
+from spendgate.accounting.tokens import IMAGE_TOKENS, EncodingDataError, TokenEstimator
 
-DATA = Path(service.__file__).parent / "data"
+DATA = Path(spendgate.accounting.__file__).parent / "data"
 NAMES = ("o200k_base", "cl100k_base")
 SAMPLES = [
     "hello world",

@@ -11,11 +11,11 @@ import httpx
 import orjson
 import pytest
 
-from exporters.usage_log import UsageLogSink
-from service.pricing import PriceCatalog
-from service.records import UsageRecord
-from service.tracecontext import TraceIds
-from service.usage import Usage
+from spendgate.accounting.pricing import PriceCatalog
+from spendgate.exporters.usage_log import UsageLogSink
+from spendgate.hotpath.tracecontext import TraceIds
+from spendgate.records import UsageRecord
+from spendgate.usage import Usage
 from tests.conftest import ProxyProcess, basic_config
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 

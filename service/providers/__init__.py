@@ -7,9 +7,9 @@ covers the Anthropic Messages API.
 
 from __future__ import annotations
 
-from service.providers.anthropic import AnthropicProvider
-from service.providers.base import Provider, RequestInfo, ResponseSummary, StreamTracker
-from service.providers.openai import OpenAIProvider
+from spendgate.providers.anthropic import AnthropicProvider
+from spendgate.providers.base import Provider, RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.openai import OpenAIProvider
 
 PROVIDERS: dict[str, Provider] = {
     "openai": OpenAIProvider(),

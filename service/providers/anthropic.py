@@ -41,8 +41,8 @@ from typing import Any
 
 import orjson
 
-from service.providers.base import RequestInfo, ResponseSummary, StreamTracker
-from service.providers.jsonread import (
+from spendgate.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.jsonread import (
     append_text,
     as_dict,
     as_str,
@@ -50,8 +50,8 @@ from service.providers.jsonread import (
     event_object,
     loads_object,
 )
-from service.sse import SSEEvent
-from service.usage import Usage
+from spendgate.providers.sse import SSEEvent
+from spendgate.usage import Usage
 
 _OPENS_OBJECT = re.compile(rb"[ \t\n\r]*\{")
 # Input-side fields of ``usage``: from message_start, overridden by message_delta.

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.sse import SSEEvent
-from service.usage import Usage
+from spendgate.providers.sse import SSEEvent
+from spendgate.usage import Usage
 
 
 @dataclass(slots=True)
@@ -58,7 +58,7 @@ class StreamTracker(Protocol):
 
 
 class Provider(Protocol):
-    """One wire protocol. Listed by name in ``service.providers.PROVIDERS``."""
+    """One wire protocol. Listed by name in ``providers.PROVIDERS``."""
 
     name: str
 

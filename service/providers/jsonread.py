@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from service.sse import SSEEvent
+from spendgate.providers.sse import SSEEvent
 
 
 def count(value: Any) -> int | None:

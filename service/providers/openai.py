@@ -37,8 +37,8 @@ from typing import Any
 
 import orjson
 
-from service.providers.base import RequestInfo, ResponseSummary, StreamTracker
-from service.providers.jsonread import (
+from spendgate.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.jsonread import (
     append_text,
     as_dict,
     as_str,
@@ -46,8 +46,8 @@ from service.providers.jsonread import (
     event_object,
     loads_object,
 )
-from service.sse import SSEEvent
-from service.usage import Usage
+from spendgate.providers.sse import SSEEvent
+from spendgate.usage import Usage
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 # JSON whitespace then a brace; matched in place so a large body is never copied.

@@ -1,0 +1,9 @@
+"""Accounting: from a finished ``CallOutcome`` to its immutable ``UsageRecord``, and on to
+every sink.
+
+``pipeline.py`` is the queue and worker thread; ``builder.py`` reads usage (through
+``providers``), estimates what the upstream did not report (``tokens.py``) and prices the
+call (``pricing.py``, catalog in ``data/``). Nothing here runs on the event loop.
+May import: ``providers``, ``exporters.base`` (the sink interface), and the shared top-level
+modules. Never ``hotpath`` or ``budgets``.
+"""

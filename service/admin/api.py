@@ -1,0 +1,116 @@
+"""The proxy's own HTTP API: health, readiness, ``/metrics`` and the admin API (``/admin``).
+
+``GET /healthz`` is liveness; ``GET /readyz`` readiness (503 with the problems, and
+``degraded`` for those that leave the proxy serving); ``GET /metrics`` the registry, in the
+Prometheus text format or OpenMetrics when asked.
+
+The admin API is off unless ``admin_key`` is configured: then every ``/admin`` path answers
+404, as if it did not exist. With it, a request must bring the key in ``authorization:
+Bearer <key>`` or ``x-spendgate-admin-key``, compared in constant time; otherwise 401.
+Routes:
+
+* ``GET /admin/budgets``: every budget with its current window's spend, reserved amount
+  (calls in flight), limit, ratio, window, reset time and action
+  (``BudgetManager.budgets_view``).
+* ``GET /admin/spend?group_by=project,model&window=day``: spend from the ledger in the
+  current UTC ``window`` (day, week, month, total), grouped by any of upstream, project,
+  model, key (``BudgetManager.spend_view``).
+
+Store reads run in a worker thread; a failing store gives 503 for ``/admin/spend`` and the
+last known values (``store.ok: false``) for ``/admin/budgets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, HTTPException, Request, Response
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from spendgate import __version__
+from spendgate.budgets.manager import BudgetManager
+from spendgate.budgets.store import StoreError
+
+
+def _presented_key(request: Request) -> str | None:
+    explicit = request.headers.get("x-spendgate-admin-key")
+    if explicit:
+        return explicit
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+def install_admin(api: FastAPI, admin_key: Callable[[], str | None],
+                  budgeting: Callable[[], BudgetManager]) -> None:
+    """Add the ``/admin`` routes; ``admin_key`` is read per request (it may be reloaded)."""
+
+    def authorize(request: Request) -> None:
+        key = admin_key()
+        if key is None:
+            raise HTTPException(404, "Not Found")
+        presented = _presented_key(request) or ""
+        if not hmac.compare_digest(presented.encode(), key.encode()):
+            raise HTTPException(401, "a valid admin key is required (authorization: Bearer "
+                                "<admin_key>, or x-spendgate-admin-key)",
+                                headers={"www-authenticate": "Bearer"})
+
+    def json_response(body: dict[str, Any]) -> Response:
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @api.get("/admin/budgets")
+    async def admin_budgets(request: Request) -> Response:
+        authorize(request)
+        return json_response(await asyncio.to_thread(budgeting().budgets_view))
+
+    @api.get("/admin/spend")
+    async def admin_spend(request: Request, group_by: str = "project",
+                          window: str = "day") -> Response:
+        authorize(request)
+        groups = [g.strip() for g in group_by.split(",") if g.strip()]
+        try:
+            view = await asyncio.to_thread(budgeting().spend_view, groups, window)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        except StoreError as error:
+            raise HTTPException(503, f"budget store unavailable: {error}") from None
+        return json_response(view)
+
+
+def build_api(registry: CollectorRegistry, flush: Callable[[float], bool],
+              problems: Callable[[], list[str]], degraded: Callable[[], list[str]],
+              admin_key: Callable[[], str | None],
+              budgeting: Callable[[], BudgetManager]) -> FastAPI:
+    """The FastAPI app behind the proxy. ``flush(timeout_s)`` waits for the record pipeline
+    (a scrape shows every call that ended before it); ``problems`` fail readiness,
+    ``degraded`` only report; ``admin_key`` and ``budgeting`` are read per request (reload)."""
+    api = FastAPI(title="spendgate", version=__version__,
+                  description="Health, metrics and admin API of the spendgate proxy. "
+                  "LLM calls go to /{upstream}/{path}, outside this API.")
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz() -> Response:
+        failing = problems()
+        body = {"status": "ready" if not failing else "not ready", "problems": failing,
+                "degraded": degraded()}
+        return Response(orjson.dumps(body), status_code=503 if failing else 200,
+                        media_type="application/json")
+
+    @api.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        await asyncio.to_thread(flush, 2.0)
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        # Off the loop: the budget collector reads the shared ledger (bounded, cached).
+        output = await asyncio.to_thread(encoder, registry)
+        return Response(output, media_type=content_type)
+
+    install_admin(api, admin_key, budgeting)
+    return api

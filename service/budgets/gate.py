@@ -1,0 +1,200 @@
+"""The admission gate: reserve a call's worst case in the block budgets that cover it.
+
+``BudgetGate.reserve`` runs on the event loop for every call (the hot path's ``BudgetGate``
+Protocol). When a ``block`` budget covers the call, it reserves the call's worst-case cost in
+every such budget at once, atomically in the store, and refuses the call with
+``BudgetExceeded`` (429) when one has no room. Worst case, in nano-dollars rounded up::
+
+    prompt  = min(body bytes, 1.5 x tiktoken estimate + 32) for bodies up to 8 KiB, else
+              body bytes (a token is at least one byte of text), + 1600 per image part
+    output  = max_tokens (x n), else the catalog's max_output_tokens, else 32768;
+              0 for embeddings
+    cost    = prompt x max(input, cached_input, cache_write price) + output x output price
+
+capped per budget by ``max_reserve_usd``; a model without a price reserves 0 (it is counted at
+0). The reservation is settled to the exact cost by ``budgets.settlement`` once the call ends.
+
+With the store unreachable, ``store.on_error: open`` lets calls through unless the spend
+this replica knows of (last store totals plus spend not yet written) already fills a block
+budget; ``closed`` refuses them (503). A gate never changes: reload builds a new one (new
+book, catalog) and the proxy swaps it whole.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, NoReturn
+
+from spendgate.accounting.pricing import PriceCatalog
+from spendgate.accounting.tokens import EncodingDataError, TokenEstimator
+from spendgate.budgets.book import Budget, BudgetBook
+from spendgate.budgets.ledger import Ledger
+from spendgate.budgets.store.base import Hold, StoreError
+from spendgate.budgets.windows import TTL_MARGIN_S, Clock, Window, iso
+from spendgate.errors import BudgetExceeded, BudgetStoreUnavailable
+from spendgate.money import to_nano, usd
+from spendgate.providers.base import RequestInfo
+from spendgate.records import CallOutcome
+
+SMALL_BODY = 8192
+IMAGE_TOKENS_WORST = 1600
+DEFAULT_OUTPUT_TOKENS = 32768
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What a call holds in the block budgets that cover it (``CallOutcome.reservation``)."""
+
+    id: str
+    holds: tuple[Hold, ...]
+    worst_case_nano: int
+
+
+def prompt_tokens_bound(info: RequestInfo, protocol: str, estimator: TokenEstimator) -> int:
+    body = info.upstream_body
+    bound = len(body)
+    if bound <= SMALL_BODY and info.json is not None:
+        try:
+            estimate = estimator.estimate_prompt(
+                info.operation, info.json, info.model,
+                protocol="anthropic" if protocol == "anthropic" else "openai")
+        except (EncodingDataError, ValueError, TypeError, RecursionError):
+            estimate = None  # a body the estimator cannot read is bounded by its bytes
+        if estimate is not None:
+            bound = min(bound, estimate * 3 // 2 + 32)
+    images = body.count(b'"image_url"') + body.count(b'"input_image"') + body.count(b'"image"')
+    return bound + images * IMAGE_TOKENS_WORST
+
+
+def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
+                    estimator: TokenEstimator) -> int:
+    """The most this call can cost, rounded up to a nano-dollar (see the module docstring)."""
+    info = outcome.request
+    if info is None or not info.metered:
+        return 0
+    resolved = catalog.resolve(info.model, upstream=outcome.upstream, provider=outcome.provider)
+    if resolved is None:
+        return 0
+    price = resolved.price
+    output = 0
+    if info.operation != "embeddings":
+        output = info.max_tokens or 0
+        if not output:
+            entry = catalog.entries.get(resolved.matched)
+            output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
+        choices = info.json.get("n") if info.json else None
+        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+            output *= choices
+    prompt = prompt_tokens_bound(info, outcome.protocol, estimator)
+    p_in = max(p for p in (price.input, price.cached_input, price.cache_write, Decimal(0))
+               if p is not None)
+    per_mtok = prompt * p_in + output * (price.output or Decimal(0))
+    return to_nano(per_mtok.scaleb(-6))
+
+
+def refusal_message(budget: Budget, window: Window, spend: int, reserved: int, amount: int,
+                    now: float) -> str:
+    text = (f"budget {budget.name!r} has no room for this call: spent {usd(spend)} of "
+            f"{usd(budget.limit)} in its {budget.config.window} window")
+    if reserved:
+        text += f", {usd(reserved)} more reserved by calls in flight"
+    if amount:
+        text += f"; this call may cost up to {usd(amount)}"
+    if window.end is None:
+        return text + "; the window never resets (window: total): raise the limit to continue"
+    return text + f"; the window resets at {iso(window.end)} (in {_duration(window.end - now)})"
+
+
+def _duration(seconds: float) -> str:
+    s = math.ceil(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m")) if v]
+    return " ".join(parts[:2]) if parts else f"{s}s"
+
+
+class BudgetGate:
+    """The proxy's admission hook. ``reserve`` runs on the event loop. Immutable.
+
+    ``ledger`` None (no store configured) admits everything; ``count_blocked(budget)`` and
+    ``on_blocked(budget, window, spend, reserved, amount)`` are told of each refusal.
+    """
+
+    def __init__(self, book: BudgetBook, catalog: PriceCatalog, ledger: Ledger | None,
+                 estimator: TokenEstimator, clock: Clock,
+                 on_error: Literal["open", "closed"], count_blocked: Callable[[str], None],
+                 on_blocked: Callable[[Budget, Window, int, int, int], None] | None = None,
+                 ) -> None:
+        self.book = book
+        self.catalog = catalog
+        self.ledger = ledger
+        self.estimator = estimator
+        self.clock = clock
+        self.on_error = on_error
+        self._count_blocked = count_blocked
+        self._on_blocked = on_blocked
+
+    async def reserve(self, outcome: CallOutcome) -> None:
+        book = self.book
+        if not book.any_block or self.ledger is None:
+            return
+        model = (outcome.request.model if outcome.request else None) or "unknown"
+        covering = [b for b in book.match(outcome.upstream, outcome.project, model,
+                                          outcome.virtual_key or "") if b.block]
+        if not covering:
+            return
+        now = self.clock()
+        worst = worst_case_nano(outcome, self.catalog, self.estimator)
+        windows = {b.name: b.window(now) for b in covering}
+        holds = tuple(Hold(b.name, windows[b.name].id, b.limit,
+                           worst if b.max_reserve is None else min(worst, b.max_reserve),
+                           windows[b.name].ttl_s(now, TTL_MARGIN_S)) for b in covering)
+        rid = f"{random.getrandbits(96):024x}"  # unique, not secret (as trace ids)
+        # Recorded before the store is asked: a timeout or cancellation may come after the
+        # store wrote the hold, and the ledger sink must then release it (releasing an id
+        # the store never recorded is a no-op), not leave it for the lease to reclaim.
+        outcome.reservation = Reservation(rid, holds, worst)
+        try:
+            refusal = await self.ledger.reserve(rid, holds, now)
+        except StoreError:
+            self._degraded(outcome, covering, windows, holds, now)
+            return
+        if refusal is not None:
+            outcome.reservation = None  # a refusal holds nothing
+            budget = book.by_name[refusal.budget]
+            self._refuse(outcome, budget, windows[budget.name], refusal.spend, refusal.reserved,
+                         refusal.amount, now)
+        outcome.budget_decision = "allowed"
+
+    def _degraded(self, outcome: CallOutcome, covering: list[Budget], windows: dict[str, Window],
+                  holds: tuple[Hold, ...], now: float) -> None:
+        if self.on_error == "closed":
+            outcome.budget_decision = "blocked"
+            raise BudgetStoreUnavailable(
+                "the budget store is unavailable and store.on_error is 'closed': calls "
+                "covered by a block budget are refused until it is back",
+                headers=[(b"retry-after", b"5")])
+        assert self.ledger is not None
+        for budget, hold in zip(covering, holds, strict=True):
+            spend, _ = self.ledger.known(budget.name, hold.window)
+            if spend >= budget.limit:
+                self._refuse(outcome, budget, windows[budget.name], spend, 0, hold.amount, now)
+        outcome.budget_decision = "allowed"
+
+    def _refuse(self, outcome: CallOutcome, budget: Budget, window: Window, spend: int,
+                reserved: int, amount: int, now: float) -> NoReturn:
+        outcome.budget_decision = "blocked"
+        self._count_blocked(budget.name)
+        if self._on_blocked is not None:
+            self._on_blocked(budget, window, spend, reserved, amount)
+        headers = [(b"x-should-retry", b"false")]
+        left = window.seconds_left(now)
+        if left is not None:
+            headers.insert(0, (b"retry-after", str(max(math.ceil(left), 1)).encode()))
+        raise BudgetExceeded(refusal_message(budget, window, spend, reserved, amount, now),
+                             headers=headers)

@@ -1,0 +1,261 @@
+"""The ledger: a ``Store`` plus what keeps spend safe when the store is down or slow.
+
+* A circuit breaker (``StoreHealth``): after a failure the store is not asked again for a
+  backoff (0.5 s doubling to 5 s), so a dead Redis costs the hot path nothing; the
+  ``ledger-sync`` thread, callers and the next call probe it when the backoff ends.
+* Nothing recorded is lost: a settlement the store did not take is kept in memory (a batch
+  that may have been applied is retried under its own sequence number, which the store
+  applies once;
+  newer spend is summed per budget window and per dimensions, so memory stays bounded
+  through any outage) and written when the store answers again.
+* ``known(budget, window)``: the last totals the store reported plus spend not written yet,
+  which the gate uses to keep blocking exhausted budgets while the store is unreachable.
+
+Every store failure is counted through ``count_error(operation)``
+(``spendgate_store_errors_total{operation}``). Thread-safety: all methods may be called from
+any thread; ``reserve`` from the event loop. Lifetime: ``start`` once, ``close`` once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from spendgate.budgets.store.base import (
+    Charge,
+    DimCharge,
+    Dims,
+    Hold,
+    Refusal,
+    SettleBatch,
+    Store,
+    StoreError,
+    Totals,
+)
+from spendgate.budgets.windows import Clock, iso
+from spendgate.money import usd
+
+log = logging.getLogger("spendgate.ledger")
+_MAX_PENDING_RELEASES = 100_000   # beyond this, leases reclaim the reservations instead
+
+
+class StoreDown(StoreError):
+    """The breaker is open: the store failed recently and is not being asked."""
+
+
+class StoreHealth:
+    """Failure state of the store. Cheap to read on the hot path."""
+
+    def __init__(self, count_error: Callable[[str], None], clock: Clock) -> None:
+        self._count = count_error
+        self._clock = clock
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self.down_since: float | None = None
+        self.last_error: str | None = None
+        self.errors = 0
+
+    def usable(self) -> bool:
+        return self._retry_at <= time.monotonic()
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        self.errors += 1
+        self._count(operation)
+        self._backoff = min(max(self._backoff * 2, 0.5), 5.0)
+        self._retry_at = time.monotonic() + self._backoff
+        if self.down_since is None:
+            self.down_since = self._clock()
+            log.error("budget store failed (%s): %s; spend is kept locally until it is back",
+                      operation, error)
+        self.last_error = f"{operation}: {error}"
+
+    def ok(self) -> None:
+        if self.down_since is not None:
+            log.warning("budget store is back after %.1f s", self._clock() - self.down_since)
+        self.down_since = None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+
+    def problem(self) -> str | None:
+        if self.down_since is None:
+            return None
+        return f"budget store failing since {iso(self.down_since)} ({self.last_error})"
+
+
+class Ledger:
+    """Store access for the gate (hot path), the settlement sink and the readers."""
+
+    def __init__(self, store: Store, clock: Clock, count_error: Callable[[str], None]) -> None:
+        self.store = store
+        self.clock = clock
+        self.health = StoreHealth(count_error, clock)
+        self._lock = threading.Lock()          # guards the fields below
+        self._flushing = threading.Lock()      # one writer to the store at a time
+        self._retry: SettleBatch | None = None
+        self._charges: dict[tuple[str, str], list[int]] = {}   # -> [amount, ttl]
+        self._dims: dict[tuple[str, Dims], list[int]] = {}
+        self._releases: list[tuple[str, str, str]] = []
+        self._known: Totals = {}
+        self.source = uuid.uuid4().hex[:16]   # this process, as a writer to the store
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sync, name="spendgate-ledger-sync",
+                                        daemon=True)
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    async def reserve(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
+        """Raises ``StoreError`` (``StoreDown`` without trying while the breaker is open)."""
+        if not self.health.usable():
+            raise StoreDown(self.health.last_error or "store down")
+        try:
+            refusal = await self.store.reserve_async(rid, holds, now)
+        except StoreError as error:
+            self.health.failed("reserve", error)
+            raise
+        except Exception as error:  # an unexpected reply must not fail the call either
+            self.health.failed("reserve", error)
+            raise StoreError(f"{type(error).__name__}: {error}") from error
+        self.health.ok()
+        if refusal is not None:
+            self._known[(refusal.budget, refusal.window)] = (refusal.spend, refusal.reserved)
+        return refusal
+
+    # -- settlement (pipeline thread) --------------------------------------------------------
+
+    def record(self, batch: SettleBatch) -> Totals | None:
+        """Apply ``batch`` now, or keep it for later; the totals it touched, when applied."""
+        if not batch:
+            return None
+        with self._flushing:
+            with self._lock:
+                idle = self._retry is None and not self._charges and not self._dims \
+                    and not self._releases
+            if idle and self.health.usable():
+                self._stamp(batch)
+                try:
+                    totals = self.store.settle(batch, self.clock())
+                except Exception as error:  # StoreError, or a reply we could not read
+                    self.health.failed("settle", error)
+                    with self._lock:
+                        self._retry = batch  # may have been applied: retry under its id
+                    return None
+                self.health.ok()
+                self._remember(totals)
+                return totals
+            self._merge(batch)
+            return self._flush() if self.health.usable() else None
+
+    def _stamp(self, batch: SettleBatch) -> None:
+        """Number a batch as it is first sent: each only after the previous one applied."""
+        self._seq += 1
+        batch.source, batch.seq = self.source, self._seq
+
+    def _merge(self, batch: SettleBatch) -> None:
+        with self._lock:
+            for c in batch.charges:
+                entry = self._charges.setdefault((c.budget, c.window), [0, c.ttl_s])
+                entry[0] += c.amount
+            for d in batch.dims:
+                dim = self._dims.setdefault((d.window, d.dims), [0, d.ttl_s])
+                dim[0] += d.amount
+            room = _MAX_PENDING_RELEASES - len(self._releases)
+            self._releases.extend(batch.releases[:max(room, 0)])
+
+    def _flush(self) -> Totals | None:
+        """Write what is pending; called with ``_flushing`` held."""
+        totals: Totals = {}
+        while True:
+            with self._lock:
+                batch = self._retry
+                if batch is None and (self._charges or self._dims or self._releases):
+                    batch = SettleBatch(
+                        "", 0, self._releases,
+                        [Charge(b, w, a, t) for (b, w), (a, t) in self._charges.items()],
+                        [DimCharge(w, d, a, t) for (w, d), (a, t) in self._dims.items()])
+                    self._stamp(batch)
+                    self._retry, self._charges, self._dims, self._releases = batch, {}, {}, []
+            if batch is None:
+                return totals
+            try:
+                totals.update(self.store.settle(batch, self.clock()))
+            except Exception as error:  # StoreError, or a reply we could not read
+                self.health.failed("settle", error)
+                return None
+            self.health.ok()
+            with self._lock:
+                self._retry = None
+            self._remember(totals)
+
+    def pending(self) -> int:
+        """Spend (nano-dollars) recorded here and not yet in the store."""
+        with self._lock:
+            waiting = sum(a for a, _ in self._charges.values())
+            if self._retry is not None:
+                waiting += sum(c.amount for c in self._retry.charges)
+            return waiting
+
+    def _remember(self, totals: Totals) -> None:
+        self._known.update(totals)
+
+    def known(self, budget: str, window: str) -> tuple[int, int]:
+        """Last (spend, reserved) the store reported, plus spend not written to it yet."""
+        spend, reserved = self._known.get((budget, window), (0, 0))
+        with self._lock:
+            spend += self._charges.get((budget, window), [0])[0]
+            if self._retry is not None:
+                spend += sum(c.amount for c in self._retry.charges
+                             if (c.budget, c.window) == (budget, window))
+        return spend, reserved
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def totals(self, keys: Sequence[tuple[str, str]]) -> Totals:
+        """Fresh totals, including spend not yet written; raises ``StoreError``."""
+        if not self.health.usable():
+            raise StoreDown(self.health.last_error or "store down")
+        try:
+            totals = self.store.totals(keys, self.clock())
+        except StoreError as error:
+            self.health.failed("read", error)
+            raise
+        self._remember(totals)
+        return {key: self.known(*key) for key in keys}
+
+    def claim(self, name: str, ttl_s: int) -> bool:
+        try:
+            return self.store.claim(name, ttl_s, self.clock())
+        except StoreError as error:
+            self.health.failed("claim", error)
+            raise
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _sync(self) -> None:
+        while not self._stop.wait(0.25):
+            with self._lock:
+                waiting = self._retry is not None or bool(self._charges or self._dims
+                                                          or self._releases)
+            if waiting and self.health.usable():
+                try:
+                    with self._flushing:
+                        self._flush()
+                except Exception:  # keep syncing: the batch stays queued for the next try
+                    log.exception("budget ledger sync failed")
+
+    def close(self) -> None:
+        """Stop the sync thread, try a last write, close the store."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        with self._flushing:
+            if self._flush() is None and self.pending():
+                log.error("budget store unreachable at shutdown: %s of recorded spend "
+                          "could not be written to it", usd(self.pending()))
+        self.store.close()

@@ -1,0 +1,226 @@
+"""Budgets in one process: gate, ledger, settlement sink, metrics and alerts, wired together.
+
+The composition root (``app.Spendgate``) builds one ``BudgetManager`` and uses it as: the
+source of the proxy's ``BudgetGate`` (``proxy_gate``: None when no budget blocks), a
+record sink (``export``: the ledger's ``LedgerSink``), readiness (``problem``), the admin
+views and reload (``update``). The ledger (and its store) exists when budgets or an admin key are
+configured, or ``store`` is set explicitly; without one, everything here is a no-op and no
+file is created.
+
+Lifetime: construct (opens the store: a SQLite file is created, Redis is not contacted),
+``await start()`` in the event loop, ``await close()`` after the record pipeline is closed
+(its last records are settled first). Reload builds a new book, catalog and gate and swaps
+them as whole objects; calls in flight keep the reservations they made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from spendgate.accounting.pricing import PriceCatalog
+from spendgate.accounting.tokens import TokenEstimator
+from spendgate.budgets.alerts import AlertNotifier
+from spendgate.budgets.book import Budget, BudgetBook, describe
+from spendgate.budgets.gate import BudgetGate
+from spendgate.budgets.ledger import Ledger
+from spendgate.budgets.metrics import BudgetCollector
+from spendgate.budgets.settlement import LedgerSink
+from spendgate.budgets.store import StoreError, open_store
+from spendgate.budgets.store.base import Totals
+from spendgate.budgets.windows import WINDOW_KINDS, Clock, Window, iso, system_clock, window_at
+from spendgate.config import Config
+from spendgate.errors import ConfigError
+from spendgate.exporters.base import RecordSink
+from spendgate.money import nano_to_float
+from spendgate.records import UsageRecord
+
+log = logging.getLogger("spendgate.budgets")
+GROUPS = ("upstream", "project", "model", "key")
+
+
+def _load_tokenizers(estimator: TokenEstimator) -> None:
+    for name in ("o200k_base", "cl100k_base"):
+        estimator.encoding(name)
+
+
+def wants_ledger(config: Config) -> bool:
+    return bool(config.budgets or config.admin_key or "store" in config.model_fields_set)
+
+
+class BudgetManager(RecordSink):
+    name = "ledger"
+
+    def __init__(self, config: Config, catalog: PriceCatalog, registry: CollectorRegistry,
+                 estimator: TokenEstimator, clock: Clock | None = None) -> None:
+        self.clock = clock or system_clock()
+        self.config = config
+        self.estimator = estimator
+        self.blocked = Counter("spendgate_budget_blocked", "Calls refused by a block budget.",
+                               ("budget",), registry=registry)
+        self.store_errors = Counter("spendgate_store_errors", "Budget store operations that "
+                                    "failed or timed out, by operation.", ("operation",),
+                                    registry=registry)
+        self.ledger: Ledger | None = None
+        self.notifier: AlertNotifier | None = None
+        self._sink: LedgerSink | None = None
+        self._running = False
+        self._threads = False
+        if wants_ledger(config):
+            self._open(config)
+        self._gate = self._build_gate(BudgetBook(config.budgets), catalog)
+        registry.register(BudgetCollector(lambda: self._gate.book, lambda: self.ledger,
+                                          self.clock))
+
+    @property
+    def book(self) -> BudgetBook:
+        return self._gate.book
+
+    @property
+    def gate(self) -> BudgetGate:
+        """The current gate (replaced whole on reload)."""
+        return self._gate
+
+    def proxy_gate(self) -> BudgetGate | None:
+        """What the hot path should ask: the gate when a budget blocks, else nothing."""
+        return self._gate if self._gate.book.any_block and self.ledger is not None else None
+
+    def _build_gate(self, book: BudgetBook, catalog: PriceCatalog) -> BudgetGate:
+        return BudgetGate(book, catalog, self.ledger, self.estimator, self.clock,
+                          self.config.store.on_error, self.blocked_call_counted,
+                          self._on_blocked)
+
+    def _open(self, config: Config) -> None:
+        store_config = config.store
+        try:
+            store = open_store(store_config.url, store_config.timeout_s,
+                               store_config.reservation_lease_s, store_config.key_prefix)
+        except StoreError as error:
+            raise ConfigError([f"store.url: {error}"]) from None
+        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error)
+        self.notifier = AlertNotifier(config.alerts, ledger.claim, self.clock)
+        self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals)
+        log.info("budget ledger: %s", store.description)
+
+    def blocked_call_counted(self, budget: str) -> None:
+        self.blocked.labels(budget).inc()
+
+    def _count_store_error(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
+
+    def _on_blocked(self, budget: Budget, window: Window, spend: int, reserved: int,
+                    amount: int) -> None:
+        if self.notifier is not None:
+            self.notifier.observe(budget, window, spend, reserved, refused=amount)
+
+    def _on_totals(self, totals: Totals) -> None:
+        notifier, book = self.notifier, self._gate.book
+        if notifier is None:
+            return
+        now = self.clock()
+        for (name, window_id), (spend, _) in totals.items():
+            budget = book.by_name.get(name)
+            if budget is not None and budget.window(now).id == window_id:
+                notifier.observe(budget, budget.window(now), spend)
+
+    # -- RecordSink ---------------------------------------------------------------------------
+
+    def export(self, records: Sequence[UsageRecord]) -> None:
+        if self._sink is not None:
+            self._sink.export(records)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._gate.book.any_block:
+            # Load the tokenizer now: the gate estimates small prompts on the event loop.
+            await asyncio.to_thread(_load_tokenizers, self.estimator)
+        self._running = True
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        if self.ledger is not None and self.notifier is not None and not self._threads:
+            self._threads = True
+            self.ledger.start()
+            self.notifier.start()
+
+    async def close(self) -> None:
+        ledger, notifier = self.ledger, self.notifier
+        if notifier is not None:
+            await asyncio.to_thread(notifier.close)
+        if ledger is not None:
+            await ledger.store.aclose()
+            await asyncio.to_thread(ledger.close)
+
+    def update(self, config: Config, catalog: PriceCatalog) -> None:
+        """Reload: new budgets, prices and alert settings (``store`` needs a restart)."""
+        book = BudgetBook(config.budgets)
+        self.config = config
+        if self.ledger is None and wants_ledger(config):
+            self._open(config)
+            if self._running:
+                self._start_threads()
+        if book.any_block:
+            _load_tokenizers(self.estimator)
+        if self.notifier is not None:
+            self.notifier.reconfigure(config.alerts)
+        self._gate = self._build_gate(book, catalog)
+
+    # -- health and views ---------------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        return self.ledger.health.problem() if self.ledger is not None else None
+
+    def budgets_view(self) -> dict[str, Any]:
+        """``GET /admin/budgets``. Blocking (store reads): call off the event loop."""
+        book, now = self._gate.book, self.clock()
+        keys = [(b.name, b.window(now).id) for b in book.budgets]
+        totals: Totals = {}
+        error = None
+        if self.ledger is not None:
+            try:
+                totals = self.ledger.totals(keys)
+            except StoreError as failure:
+                error = str(failure)
+                totals = {k: self.ledger.known(*k) for k in keys}
+        return {
+            "now": iso(now),
+            "store": {"backend": self.ledger.store.backend if self.ledger else None,
+                      "ok": error is None, "error": error},
+            "budgets": [describe(b, *totals.get(k, (0, 0)), now)
+                        for b, k in zip(book.budgets, keys, strict=True)],
+        }
+
+    def spend_view(self, group_by: Sequence[str], window: str) -> dict[str, Any]:
+        """``GET /admin/spend``: spend per ``group_by`` in the current UTC ``window``.
+        Raises ``ValueError`` on bad arguments and ``StoreError`` when the store fails."""
+        if unknown := [g for g in group_by if g not in GROUPS]:
+            raise ValueError(f"group_by: unknown {unknown}; choose from {list(GROUPS)}")
+        if window not in WINDOW_KINDS:
+            raise ValueError(f"window: choose from {list(WINDOW_KINDS)}")
+        current = window_at(window, UTC, self.clock())
+        if self.ledger is None:
+            raise StoreError("no budget store configured")
+        try:
+            rows = self.ledger.store.dims(current.id)
+        except StoreError as error:
+            self.ledger.health.failed("read", error)
+            raise
+        grouped: dict[tuple[str, ...], int] = {}
+        for dims, nano in rows.items():
+            key = tuple(dims[GROUPS.index(g)] for g in group_by)
+            grouped[key] = grouped.get(key, 0) + nano
+        ordered = sorted(grouped.items(), key=lambda item: -item[1])
+        return {
+            "window": window, "window_id": current.id,
+            "start": iso(current.start) if current.end is not None else None,
+            "end": iso(current.end), "group_by": list(group_by),
+            "total_usd": nano_to_float(sum(grouped.values())),
+            "rows": [{**dict(zip(group_by, key, strict=True)), "spend_usd": nano_to_float(nano)}
+                     for key, nano in ordered],
+        }

@@ -1,0 +1,111 @@
+"""The ledger sink: every finished call's exact cost into the budgets that cover it.
+
+A ``RecordSink`` on the record pipeline's thread. Per batch of records it builds one
+``SettleBatch``: the reservation of each call is released, its exact ``cost_usd`` is
+charged to every budget covering it (in the window the reservation was made in, else the
+current one) and to the per-dimension spend (``upstream, project, model, key`` per UTC day,
+week, month and total, for ``GET /admin/spend``). A call that failed before generating costs
+0: its reservation is simply released.
+
+Costs are exact ``Decimal`` USD and the ledger counts whole nano-dollars: the fraction left
+over is carried to the next charge of the same budget window (per process), so a total is
+never off by more than one nano-dollar per process, however many calls it sums.
+
+``on_totals`` receives the totals the store reported after each write (alert thresholds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from datetime import UTC
+from decimal import Context, Decimal, localcontext
+
+from spendgate.budgets.book import BudgetBook
+from spendgate.budgets.gate import Reservation
+from spendgate.budgets.ledger import Ledger
+from spendgate.budgets.store.base import Charge, DimCharge, Dims, SettleBatch, Totals
+from spendgate.budgets.windows import TTL_MARGIN_S, WINDOW_KINDS, Clock, window_at
+from spendgate.exporters.base import RecordSink
+from spendgate.money import NANO
+from spendgate.records import UsageRecord
+
+_CARRY_MAX = 50_000
+_PRECISE = Context(prec=80)
+
+
+class LedgerSink(RecordSink):
+    name = "ledger"
+
+    def __init__(self, ledger: Ledger, book: Callable[[], BudgetBook], clock: Clock,
+                 on_totals: Callable[[Totals], None] | None = None) -> None:
+        self.ledger = ledger
+        self._book = book
+        self._clock = clock
+        self._on_totals = on_totals
+        self._carry: dict[Hashable, Decimal] = {}
+
+    def export(self, records: Sequence[UsageRecord]) -> None:
+        with localcontext(_PRECISE):  # sums of exact costs stay exact
+            batch = self.batch(records)
+        totals = self.ledger.record(batch)
+        if totals and self._on_totals is not None:
+            self._on_totals(totals)
+
+    def batch(self, records: Sequence[UsageRecord]) -> SettleBatch:
+        now = self._clock()
+        book = self._book()
+        batch = SettleBatch()
+        charges: dict[tuple[str, str], _Sum] = {}
+        dims: dict[tuple[str, Dims], _Sum] = {}
+        utc_windows = [window_at(kind, UTC, now) for kind in WINDOW_KINDS]
+        for record in records:
+            held: dict[str, tuple[str, int]] = {}
+            reservation = record.reservation
+            if isinstance(reservation, Reservation):
+                for hold in reservation.holds:
+                    batch.releases.append((reservation.id, hold.budget, hold.window))
+                    held[hold.budget] = (hold.window, hold.ttl_s)
+            cost = record.cost_usd
+            if not cost:
+                continue
+            amount = cost * NANO
+            for budget in book.match(record.upstream, record.project, record.model,
+                                     record.virtual_key or ""):
+                if budget.name in held:
+                    window_id, ttl = held[budget.name]
+                else:
+                    window = budget.window(now)
+                    window_id, ttl = window.id, window.ttl_s(now, TTL_MARGIN_S)
+                charges.setdefault((budget.name, window_id), _Sum(ttl)).add(amount)
+            key: Dims = (record.upstream, record.project, record.model, record.virtual_key or "")
+            for window in utc_windows:
+                dims.setdefault((window.id, key), _Sum(window.ttl_s(now, TTL_MARGIN_S))
+                                ).add(amount)
+        for (budget_name, window_id), total in charges.items():
+            if whole := self._whole(("budget", budget_name, window_id), total.amount):
+                batch.charges.append(Charge(budget_name, window_id, whole, total.ttl))
+        for (window_id, key), total in dims.items():
+            if whole := self._whole(("dims", window_id, key), total.amount):
+                batch.dims.append(DimCharge(window_id, key, whole, total.ttl))
+        return batch
+
+    def _whole(self, key: Hashable, amount: Decimal) -> int:
+        """Whole nano-dollars of ``amount`` plus the fraction carried for ``key``."""
+        total = self._carry.pop(key, Decimal(0)) + amount
+        whole = int(total)            # toward zero; costs are never negative
+        if total != whole:
+            if len(self._carry) >= _CARRY_MAX:
+                self._carry.clear()   # old windows' fractions: under a nano-dollar each
+            self._carry[key] = total - whole
+        return whole
+
+
+class _Sum:
+    __slots__ = ("amount", "ttl")
+
+    def __init__(self, ttl: int) -> None:
+        self.amount = Decimal(0)
+        self.ttl = ttl
+
+    def add(self, amount: Decimal) -> None:
+        self.amount += amount

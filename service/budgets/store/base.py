@@ -1,0 +1,138 @@
+"""The budget store's contract: spend and reservations per budget and window, in exact
+nano-dollars, shared by every backend (``sqlite.py``, the default local file; ``redis.py``,
+shared by every replica).
+
+Units: integers of nano-dollars (``money.NANO`` per USD). A call's exact ``Decimal`` cost is
+rarely a whole number of them; the ledger sink (``budgets.settlement``) carries the fraction
+to the next call, so totals are exact to below one nano-dollar per process and never rounded
+per call.
+
+Operations, each atomic in the store:
+
+* ``reserve(rid, holds, now)``: for every hold, refuse when ``spend + reserved + amount >
+  limit`` (or the budget is already used up); otherwise add every amount to ``reserved``
+  under reservation id ``rid``, with a lease that ends ``lease_s`` after ``now``. Expired
+  leases (a replica died with calls in flight) are reclaimed first. All holds or none.
+* ``settle(batch, now)``: release reservations, add charges to ``spend`` and to the per
+  dimension totals (``upstream, project, model, key`` per UTC window, at most ``DIM_CAP``
+  distinct tuples per window, the rest summed under ``labels.OTHER``). Each writer
+  (``source``, one per process) numbers its batches 1, 2, 3... and sends one only once the
+  previous one is known to be applied; the store applies a batch only if its ``seq`` is above
+  the last it applied from that source, so a batch retried after an ambiguous timeout is
+  never counted twice, at the cost of one small record per process.
+* ``totals``, ``dims``: reads. ``claim(name, ttl_s)``: true for the first caller only (alert
+  dedupe across replicas).
+
+Every operation is bounded by ``timeout_s`` and raises ``StoreError`` on any failure (each
+backend translates its library's errors in one place); values live until their window ends
+plus a margin (``ttl_s``; 0 = forever). Thread-safety: every method may be called from any
+thread; ``reserve_async`` from the event loop only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+DIM_CAP = 1000                   # distinct (upstream, project, model, key) per window
+Dims = tuple[str, str, str, str]  # upstream, project, model, key ("" when no virtual key)
+Totals = dict[tuple[str, str], tuple[int, int]]  # (budget, window) -> (spend, reserved)
+
+
+class StoreError(Exception):
+    """The store failed or did not answer within ``timeout_s``; the message has no secrets."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One block budget's part of a call's reservation."""
+
+    budget: str
+    window: str
+    limit: int
+    amount: int
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why ``reserve`` said no: the first hold that did not fit, and that budget's state."""
+
+    budget: str
+    window: str
+    spend: int
+    reserved: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    budget: str
+    window: str
+    amount: int
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class DimCharge:
+    window: str
+    dims: Dims
+    amount: int
+    ttl_s: int
+
+
+@dataclass(slots=True)
+class SettleBatch:
+    """What the pipeline learned from a batch of finished calls, to apply once.
+    ``source`` and ``seq`` are stamped by the ``Ledger`` when it first sends the batch."""
+
+    source: str = ""
+    seq: int = 0
+    releases: list[tuple[str, str, str]] = field(default_factory=list)  # (rid, budget, window)
+    charges: list[Charge] = field(default_factory=list)
+    dims: list[DimCharge] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.releases or self.charges or self.dims)
+
+
+def fits(spend: int, reserved: int, amount: int, limit: int) -> bool:
+    """The admission rule of a block budget."""
+    used = spend + reserved
+    return used < limit and used + amount <= limit
+
+
+class Store(ABC):
+    backend: str
+    description: str          # where the store is, safe to log (no password)
+
+    def __init__(self, timeout_s: float, lease_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.lease_s = lease_s
+
+    @abstractmethod
+    def reserve(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None: ...
+
+    @abstractmethod
+    async def reserve_async(self, rid: str, holds: Sequence[Hold],
+                            now: float) -> Refusal | None: ...
+
+    @abstractmethod
+    def settle(self, batch: SettleBatch, now: float) -> Totals:
+        """Apply ``batch``; returns the totals of every budget window it touched."""
+
+    @abstractmethod
+    def totals(self, keys: Sequence[tuple[str, str]], now: float) -> Totals: ...
+
+    @abstractmethod
+    def dims(self, window: str) -> dict[Dims, int]: ...
+
+    @abstractmethod
+    def claim(self, name: str, ttl_s: int, now: float) -> bool: ...
+
+    def close(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,245 @@
+"""The default budget store: a local SQLite file (one proxy, or several on one host).
+
+Every operation of ``base.Store`` runs as one transaction on a dedicated thread that owns
+the connection; ``sqlite3`` errors and timeouts become ``StoreError`` in one place
+(``_guarded``, ``_run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spendgate.budgets.store.base import (
+    DIM_CAP,
+    DimCharge,
+    Dims,
+    Hold,
+    Refusal,
+    SettleBatch,
+    Store,
+    StoreError,
+    Totals,
+    fits,
+)
+from spendgate.labels import OTHER
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget_spend (budget TEXT NOT NULL, win TEXT NOT NULL,
+    spend INTEGER NOT NULL DEFAULT 0, reserved INTEGER NOT NULL DEFAULT 0, expires REAL,
+    PRIMARY KEY (budget, win)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (rid TEXT NOT NULL, budget TEXT NOT NULL,
+    win TEXT NOT NULL, amount INTEGER NOT NULL, lease_until REAL NOT NULL,
+    PRIMARY KEY (rid, budget, win)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reservations_by_lease ON reservations (budget, win, lease_until);
+CREATE TABLE IF NOT EXISTS dim_spend (win TEXT NOT NULL, upstream TEXT NOT NULL,
+    project TEXT NOT NULL, model TEXT NOT NULL, vkey TEXT NOT NULL,
+    spend INTEGER NOT NULL DEFAULT 0, expires REAL,
+    PRIMARY KEY (win, upstream, project, model, vkey)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, expires REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settled (source TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+    expires REAL) WITHOUT ROWID;
+"""
+_PRUNE_EVERY_S = 60.0
+_SETTLED_TTL_S = 86400
+
+
+def _expires(now: float, ttl_s: int) -> float | None:
+    return None if ttl_s <= 0 else now + ttl_s
+
+
+class SQLiteStore(Store):
+    """A WAL-mode SQLite file, used from one dedicated thread that owns the connection.
+
+    Write transactions are ``BEGIN IMMEDIATE``, so several processes may share the file.
+    Commits are ``synchronous=NORMAL``: a crashed process loses nothing committed.
+    """
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path, timeout_s: float, lease_s: float) -> None:
+        super().__init__(timeout_s, lease_s)
+        self.description = f"sqlite file {path}"
+        self._path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="spendgate-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._pruned = 0.0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create {path.parent}: {error.strerror}") from None
+        self._run(self._open, timeout_s=max(timeout_s, 10.0))
+
+    # -- plumbing: everything runs on the store's own thread --------------------------------
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self._path, timeout=self.timeout_s, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def _run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+        future = self._executor.submit(self._guarded, fn, *args)
+        try:
+            return future.result(timeout_s or self.timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise StoreError(f"{self.description} did not answer in "
+                             f"{timeout_s or self.timeout_s:g} s") from None
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.description}: {error}") from None
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = self._run(self._write, fn)
+        return result
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise StoreError(f"{self.description} is closed")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # -- operations -------------------------------------------------------------------------
+
+    def reserve(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
+        return self._transaction(lambda db: self._reserve(db, rid, holds, now))
+
+    async def reserve_async(self, rid: str, holds: Sequence[Hold],
+                            now: float) -> Refusal | None:
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._executor, self._guarded, self._write,
+                                   lambda db: self._reserve(db, rid, holds, now))
+        try:
+            return await asyncio.wait_for(job, self.timeout_s)
+        except TimeoutError:
+            raise StoreError(f"{self.description} did not answer in {self.timeout_s:g} s"
+                             ) from None
+
+    def _reserve(self, db: sqlite3.Connection, rid: str, holds: Sequence[Hold],
+                 now: float) -> Refusal | None:
+        for h in holds:  # reclaim leases of calls whose proxy never settled them
+            expired = db.execute("SELECT rid, amount FROM reservations WHERE budget=? AND win=? "
+                                 "AND lease_until<=? LIMIT 100", (h.budget, h.window, now))
+            for old, amount in expired.fetchall():
+                db.execute("DELETE FROM reservations WHERE rid=? AND budget=? AND win=?",
+                           (old, h.budget, h.window))
+                db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? AND win=?",
+                           (amount, h.budget, h.window))
+        for h in holds:
+            row = db.execute("SELECT spend, reserved FROM budget_spend WHERE budget=? AND win=?",
+                             (h.budget, h.window)).fetchone()
+            spend, reserved = row if row else (0, 0)
+            if not fits(spend, reserved, h.amount, h.limit):
+                return Refusal(h.budget, h.window, spend, reserved, h.amount)
+        for h in holds:
+            db.execute("INSERT INTO budget_spend (budget, win, reserved, expires) "
+                       "VALUES (?, ?, ?, ?) ON CONFLICT (budget, win) DO UPDATE SET "
+                       "reserved=reserved+excluded.reserved, expires=excluded.expires",
+                       (h.budget, h.window, h.amount, _expires(now, h.ttl_s)))
+            db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?)",
+                       (rid, h.budget, h.window, h.amount, now + self.lease_s))
+        return None
+
+    def settle(self, batch: SettleBatch, now: float) -> Totals:
+        return self._transaction(lambda db: self._settle(db, batch, now))
+
+    def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
+        touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
+                                     + [(c.budget, c.window) for c in batch.charges]))
+        last = db.execute("SELECT seq FROM settled WHERE source=?", (batch.source,)).fetchone()
+        if last is None or batch.seq > last[0]:
+            db.execute("INSERT INTO settled VALUES (?, ?, ?) ON CONFLICT (source) DO UPDATE "
+                       "SET seq=excluded.seq, expires=excluded.expires",
+                       (batch.source, batch.seq, now + _SETTLED_TTL_S))
+            for rid, budget, window in batch.releases:
+                row = db.execute("DELETE FROM reservations WHERE rid=? AND budget=? AND win=? "
+                                 "RETURNING amount", (rid, budget, window)).fetchone()
+                if row:
+                    db.execute("UPDATE budget_spend SET reserved=reserved-? "
+                               "WHERE budget=? AND win=?", (row[0], budget, window))
+            for c in batch.charges:
+                db.execute("INSERT INTO budget_spend (budget, win, spend, expires) "
+                           "VALUES (?, ?, ?, ?) ON CONFLICT (budget, win) DO UPDATE SET "
+                           "spend=spend+excluded.spend, expires=excluded.expires",
+                           (c.budget, c.window, c.amount, _expires(now, c.ttl_s)))
+            for d in batch.dims:
+                self._add_dim(db, d, now)
+        if now - self._pruned > _PRUNE_EVERY_S:
+            self._pruned = now
+            for table in ("budget_spend", "dim_spend", "claims", "settled"):
+                db.execute(f"DELETE FROM {table} WHERE expires IS NOT NULL AND expires<?",
+                           (now,))
+        return self._totals(db, touched)
+
+    @staticmethod
+    def _add_dim(db: sqlite3.Connection, d: DimCharge, now: float) -> None:
+        dims = d.dims
+        known = db.execute("SELECT 1 FROM dim_spend WHERE win=? AND upstream=? AND project=? "
+                           "AND model=? AND vkey=?", (d.window, *dims)).fetchone()
+        if not known and db.execute("SELECT count(*) FROM dim_spend WHERE win=?",
+                                    (d.window,)).fetchone()[0] >= DIM_CAP:
+            dims = (OTHER, OTHER, OTHER, OTHER)
+        db.execute("INSERT INTO dim_spend VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                   "(win, upstream, project, model, vkey) DO UPDATE SET "
+                   "spend=spend+excluded.spend, expires=excluded.expires",
+                   (d.window, *dims, d.amount, _expires(now, d.ttl_s)))
+
+    def totals(self, keys: Sequence[tuple[str, str]], now: float) -> Totals:
+        def read() -> Totals:
+            assert self._db is not None
+            return self._totals(self._db, keys)
+        return self._run(read)
+
+    @staticmethod
+    def _totals(db: sqlite3.Connection, keys: Sequence[tuple[str, str]]) -> Totals:
+        out: Totals = {}
+        for budget, window in keys:
+            row = db.execute("SELECT spend, reserved FROM budget_spend WHERE budget=? AND win=?",
+                             (budget, window)).fetchone()
+            out[(budget, window)] = (row[0], row[1]) if row else (0, 0)
+        return out
+
+    def dims(self, window: str) -> dict[Dims, int]:
+        def read() -> dict[Dims, int]:
+            assert self._db is not None
+            rows = self._db.execute("SELECT upstream, project, model, vkey, spend FROM dim_spend "
+                                    "WHERE win=?", (window,)).fetchall()
+            return {(u, p, m, k): s for u, p, m, k, s in rows}
+        return self._run(read)
+
+    def claim(self, name: str, ttl_s: int, now: float) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM claims WHERE name=? AND expires<?", (name, now))
+            return db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?)",
+                              (name, _expires(now, ttl_s))).rowcount == 1
+        return self._transaction(write)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        with contextlib.suppress(Exception):  # best effort: the file is consistent anyway
+            self._executor.submit(shut).result(10)
+        self._executor.shutdown(wait=False)
+

@@ -1,0 +1,76 @@
+"""Who a call is for: the caller's virtual key, project and user, and credential custody.
+
+With ``keys`` configured every call must bring a virtual key: in ``x-spendgate-key``, or as
+the caller's own credential (``authorization: Bearer ...``, ``x-api-key`` or ``api-key``,
+whichever the SDK sends). It is compared in constant time against every configured key (no
+early exit, so timing tells nothing about which key nearly matched) and never forwarded. The
+key fixes the project: a keyed caller cannot charge another project by header. Without
+``keys``, the project comes from ``x-spendgate-project``, else ``default``.
+
+Credential custody: an upstream with ``api_key`` gets the proxy's key, and every credential
+the caller sent is dropped; otherwise the caller's credential is forwarded as it came (except
+one that was the virtual key). ``x-spendgate-*`` headers never reach an upstream.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from spendgate.config import UpstreamConfig, VirtualKey
+from spendgate.errors import Unauthorized
+
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+DEFAULT_PROJECT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    project: str
+    user: str | None
+    key_name: str | None          # the key's name, else "project#index": never the secret
+    drop_caller_credentials: bool
+
+
+class KeyRing:
+    """The configured virtual keys. Immutable; thread-safe."""
+
+    def __init__(self, keys: Sequence[VirtualKey] | None) -> None:
+        self.enabled = keys is not None
+        self._keys = [(k.key.encode(), k.project, k.name or f"{k.project}#{i}")
+                      for i, k in enumerate(keys or ())]
+
+    def match(self, presented: bytes) -> tuple[str, str] | None:
+        found: tuple[str, str] | None = None
+        for secret, project, name in self._keys:
+            if hmac.compare_digest(secret, presented) and found is None:
+                found = (project, name)
+        return found
+
+
+def credential_value(value: bytes) -> bytes:
+    """The secret in a credential header: ``Bearer`` stripped."""
+    return value[7:].strip() if value[:7].lower() == b"bearer " else value.strip()
+
+
+def admit(headers: dict[bytes, bytes], keyring: KeyRing, upstream: UpstreamConfig) -> Admission:
+    """Attribute a call; raises ``Unauthorized`` when keys are on and none matches."""
+    user_value = headers.get(b"x-spendgate-user")
+    user = user_value.decode("utf-8", "replace") if user_value else None
+    if not keyring.enabled:
+        project_value = headers.get(b"x-spendgate-project")
+        project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
+        return Admission(project, user, None, upstream.api_key is not None)
+    explicit = headers.get(b"x-spendgate-key")
+    candidates = [explicit] if explicit else [headers.get(h) for h in CREDENTIAL_HEADERS]
+    for value in candidates:
+        if value:
+            matched = keyring.match(credential_value(value))
+            if matched is not None:
+                # A key sent as the caller's credential must not travel on; one sent in
+                # x-spendgate-key leaves the caller's credential to the custody rule.
+                drop = upstream.api_key is not None or not explicit
+                return Admission(matched[0], user, matched[1], drop)
+    raise Unauthorized("a valid spendgate virtual key is required "
+                       "(x-spendgate-key, authorization or x-api-key)")

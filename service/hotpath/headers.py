@@ -1,0 +1,70 @@
+"""Which headers cross the proxy, each way.
+
+Request headers reach the upstream as the caller sent them (names, order, duplicates),
+minus: hop-by-hop headers (``HOP_BY_HOP``, and any the caller's ``Connection`` names),
+the framing the upstream client writes itself (``FRAMING``: ``Host``, ``Content-Length``),
+``x-spendgate-*``, the caller's ``traceparent`` (the proxy sends its own), the credentials
+custody replaces, and any credential that is a virtual key. ``Accept-Encoding`` is narrowed
+to what the pipeline can undo (streams: ``identity``) so usage stays readable.
+
+Response headers come back as the upstream sent them, minus hop-by-hop ones and
+``Content-Length`` (the proxy states the length of what it actually sends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing, credential_value
+
+# RFC 9110 §7.6.1, plus the pre-RFC ``keep-alive`` / ``proxy-*`` / ``trailers`` spellings.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
+                        b"proxy-authorization", b"te", b"trailer", b"trailers",
+                        b"transfer-encoding", b"upgrade"})
+# End-to-end, but describing one message's framing: the client writes them for what it sends.
+FRAMING = frozenset({b"host", b"content-length"})
+# Encodings the pipeline can undo to read usage from a buffered body.
+DECODABLE = ("gzip", "deflate", "identity")
+
+
+def hop_by_hop(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """``HOP_BY_HOP`` and ``FRAMING``, plus the names a ``Connection`` header declares
+    hop-by-hop (RFC 9110 §7.6.1): every header not to pass on as it is."""
+    dropped = HOP_BY_HOP | FRAMING
+    listed = {token.strip().lower() for name, value in raw if name.lower() == b"connection"
+              for token in value.split(b",")} - dropped - {b""}
+    return dropped | listed if listed else dropped
+
+
+def upstream_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes], stream: bool,
+                     keyring: KeyRing) -> list[tuple[str, str]]:
+    """The caller's headers as the upstream gets them (see the module docstring); ``drop``:
+    the caller's credential headers when the proxy holds the upstream's key."""
+    skip = hop_by_hop(raw)
+    out: list[tuple[str, str]] = []
+    for name, value in raw:
+        if name in skip or name in drop or name.startswith(b"x-spendgate-"):
+            continue
+        if name == b"traceparent":
+            continue
+        if (keyring.enabled and name in CREDENTIAL_HEADERS
+                and keyring.match(credential_value(value)) is not None):
+            continue
+        if name == b"accept-encoding":
+            # Streams must arrive uncompressed to be read event by event; buffered bodies
+            # may be compressed only in ways the pipeline can undo to read usage.
+            value = b"identity" if stream else _decodable(value)
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    return out
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers as the caller gets them, names lower-cased."""
+    skip = hop_by_hop(raw)
+    return [(k.lower(), v) for k, v in raw if k.lower() not in skip]
+
+
+def _decodable(accept: bytes) -> bytes:
+    kept = [part.strip() for part in accept.split(b",")
+            if part.split(b";")[0].strip().decode("latin-1").lower() in DECODABLE]
+    return b", ".join(kept) or b"identity"

@@ -1,0 +1,308 @@
+"""The hot path: a raw ASGI app that forwards ``/{upstream}/{path}`` and measures the call.
+
+Per call it does the minimum on the event loop: route, read the body, parse it once
+(provider), admit (virtual key, project), forward with a pooled keep-alive connection, and
+send the upstream's status, headers and bytes back as they arrive. Usage extraction,
+estimation, pricing and every export happen later, in the ``RecordPipeline`` thread, after
+the caller has its last byte; the proxy hands over one ``CallOutcome`` per call.
+
+Transparency rules: request bodies go upstream byte for byte (the one sanctioned rewrite is
+the provider's ``stream_options.include_usage``); responses come back with hop-by-hop headers
+dropped and everything else unchanged; SSE is forwarded event by event, never re-encoded, and
+only the usage-only chunk the proxy itself asked for is withheld.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from spendgate.asgi import Receive, Scope, Send
+from spendgate.config import Config, UpstreamConfig
+from spendgate.errors import BodyTooLarge, ClientClosed, ProxyError, error_body
+from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing, admit
+from spendgate.hotpath.headers import response_headers, upstream_headers
+from spendgate.hotpath.routing import Route, route
+from spendgate.hotpath.tracecontext import request_id, start_trace
+from spendgate.providers import PROVIDERS, Provider
+from spendgate.providers.sse import SSESplitter
+from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome
+from spendgate.upstream.client import UpstreamClient, UpstreamTarget, iter_body, read_body
+
+log = logging.getLogger("spendgate.proxy")
+
+_WELL_KNOWN_HOSTS = {
+    "api.openai.com": "openai", "api.anthropic.com": "anthropic",
+    "generativelanguage.googleapis.com": "gcp.gemini", "api.mistral.ai": "mistral_ai",
+    "api.deepseek.com": "deepseek", "api.x.ai": "x_ai", "api.groq.com": "groq",
+    "api.perplexity.ai": "perplexity", "api.cohere.com": "cohere",
+}
+
+
+def provider_name_for(config: UpstreamConfig, host: str) -> str:
+    """``gen_ai.provider.name`` of an upstream: configured, else known by host, else protocol."""
+    if config.provider_name:
+        return config.provider_name
+    if host.endswith(".openai.azure.com"):
+        return "azure.ai.openai"
+    return _WELL_KNOWN_HOSTS.get(host, config.provider)
+
+
+class Upstream:
+    """One configured upstream, with everything the hot path needs precomputed."""
+
+    __slots__ = ("config", "credential", "custody_headers", "in_flight", "name", "protocol",
+                 "provider", "provider_name", "target")
+
+    def __init__(self, name: str, config: UpstreamConfig, in_flight: Any) -> None:
+        self.name = name
+        self.config = config
+        self.protocol = config.provider
+        self.provider: Provider = PROVIDERS[config.provider]
+        self.target = UpstreamTarget(name, config)
+        self.provider_name = provider_name_for(config, self.target.host)
+        self.in_flight = in_flight
+        self.credential: tuple[str, str] | None = None
+        # The caller's credential headers the proxy drops when it holds the key itself.
+        self.custody_headers = CREDENTIAL_HEADERS
+        if config.api_key:
+            header = (config.api_key_header or ("x-api-key" if self.protocol == "anthropic"
+                                                else "authorization")).lower()
+            value = f"Bearer {config.api_key}" if header == "authorization" else config.api_key
+            self.credential = (header, value)
+            self.custody_headers = CREDENTIAL_HEADERS | {header.encode("latin-1")}
+
+
+class BudgetGate(Protocol):
+    """Admission control for spend (implemented by ``budgets.gate``): reserve a call's
+    worst-case cost.
+
+    ``reserve`` raises ``ProxyError`` (429 ``BudgetExceeded``) to refuse the call; it records
+    what it reserved on the outcome so the ledger can settle it from the ``UsageRecord``.
+    """
+
+    async def reserve(self, outcome: CallOutcome) -> None: ...
+
+
+class OutcomeSink(Protocol):
+    """Where a finished call goes (``accounting.pipeline.RecordPipeline``): once per call,
+    after the caller has its last byte."""
+
+    def submit(self, outcome: CallOutcome) -> None: ...
+
+
+class ProxyApp:
+    """ASGI app for ``/{upstream}/{path}``.
+
+    Built with everything it uses: the upstream client (connections open inside the running
+    loop, on first use), where outcomes go, the in-flight gauge per upstream, and telemetry's
+    two decisions (``propagate``: this proxy's spans are recorded, so the upstream sees them
+    as parents; ``sample_new_traces``: a bool or a trace-id ratio). ``reconfigure`` swaps the
+    keys and the budget gate on reload, each as a whole object, so a call sees the old or
+    the new pair, never a mix.
+    """
+
+    def __init__(self, config: Config, client: UpstreamClient, outcomes: OutcomeSink,
+                 in_flight: Callable[[str], Any], *, gate: BudgetGate | None = None,
+                 propagate: bool = False, sample_new_traces: bool | float = True) -> None:
+        self.upstreams = {name: Upstream(name, cfg, in_flight(name))
+                          for name, cfg in config.upstreams.items()}
+        self.max_body = int(config.server.max_body_mb * 1024 * 1024)
+        self.client = client
+        self.outcomes = outcomes
+        self.propagate = propagate
+        self.sample_new_traces = sample_new_traces
+        self._policy: tuple[KeyRing, BudgetGate | None] = (KeyRing(config.keys), gate)
+
+    def reconfigure(self, keyring: KeyRing, gate: BudgetGate | None) -> None:
+        """Reload: the virtual keys and the budget gate new calls are admitted with."""
+        self._policy = (keyring, gate)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        try:
+            target = route(scope.get("raw_path") or scope["path"].encode(),
+                           scope["query_string"], self.upstreams)
+        except ProxyError as error:
+            outcome = CallOutcome("unknown", "unknown", _guess_protocol(headers), time.time(),
+                                  started)
+            try:
+                await _reply_error(send, error, outcome)
+            finally:
+                outcome.duration_s = outcome.overhead_s = time.perf_counter() - started
+                self.outcomes.submit(outcome)
+            return
+        upstream = self.upstreams[target.upstream]
+        outcome = CallOutcome(upstream.name, upstream.provider_name, upstream.protocol,
+                              time.time(), started)
+        upstream.in_flight.inc()
+        try:
+            await self._forward(scope, receive, send, headers, upstream, target, outcome)
+        except ProxyError as error:
+            if outcome.status == 0:
+                await _reply_error(send, error, outcome)
+            else:
+                outcome.error_type = error.error_type
+        except Exception:
+            log.exception("proxy failure on a call to %s", upstream.name)
+            if outcome.status == 0:
+                await _reply_error(send, ProxyError("spendgate failed on this call"), outcome)
+            outcome.error_type = "proxy_error"
+        finally:
+            upstream.in_flight.dec()
+            outcome.duration_s = time.perf_counter() - started
+            self.outcomes.submit(outcome)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send,
+                       headers: dict[bytes, bytes], upstream: Upstream, target: Route,
+                       outcome: CallOutcome) -> None:
+        rid = outcome.request_id = request_id(headers)
+        keyring, gate = self._policy
+        body = await _read_request(receive, self.max_body, headers.get(b"content-length"))
+        method: str = scope["method"]
+        info = upstream.provider.parse_request(method, target.raw_path, body)
+        outcome.request = info
+        admission = admit(headers, keyring, upstream.config)
+        outcome.project, outcome.user = admission.project, admission.user
+        outcome.virtual_key = admission.key_name
+        out_headers = upstream_headers(
+            scope["headers"],
+            upstream.custody_headers if admission.drop_caller_credentials else frozenset(),
+            info.stream, keyring)
+        if upstream.credential is not None:
+            out_headers.append(upstream.credential)
+        trace = outcome.trace = start_trace(headers, self.sample_new_traces)
+        if self.propagate:
+            out_headers.append(("traceparent", trace.traceparent()))
+        elif trace.parent_span_id is not None:  # no span of ours: the caller's stays the parent
+            out_headers.append(("traceparent", trace.parent_traceparent()))
+        if gate is not None:
+            await gate.reserve(outcome)
+        payload = info.upstream_body if body or method in ("POST", "PUT", "PATCH") else None
+        url = upstream.target.url(target.raw_path, target.raw_query)
+        overhead = outcome.overhead_s = time.perf_counter() - outcome.started
+        async with self.client.open(upstream.target, method, url, out_headers, payload) as resp:
+            out = response_headers(resp.raw_headers)
+            # Ours always; as x-request-id too unless the upstream named the call itself.
+            out.append((b"x-spendgate-request-id", rid.encode()))
+            if "x-request-id" not in resp.headers:
+                out.append((b"x-request-id", rid.encode()))
+            content_type = resp.headers.get("content-type", "")
+            if info.metered and content_type.startswith("text/event-stream"):
+                overhead += await self._stream_events(receive, send, resp, out,
+                                                      upstream, outcome)
+            elif info.metered or resp.status >= 400:
+                data = await read_body(resp, upstream.target)
+                received = time.perf_counter()
+                outcome.response_body = data
+                outcome.response_encoding = resp.headers.get("content-encoding")
+                out.append((b"content-length", str(len(data)).encode()))
+                outcome.status = resp.status
+                await send({"type": "http.response.start", "status": resp.status,
+                            "headers": out})
+                await send({"type": "http.response.body", "body": data})
+                overhead += time.perf_counter() - received
+            else:
+                outcome.status = resp.status
+                await _pass_through(send, resp, out, upstream.target)
+        outcome.overhead_s = overhead
+
+    async def _stream_events(self, receive: Receive, send: Send, resp: Any,
+                             headers: list[tuple[bytes, bytes]], upstream: Upstream,
+                             outcome: CallOutcome) -> float:
+        """Forward an SSE response event by event; returns the time spent in the proxy."""
+        assert outcome.request is not None
+        tracker = upstream.provider.stream_tracker(outcome.request)
+        outcome.tracker = tracker
+        splitter = SSESplitter()
+        outcome.status = resp.status
+        await send({"type": "http.response.start", "status": resp.status,
+                    "headers": headers})
+        hung_up = asyncio.ensure_future(_wait_disconnect(receive))
+        overhead = 0.0
+        try:
+            async for chunk in iter_body(resp, upstream.target):
+                arrived = time.perf_counter()
+                events = splitter.feed(chunk)
+                if events:
+                    outcome.chunks += len(events)
+                    if outcome.ttft_s is None:
+                        outcome.ttft_s = arrived - outcome.started
+                    out = b"".join([e.raw for e in events if tracker.feed(e)])
+                    if out:
+                        await send({"type": "http.response.body", "body": out,
+                                    "more_body": True})
+                if hung_up.done():
+                    # Stop the upstream generating for nobody; what it sent so far is billed.
+                    outcome.client_closed = True
+                    outcome.status = STATUS_CLIENT_CLOSED
+                    outcome.error_type = "client_closed"
+                    resp.close()
+                    break
+                overhead += time.perf_counter() - arrived
+            rest = splitter.flush()
+            await send({"type": "http.response.body", "body": rest, "more_body": False})
+        finally:
+            hung_up.cancel()
+        return overhead
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _pass_through(send: Send, resp: Any, headers: list[tuple[bytes, bytes]],
+                        target: UpstreamTarget) -> None:
+    """Unmetered paths (files, audio, models): bytes straight through, nothing buffered."""
+    length = resp.headers.get("content-length")
+    if length is not None:
+        headers.append((b"content-length", length.encode()))
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    async for chunk in iter_body(resp, target):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _read_request(receive: Receive, limit: int, declared: bytes | None) -> bytes:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body is over the {limit // (1024 * 1024)} MB limit")
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientClosed("the caller hung up before sending its request body")
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":  # never forward a truncated body
+            raise ClientClosed("the caller hung up in the middle of its request body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the {limit // (1024 * 1024)} MB limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _guess_protocol(headers: dict[bytes, bytes]) -> str:
+    return "anthropic" if b"anthropic-version" in headers else "openai"
+
+
+async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> None:
+    body = error_body(error, outcome.protocol)
+    outcome.status = error.status
+    outcome.error_type = error.error_type
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), *error.headers]
+    if outcome.request_id is not None:
+        headers += [(b"x-request-id", outcome.request_id.encode()),
+                    (b"x-spendgate-request-id", outcome.request_id.encode())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -106,10 +106,15 @@ def test_worst_case_without_max_tokens_uses_the_catalog_maximum() -> None:
     outcome = outcome_for(body)
     entry = prices.entries["gpt-4o-mini"]
     assert entry.max_output_tokens and entry.price.output and entry.price.input
-    prompt = prompt_tokens_bound(outcome.request, "openai", est)  # type: ignore[arg-type]
-    expected = (prompt * max(entry.price.input, entry.price.cached_input or 0)
-                + entry.max_output_tokens * entry.price.output) * 1000
-    assert worst_case_nano(outcome, prices, est) == int(expected.to_integral_value("ROUND_CEILING"))
+    # The catalog's gpt-4o-mini: $0.15/M input, $0.60/M output, 16,384 output tokens at
+    # most. The prompt counts 8 tokens (3 per message + "user" + "hi" + 3 priming the
+    # reply), bounded by 8 x 1.5 + 32 = 44 (under the body's 67 bytes).
+    assert (entry.price.input, entry.price.output, entry.max_output_tokens) == (
+        Decimal("0.15"), Decimal("0.6"), 16384)
+    assert len(body) == 67
+    assert prompt_tokens_bound(outcome.request, "openai", est) == 44  # type: ignore[arg-type]
+    # (44 x 0.15 + 16,384 x 0.6) / 1e6 USD = $0.009837 = 9,837,000 nano-dollars
+    assert worst_case_nano(outcome, prices, est) == 9_837_000
     unknown = orjson.dumps({"model": "my-own-llm", "messages": []})
     assert worst_case_nano(outcome_for(unknown), prices, est) == 0  # unpriced: costs 0
     assert DEFAULT_OUTPUT_TOKENS > 0

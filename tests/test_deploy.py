@@ -220,6 +220,11 @@ def test_wheel_carries_the_tokenizers_and_the_price_catalog(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = out.glob("spendgate-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    # One import package and its metadata: nothing else at the top of site-packages.
+    assert {name.split("/")[0] for name in names} == {"spendgate", wheel.name.split("-py")[0]
+                                                      + ".dist-info"}
+    assert {"spendgate/__init__.py", "spendgate/exporters/__init__.py",
+            "spendgate/budgets/store/redis.py", "spendgate/py.typed"} <= names
     data = sorted(p.name for p in (ROOT / "service" / "accounting" / "data").iterdir()
                   if p.is_file())
     assert {"prices.json", "SHA256SUMS", "cl100k_base.tiktoken", "o200k_base.tiktoken"} <= set(data)

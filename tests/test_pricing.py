@@ -294,7 +294,18 @@ def test_loading_a_litellm_format_file(tmp_path: Path) -> None:
     # azure's own entry is left out, but its name still finds the vendor's price
     assert resolved(cat, "azure/gpt-7") == ResolvedPrice(gpt7.price, "provider_prefix", "gpt-7")
     assert str(path) in cat.source and len(cat.generated) == 10
-    assert convert_litellm(raw) == convert_litellm(json.loads(path.read_text("utf-8")))
+    # The conversion itself, field for field: exact decimal strings per Mtok (the float
+    # artefact 2.0000000000000002e-07 is read as the 0.2 the maintainers typed), the batch
+    # variant and the skipped entries absent, the long-context tier kept as a note.
+    assert convert_litellm(raw) == {
+        "gpt-7": {"provider": "openai", "mode": "chat", "input_per_mtok": "2",
+                  "output_per_mtok": "8", "cached_input_per_mtok": "0.2",
+                  "max_output_tokens": 100000},
+        "gemini/gemini-9-pro": {"provider": "gemini", "mode": "chat", "input_per_mtok": "1",
+                                "output_per_mtok": "4",
+                                "note": "above 200k input tokens: input 2 per Mtok"},
+        "gpt-7-latest": {"alias_of": "gpt-7"},
+    }
 
 
 def test_loading_our_own_format_and_rejecting_bad_files(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import signal
 import socket
 import sys
@@ -44,7 +45,6 @@ import aiohttp
 import yaml
 
 import spendgate
-import spendgate.exporters
 from spendgate.config import parse_config
 from spendgate.demo import summary as demo_summary
 from spendgate.demo.simulator.server import Simulator
@@ -77,6 +77,13 @@ _CHILD = ("import importlib.util, sys\n"
           "    spec.loader.exec_module(module)\n"
           "from spendgate.cli import main\n"
           "raise SystemExit(main(sys.argv[3:]))\n")
+
+
+def _package_dir(name: str) -> str:
+    """Where package ``name`` is loaded from, without importing it."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations, name
+    return str(Path(next(iter(spec.submodule_search_locations))).resolve())
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,7 @@ class ProxyChild:
 
     async def spawn(self) -> None:
         package = str(Path(spendgate.__file__).resolve().parent)
-        sinks = str(Path(spendgate.exporters.__file__).resolve().parent)
+        sinks = _package_dir("spendgate.exporters")
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _CHILD, package, sinks,

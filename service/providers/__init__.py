@@ -2,7 +2,10 @@
 
 ``provider`` in an upstream's config is a key of this table: ``openai`` covers OpenAI, Azure
 OpenAI, vLLM, Ollama, TGI, llama.cpp and every other OpenAI-compatible server; ``anthropic``
-covers the Anthropic Messages API.
+covers the Anthropic Messages API. Beside the protocols: ``base.py`` (the ``Provider`` and
+``StreamTracker`` protocols every one implements), ``sse.py`` (server-sent events split on
+complete events only) and ``jsonread.py`` (never-raising readers of untrusted JSON).
+May import: ``usage`` and nothing else of spendgate; protocols never do I/O.
 """
 
 from __future__ import annotations

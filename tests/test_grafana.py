@@ -10,11 +10,17 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
+import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -30,51 +36,138 @@ from grafana.panel_queries import (  # noqa: E402
     load_dashboards,
     substitute_variables,
 )
-from tests.conftest import need  # noqa: E402
+from tests.conftest import ProxyProcess, basic_config, free_port, need  # noqa: E402
+from tests.fake_upstream import FakeUpstream, Reply, fixture  # noqa: E402
+from tests.test_proxy import sse_reply  # noqa: E402
 
 GRAFANA = ROOT / "grafana"
 PROM_DIR = GRAFANA / "prometheus"
 ALERTS = PROM_DIR / "alerts.yml"
 
 # ------------------------------------------------------------------ metric contract
-# What the proxy exports: metric -> labels (histograms without their suffixes).
-_OPS = {"upstream", "model", "project"}
-_GEN_AI = {"gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
-           "gen_ai_response_model", "server_address"}
-COUNTERS_AND_GAUGES: dict[str, set[str]] = {
-    "spendgate_requests_total": _OPS | {"provider", "status"},
-    "spendgate_tokens_total": _OPS | {"provider", "type", "source"},
-    "spendgate_cost_usd_total": _OPS | {"provider"},
-    "spendgate_in_flight_requests": {"upstream"},
-    "spendgate_unpriced_requests_total": {"model"},
-    "spendgate_usage_missing_total": set(_OPS),
-    "spendgate_sink_errors_total": {"sink"},
-    "spendgate_budget_limit_usd": {"budget"},
-    "spendgate_budget_spend_usd": {"budget"},
-    "spendgate_budget_blocked_total": {"budget"},
-    "spendgate_budget_window_reset_timestamp_seconds": {"budget"},
-    "spendgate_budget_info": {"budget", "window", "action"},
-    "spendgate_store_errors_total": set(),
-}
-COUNTERS_AND_GAUGES |= {name: set() for name in (  # prometheus_client defaults
-    "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
-    "process_virtual_memory_bytes", "process_resident_memory_bytes",
-    "process_start_time_seconds", "python_gc_objects_collected_total",
-    "python_gc_objects_uncollectable_total", "python_gc_collections_total", "python_info")}
-HISTOGRAMS: dict[str, set[str]] = {
-    "spendgate_request_duration_seconds": set(_OPS),
-    "spendgate_time_to_first_token_seconds": set(_OPS),
-    "spendgate_time_per_output_token_seconds": set(_OPS),
-    "spendgate_proxy_overhead_seconds": set(_OPS),
-    "gen_ai_client_token_usage": _GEN_AI | {"gen_ai_token_type"},
-    "gen_ai_client_operation_duration_seconds": set(_GEN_AI),
-    "gen_ai_client_operation_time_to_first_chunk_seconds": set(_GEN_AI),
-    "gen_ai_client_operation_time_per_output_chunk_seconds": set(_GEN_AI),
-}
-METRIC_LABELS = COUNTERS_AND_GAUGES | {
-    f"{name}{suffix}": labels | ({"le"} if suffix == "_bucket" else set())
-    for name, labels in HISTOGRAMS.items() for suffix in ("_bucket", "_sum", "_count")}
-METRIC_CONTRACT: set[str] = set(METRIC_LABELS)
+# What the proxy exports, read from the registries of real ``spendgate serve`` processes:
+# traffic that gives every family they declare at least one sample (so its labels are known),
+# then ``/metrics`` of each, parsed. Nothing here is hand-copied from the code.
+MODEL_MYSTERY = "mystery-1"  # not in the catalog: spendgate_unpriced_requests_total
+TRAFFIC_TIMEOUT_S = 10.0
+
+
+def _drive_main_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
+    """Priced calls streamed and not (OpenAI and Anthropic), an unpriced model, a self-hosted
+    stream without usage, and a call refused by a block budget."""
+    project = {"x-spendgate-project": "contract"}
+    gpt = openai.OpenAI(base_url=proxy.url + "/openai/v1", api_key="sk-caller", max_retries=0,
+                        default_headers=project)
+    claude = anthropic.Anthropic(base_url=proxy.url + "/anthropic", api_key="sk-ant-caller",
+                                 max_retries=0, default_headers=project)
+    local = openai.OpenAI(base_url=proxy.url + "/local/v1", api_key="none", max_retries=0)
+    blocked = openai.OpenAI(base_url=proxy.url + "/openai/v1", api_key="sk-caller",
+                            max_retries=0, default_headers={"x-spendgate-project": "blocked"})
+    claude_model = "claude-sonnet-4-5-20250929"
+
+    fake.queue(Reply(body=fixture("openai_chat_response.json")))
+    gpt.chat.completions.create(model="o4-mini", messages=[{"role": "user", "content": "Hi"}])
+    fake.queue(sse_reply("openai_chat_stream.sse"))
+    for _ in gpt.chat.completions.create(
+            model="o4-mini", messages=[{"role": "user", "content": "Hi"}], stream=True):
+        pass
+    fake.queue(Reply(body=fixture("anthropic_messages_response_cached.json")))
+    claude.messages.create(model=claude_model, max_tokens=1024,
+                           messages=[{"role": "user", "content": "Hi"}])
+    fake.queue(sse_reply("anthropic_messages_stream_cached.sse"))
+    with claude.messages.stream(model=claude_model, max_tokens=1024,
+                                messages=[{"role": "user", "content": "Hi"}]) as stream:
+        stream.until_done()
+    fake.queue(Reply(body=b'{"id":"x","model":"%s","choices":[],'
+                          b'"usage":{"prompt_tokens":10,"completion_tokens":5}}'
+                          % MODEL_MYSTERY.encode()))
+    gpt.chat.completions.create(model=MODEL_MYSTERY,
+                                messages=[{"role": "user", "content": "Hi"}])
+    fake.queue(sse_reply("openai_chat_stream_ollama_no_usage.sse"))  # no usage: estimated
+    for _ in local.chat.completions.create(
+            model="llama3.1:8b", messages=[{"role": "user", "content": "Hi"}], stream=True):
+        pass
+    with pytest.raises(openai.RateLimitError):  # worst case over contract-cap's limit
+        blocked.chat.completions.create(model="gpt-4o-mini", max_tokens=100,
+                                        messages=[{"role": "user", "content": "Hi"}])
+
+
+def _drive_store_down_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
+    """A call under a block budget whose Redis store is a closed port (``on_error: open``:
+    served). Its reservation fails, and so do the budget gauges' reads at each scrape."""
+    fake.queue(Reply(body=fixture("openai_chat_response.json")))
+    r = httpx.post(proxy.url + "/openai/v1/chat/completions", timeout=10,
+                   json={"model": "o4-mini", "max_tokens": 10, "messages": [
+                       {"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.text
+
+
+def _families(proxies: list[ProxyProcess]) -> tuple[dict[str, str], dict[str, set[str]],
+                                                    dict[str, set[str]]]:
+    """Scrape every proxy: family -> type (every ``# TYPE``), family -> names of the samples
+    it had, sample name -> label names (union over samples and proxies)."""
+    types: dict[str, str] = {}
+    sampled: dict[str, set[str]] = {}
+    labels: dict[str, set[str]] = {}
+    for proxy in proxies:
+        for family in text_string_to_metric_families(proxy.metrics_text()):
+            assert types.setdefault(family.name, family.type) == family.type, family.name
+            sampled.setdefault(family.name, set())
+            for s in family.samples:
+                sampled[family.name].add(s.name)
+                labels.setdefault(s.name, set()).update(s.labels)
+    return types, sampled, labels
+
+
+@pytest.fixture(scope="module")
+def metric_labels(spawn: Any, fake: FakeUpstream) -> dict[str, frozenset[str]]:
+    """Sample name -> label names, from the ``/metrics`` of real proxies (histograms as
+    ``_bucket`` (with ``le``), ``_sum`` and ``_count``). Fails when the registry declares a
+    family that got no sample: new metrics need traffic here before they join the contract."""
+    fake.replies.clear()
+    main = spawn(basic_config(
+        fake,
+        budgets=[{"name": "contract-cap", "project": "blocked", "limit_usd": "0.000001",
+                  "window": "day", "action": "block"}],
+        telemetry={"usage_log": {"path": "/dev/full"}},  # ENOSPC: spendgate_sink_errors_total
+    ))
+    store_down = spawn(basic_config(
+        fake,
+        budgets=[{"name": "contract-store", "limit_usd": 100, "action": "block"}],
+        store={"url": f"redis://127.0.0.1:{free_port()}/0", "on_error": "open",
+               "timeout_s": 0.2},
+    ))
+    proxies = [main, store_down]
+    try:
+        _drive_main_proxy(main, fake)
+        _drive_store_down_proxy(store_down, fake)
+        # Records are exported off the hot path: scrape until every family has a sample.
+        deadline = time.monotonic() + TRAFFIC_TIMEOUT_S
+        while True:
+            types, sampled, labels = _families(proxies)
+            empty = sorted(name for name, names in sampled.items() if not names)
+            if not empty or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        fake.replies.clear()
+        for proxy in proxies:
+            proxy.stop()
+    assert not empty, (
+        f"the registry declares families that got no sample: {empty}; add traffic for them "
+        "to the metric_labels fixture so their labels are part of the contract")
+    for name, kind in types.items():
+        if kind == "histogram":
+            assert {f"{name}_bucket", f"{name}_sum", f"{name}_count"} <= sampled[name], name
+            assert "le" in labels[f"{name}_bucket"], name
+    return {name: frozenset(names) for name, names in labels.items()}
+
+
+@pytest.fixture(scope="module")
+def metric_contract(metric_labels: dict[str, frozenset[str]]) -> set[str]:
+    return set(metric_labels)
+
+
 PROMETHEUS_BUILTINS = {"ALERTS"}
 FILTER_VARIABLES = ("upstream", "project", "model", "budget")
 
@@ -97,10 +190,10 @@ def metric_names(expr: str) -> set[str]:
     return {n for n in re.findall(_NAME + r"(?!\s*\()", e) if n not in _KEYWORDS}
 
 
-def selectors(expr: str) -> list[tuple[str, str]]:
+def selectors(expr: str, contract: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(metric, matchers inside {}) for every contract metric the expression selects."""
     return [(m[1], m[2] or "") for m in re.finditer(_NAME + r"\s*(?:\{([^}]*)\})?", expr)
-            if m[1] in METRIC_LABELS]
+            if m[1] in contract]
 
 
 def range_windows(expr: str) -> list[tuple[str, str]]:
@@ -121,12 +214,12 @@ def range_windows(expr: str) -> list[tuple[str, str]]:
     return found
 
 
-def test_promql_helpers() -> None:
+def test_promql_helpers(metric_labels: dict[str, frozenset[str]]) -> None:
     expr = ('sum by (le) (rate(a_bucket{x=~"$x"}[$__rate_interval])) / '
             "on (b) group_left (c) max(deriv(b_total[1h])) * 2 > scalar(s:t:r) or vector(0)")
     assert metric_names(expr) == {"a_bucket", "b_total", "s:t:r"}
     assert range_windows(expr) == [("rate", "$__rate_interval"), ("deriv", "1h")]
-    assert selectors('x + spendgate_cost_usd_total{model="a"}') == [
+    assert selectors('x + spendgate_cost_usd_total{model="a"}', metric_labels) == [
         ("spendgate_cost_usd_total", 'model="a"')]
     assert substitute_variables('rate(m{u=~"$upstream"}[$__rate_interval]) + ${datasource}'
                                 "[$__range]") == 'rate(m{u=~".*"}[1m]) + [1h]'
@@ -228,11 +321,11 @@ def test_every_alert_has_firing_and_silent_unit_test() -> None:
                 assert set(exp["exp_annotations"]) == {"summary", "description"}, name
 
 
-def test_rule_metrics_in_contract() -> None:
+def test_rule_metrics_in_contract(metric_contract: set[str]) -> None:
     rules = load_rules()
     records = {r["record"] for r in rules if "record" in r}
     for rule in rules:
-        unknown = metric_names(rule["expr"]) - METRIC_CONTRACT - records
+        unknown = metric_names(rule["expr"]) - metric_contract - records
         assert not unknown, f"{rule.get('alert') or rule['record']}: unknown metrics {unknown}"
 
 
@@ -253,7 +346,7 @@ def test_alertmanager_routes() -> None:
 def test_amtool_check_config() -> None:
     amtool = shutil.which("amtool")
     if amtool is None:
-        pytest.skip("amtool not found: apt-get install prometheus-alertmanager")
+        need("amtool not found: apt-get install prometheus-alertmanager")
     run(amtool, "check-config", AM_CONFIG)
     route = [amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}"]
     assert run(*route, "alertname=SpendgateBudgetWarning", "budget=a").split()[0] == \
@@ -369,20 +462,20 @@ def test_fixed_windows_only_where_deliberate() -> None:
     assert any(w == "$__rate_interval" for q in QUERIES for _, w in range_windows(q.expr))
 
 
-def test_panel_metrics_in_contract() -> None:
+def test_panel_metrics_in_contract(metric_contract: set[str]) -> None:
     for q in QUERIES:
-        unknown = metric_names(q.expr) - METRIC_CONTRACT - PROMETHEUS_BUILTINS
+        unknown = metric_names(q.expr) - metric_contract - PROMETHEUS_BUILTINS
         assert not unknown, f"{q}: unknown metrics {unknown}"
     for uid, _, query in iter_variable_queries():
-        assert metric_names(label_values_to_promql(query)) <= METRIC_CONTRACT, (uid, query)
+        assert metric_names(label_values_to_promql(query)) <= metric_contract, (uid, query)
 
 
-def test_queries_filter_by_variables() -> None:
+def test_queries_filter_by_variables(metric_labels: dict[str, frozenset[str]]) -> None:
     """Each metric is filtered by every dashboard variable that is one of its labels."""
     for q in QUERIES:
         defined = set(variables(dashboard_by_uid(q.dashboard_uid))) & set(FILTER_VARIABLES)
-        for metric, matchers in selectors(q.expr):
-            for label in defined & METRIC_LABELS[metric]:
+        for metric, matchers in selectors(q.expr, metric_labels):
+            for label in defined & metric_labels[metric]:
                 assert f'{label}=~"${label}"' in matchers, f"{q}: {metric} not filtered by {label}"
 
 

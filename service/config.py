@@ -69,9 +69,24 @@ class PriceConfig(_Strict):
 
 
 class ServerConfig(_Strict):
+    """The proxy's own listener, and the bounds on what a caller or upstream may make it hold.
+
+    ``allowed_hosts``: ``Host`` names served (421 otherwise); None means the loopback names
+    when bound to loopback, and is an error when bound elsewhere (list the names, or
+    ``["*"]``). ``allowed_origins``: browser origins whose proxied calls are let through
+    (403 for any other ``Origin``).
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(default=4000, ge=0, le=65535)
     max_body_mb: float = Field(default=32, gt=0)
+    max_decoded_mb: float = Field(default=64, gt=0)     # a buffered body, decompressed
+    max_event_kb: float = Field(default=1024, gt=0)     # one SSE event, to be parsed
+    max_header_kb: float = Field(default=64, gt=0)      # a request head (431 beyond)
+    max_headers: int = Field(default=100, ge=1)         # header lines of a request (431)
+    header_timeout_s: float = Field(default=10, gt=0)   # to receive a complete request head
+    allowed_hosts: list[str] | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
 
 
 class UpstreamConfig(_Strict):
@@ -113,7 +128,8 @@ class VirtualKey(_Strict):
 
 
 class MetricsConfig(_Strict):
-    label_limit: int = Field(default=200, ge=1)
+    label_limit: int = Field(default=200, ge=1)     # distinct values per project/model label
+    pair_limit: int = Field(default=1000, ge=1)     # distinct (project, model) pairs
     gen_ai: bool = True     # also the OpenTelemetry GenAI convention histograms (gen_ai_*)
 
 
@@ -217,10 +233,11 @@ class Config(_Strict):
     budgets: list[BudgetConfig] = Field(default_factory=list)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     admin_key: str | None = None
+    metrics_key: str | None = None      # bearer key for GET /metrics (None: open)
 
-    @field_validator("admin_key")
+    @field_validator("admin_key", "metrics_key")
     @classmethod
-    def _empty_admin_key(cls, value: str | None) -> str | None:
+    def _empty_key(cls, value: str | None) -> str | None:
         return value or None
 
     @field_validator("upstreams")

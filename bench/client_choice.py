@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Which async HTTP client for upstream calls: aiohttp vs httpx vs service/http1.py, measured.
+"""Which async HTTP client for upstream calls: aiohttp vs httpx vs spendgate's own, measured.
 
     python bench/client_choice.py [-n 5000] [--rounds 3] [--out bench/results/client_choice.json]
 
@@ -13,10 +13,12 @@ the same chat request N times over a pooled keep-alive connection pool, two ways
 
 Reported per client and mode: mean/p50/p99 latency, requests/s, and the client process's
 CPU time per request (the cost a proxy pays per upstream call). Clients are set up the
-way a proxy uses them: aiohttp as ``service/upstream.py`` used it (no auto headers, no
-decompression, dummy cookie jar), httpx with an equivalent pool, and spendgate's own
-``UpstreamClient`` (``service/upstream.py`` + ``service/http1.py``, "http1") as the proxy
-calls it. Rounds rotate the clients, and medians over rounds are reported. With 2+ cores
+way a proxy uses them: aiohttp as spendgate's upstream module used it before it had its own
+client (no auto headers, no decompression, dummy cookie jar), httpx with an equivalent pool,
+and spendgate's own ``UpstreamClient`` (``spendgate.upstream.client`` over
+``spendgate.upstream.http1``, source in ``service/upstream/``; "http1") as the proxy calls
+it, imported from this checkout through ``scripts/sourcetree.py``, never from an installed
+copy. Rounds rotate the clients, and medians over rounds are reported. With 2+ cores
 this process is pinned to one core and nginx to another.
 """
 
@@ -37,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import httpx
@@ -47,12 +48,18 @@ from run import (
     BENCH_DIR,
     CHAT_REQUEST,
     JSON_PATH,
+    REPO,
+    load_sourcetree,
     pick_cpus,
     start_nginx,
 )
 
-from spendgate.config import UpstreamConfig
-from spendgate.upstream.client import UpstreamClient, UpstreamTarget, read_body
+# No folder of the checkout is named spendgate (pyproject maps service/ to it): import this
+# checkout's source, ahead of any installed spendgate.
+load_sourcetree().install(REPO)
+
+from spendgate.config import UpstreamConfig  # noqa: E402
+from spendgate.upstream.client import UpstreamClient, UpstreamTarget, read_body  # noqa: E402
 
 CONCURRENCY = 32
 WARMUP = 300
@@ -104,7 +111,7 @@ class HttpxClient:
 
 
 class Http1Client:
-    """spendgate's own, exactly as the proxy calls it (``service/upstream.py``)."""
+    """spendgate's own, exactly as the proxy calls it (``spendgate.upstream.client``)."""
 
     name = "http1"
 

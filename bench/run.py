@@ -12,13 +12,23 @@ An nginx on a free loopback port plays the LLM provider: it answers
 * ``spendgate``-- wrk -> spendgate (one worker) -> nginx,
 * ``litellm``  -- wrk -> LiteLLM proxy (one worker) -> nginx, if LiteLLM can be run;
 * ``floor``    -- with ``--floor``: wrk -> ``bench/floor_proxy.py`` (a minimal Python proxy on
-  spendgate's server stack) -> nginx, the floor under spendgate's figures.
+  spendgate's server stack) -> nginx, the floor under spendgate's figures;
+* ``spendgate@REV`` -- with ``--baseline-src DIR``: another spendgate source tree (e.g. a
+  ``git archive`` of an earlier commit), measured in the same run, interleaved round by round
+  with ``spendgate`` so that drift on a noisy machine hits both alike; the report adds their
+  ratios.
 
 measuring latency at concurrency 1 (p50/p99 from wrk's histogram, in microseconds, via a Lua
 ``done()`` callback) and throughput at concurrency 32 (requests/s). Added latency is target
 minus direct. The proxy's CPU time per request comes from /proc/PID/stat (whole process
 tree: utime + stime). With 2+ cores the proxy is pinned to one core and nginx + wrk to
 another, so the proxy's single worker has a core to itself.
+
+A source tree (``--src``, ``--baseline-src``) may have either layout, told apart by its
+pyproject.toml: one whose ``tool.setuptools.package-dir`` maps ``spendgate`` (``service/``
+is the package ``spendgate``) runs through this checkout's ``scripts/sourcetree.py``
+(``command(DIR, "serve", ...)``); an older one without that mapping runs as
+``python -m service serve`` with ``PYTHONPATH=DIR``.
 
 Standard library only (plus the ``nginx`` and ``wrk`` binaries; the proxies run in their own
 processes). Every process started here
@@ -43,15 +53,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+SOURCETREE = REPO / "scripts" / "sourcetree.py"
 HOST = "127.0.0.1"
 
 # Targets (README "Performance"): spendgate vs the direct baseline and vs LiteLLM.
@@ -351,6 +364,74 @@ def _wait_post(url: str, service: Service, timeout_s: float) -> None:
     raise RuntimeError(f"{service.name}: {url} did not answer:\n{service.log_tail()}")
 
 
+# --- spendgate source trees -------------------------------------------------------------
+
+_sourcetree_module: ModuleType | None = None
+
+
+def load_sourcetree() -> ModuleType:
+    """This checkout's ``scripts/sourcetree.py``, loaded by path (it is no package)."""
+    global _sourcetree_module
+    if _sourcetree_module is None:
+        spec = importlib.util.spec_from_file_location("sourcetree", SOURCETREE)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot load {SOURCETREE}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _sourcetree_module = module
+    return _sourcetree_module
+
+
+LAYOUT_PACKAGE_DIR = "spendgate"   # pyproject maps spendgate -> service/: via sourcetree.py
+LAYOUT_SERVICE = "service"         # older: top-level package service, python -m service
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A spendgate source tree and the layout it is run by."""
+
+    root: Path
+    layout: str
+
+    @classmethod
+    def detect(cls, root: Path) -> Tree:
+        """The layout from the tree's pyproject.toml; ``ValueError`` if it is neither."""
+        root = root.resolve()
+        try:
+            project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ValueError(f"{root}: no readable pyproject.toml ({error})") from None
+        mapping = project.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+        if "spendgate" in mapping:
+            if not (root / mapping["spendgate"] / "cli.py").exists():
+                raise ValueError(f"{root}: pyproject maps spendgate to "
+                                 f"{mapping['spendgate']!r}, which has no cli.py")
+            return cls(root, LAYOUT_PACKAGE_DIR)
+        if (root / "service" / "__main__.py").exists():
+            return cls(root, LAYOUT_SERVICE)
+        raise ValueError(f"{root}: neither a spendgate package-dir mapping in pyproject.toml "
+                         "nor service/__main__.py")
+
+    def serve_command(self, *args: str) -> tuple[list[str], dict[str, str]]:
+        """argv running ``spendgate serve ARGS`` from this tree, and environment changes."""
+        if self.layout == LAYOUT_PACKAGE_DIR:
+            # Not ``python -m service``: its ``from spendgate.cli import main`` would import
+            # whatever spendgate is installed, not this tree.
+            return load_sourcetree().command(self.root, "serve", *args), {}
+        path = os.pathsep.join(p for p in (str(self.root), os.environ.get("PYTHONPATH", ""))
+                               if p)
+        return [sys.executable, "-m", "service", "serve", *args], {"PYTHONPATH": path}
+
+    def revision(self) -> str:
+        """Short git revision (``+dirty`` when service/ or exporters/ has changes), or ''."""
+        if not (self.root / ".git").exists():
+            return ""
+        rev = _cmd_version(["git", "-C", str(self.root), "rev-parse", "--short", "HEAD"])
+        dirty = _cmd_version(["git", "-C", str(self.root), "status", "--porcelain", "--",
+                              "service", "exporters"])
+        return (rev + ("+dirty" if dirty else "")) if rev else ""
+
+
 # --- proxies under test -----------------------------------------------------------------
 
 
@@ -369,7 +450,9 @@ class Target:
 
 
 def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
-                    src: Path = REPO, tracing: bool = False) -> Target:
+                    src: Path | Tree = REPO, tracing: bool = False,
+                    name: str = "spendgate") -> Target:
+    tree = src if isinstance(src, Tree) else Tree.detect(src)
     port = free_port()
     config = workdir / "spendgate.yaml"
     # JSON is YAML; no PyYAML needed here.
@@ -377,15 +460,14 @@ def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
         "bench": {"url": nginx.base_url, "provider": "openai", "timeout_s": 30},
         "bench-sse": {"url": nginx.base_url + "/sse", "provider": "openai", "timeout_s": 30},
     }}, indent=2))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)}
+    argv, changes = tree.serve_command("--config", str(config), "--port", str(port),
+                                       "--log-level", "warning")
+    env = {**os.environ, **changes}
     if tracing:  # every call traced and exported (OTLP/HTTP) to nginx's sink; metrics scraped
         env.update(OTEL_EXPORTER_OTLP_ENDPOINT=nginx.base_url, OTEL_METRICS_EXPORTER="none")
-    argv = [sys.executable, "-m", "service", "serve", "--config", str(config),
-            "--port", str(port), "--log-level", "warning"]
-    service = Service("spendgate", argv, workdir / "spendgate.log", cpus=cpus, env=env,
-                      cwd=src)
-    target = Target("spendgate", f"http://{HOST}:{port}/bench{JSON_PATH}",
+    service = Service(name, argv, workdir / f"{name}.log", cpus=cpus, env=env,
+                      cwd=tree.root)
+    target = Target(name, f"http://{HOST}:{port}/bench{JSON_PATH}",
                     f"http://{HOST}:{port}/bench-sse{JSON_PATH}", dict(STREAM_REQUEST),
                     service=service)
     try:
@@ -529,32 +611,43 @@ class Plan:
     src: Path = REPO
 
 
-def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[str, Any]:
-    """Warm up, then latency at c=1 and throughput at c=32 (``runs`` times each; medians)."""
+KINDS = (("latency", LATENCY_CONNECTIONS), ("throughput", THROUGHPUT_CONNECTIONS))
+
+
+def _scenario_input(target: Target, scenario: str, workdir: Path) -> tuple[str, Path]:
     url = target.json_url if scenario == "json" else target.stream_url
     body = target.json_body if scenario == "json" else target.stream_body
-    script = write_lua(workdir / f"{target.name}-{scenario}.lua", body)
-    pid = target.service.pid if target.service else None
-    label = f"{target.name}/{scenario}"
-    print(f"  {label}: warm-up {WARMUP_S} s", file=sys.stderr, flush=True)
+    return url, write_lua(workdir / f"{target.name}-{scenario}.lua", body)
+
+
+def warm_up(target: Target, scenario: str, plan: Plan, workdir: Path) -> None:
+    url, script = _scenario_input(target, scenario, workdir)
+    print(f"  {target.name}/{scenario}: warm-up {WARMUP_S} s", file=sys.stderr, flush=True)
     run_wrk(url, script, THROUGHPUT_CONNECTIONS, WARMUP_S, plan.load_cpus, plan.wrk_bin)
-    out: dict[str, Any] = {"latency_runs": [], "throughput_runs": []}
-    for kind, connections in (("latency", LATENCY_CONNECTIONS),
-                              ("throughput", THROUGHPUT_CONNECTIONS)):
-        for attempt in range(plan.runs):
-            print(f"  {label}: {kind} c={connections} {plan.duration_s:g} s"
-                  f" (run {attempt + 1}/{plan.runs})", file=sys.stderr, flush=True)
-            before = settled_cpu_seconds(pid) if pid else 0.0
-            result = run_wrk(url, script, connections, plan.duration_s, plan.load_cpus,
-                             plan.wrk_bin)
-            if pid:
-                used = settled_cpu_seconds(pid) - before
-                result["proxy_cpu_s"] = used
-                result["proxy_core_share"] = used / (result["duration_us"] / 1e6)
-                result["proxy_cpu_us_per_req"] = (used * 1e6 / result["requests"]
-                                                  if result["requests"] else None)
-            out[f"{kind}_runs"].append(result)
-    lat, thr = out["latency_runs"], out["throughput_runs"]
+
+
+def measure_once(target: Target, scenario: str, kind: str, plan: Plan, workdir: Path,
+                 attempt: int) -> dict[str, Any]:
+    """One wrk run (``kind``: latency at c=1 or throughput at c=32), with the proxy's CPU."""
+    connections = dict(KINDS)[kind]
+    url, script = _scenario_input(target, scenario, workdir)
+    pid = target.service.pid if target.service else None
+    print(f"  {target.name}/{scenario}: {kind} c={connections} {plan.duration_s:g} s"
+          f" (run {attempt + 1}/{plan.runs})", file=sys.stderr, flush=True)
+    before = settled_cpu_seconds(pid) if pid else 0.0
+    result = run_wrk(url, script, connections, plan.duration_s, plan.load_cpus, plan.wrk_bin)
+    result["run"] = attempt + 1
+    if pid:
+        used = settled_cpu_seconds(pid) - before
+        result["proxy_cpu_s"] = used
+        result["proxy_core_share"] = used / (result["duration_us"] / 1e6)
+        result["proxy_cpu_us_per_req"] = (used * 1e6 / result["requests"]
+                                          if result["requests"] else None)
+    return result
+
+
+def summarise(lat: list[dict[str, Any]], thr: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs of the latency (c=1) and throughput (c=32) measurements."""
 
     def med(runs: list[dict[str, Any]], key: str) -> float | None:
         values = [r[key] for r in runs if r.get(key) is not None]
@@ -563,7 +656,8 @@ def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[st
     def ms(runs: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(r[key] for r in runs)) / 1000
 
-    out.update({
+    return {
+        "latency_runs": lat, "throughput_runs": thr,
         "p50_ms": ms(lat, "p50_us"), "p99_ms": ms(lat, "p99_us"),
         "mean_ms": ms(lat, "mean_us"), "rps_c1": med(lat, "rps"),
         "rps_c32": med(thr, "rps"), "p50_ms_c32": ms(thr, "p50_us"),
@@ -573,7 +667,41 @@ def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[st
         "core_share_c32": med(thr, "proxy_core_share"),
         "errors": sum(r["errors"] for r in lat + thr),
         "requests": sum(r["requests"] for r in lat + thr),
-    })
+    }
+
+
+def measure(target: Target, scenario: str, plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Warm up, then latency at c=1 and throughput at c=32 (``runs`` times each; medians)."""
+    warm_up(target, scenario, plan, workdir)
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind, _ in KINDS}
+    for kind, _ in KINDS:
+        for attempt in range(plan.runs):
+            runs[kind].append(measure_once(target, scenario, kind, plan, workdir, attempt))
+    return summarise(runs["latency"], runs["throughput"])
+
+
+def measure_interleaved(targets: Sequence[Target], scenarios: Sequence[str], plan: Plan,
+                        workdir: Path) -> dict[str, dict[str, Any]]:
+    """Several running proxies measured in turns: per scenario, each is warmed up, then in
+    every round (``run``) each measurement kind is taken of every target in a row, the order
+    rotating round by round (A B, B A, A B, ...), so that drift of the machine hits all of
+    them alike. Each run records its ``run`` and ``slot`` (its place in that round's order)."""
+    out: dict[str, dict[str, Any]] = {t.name: {} for t in targets}
+    for scenario in scenarios:
+        for target in targets:
+            warm_up(target, scenario, plan, workdir)
+        runs = {t.name: {kind: [] for kind, _ in KINDS} for t in targets}
+        for attempt in range(plan.runs):
+            shift = attempt % len(targets)
+            order = [*targets[shift:], *targets[:shift]]
+            for kind, _ in KINDS:
+                for slot, target in enumerate(order):
+                    result = measure_once(target, scenario, kind, plan, workdir, attempt)
+                    result["slot"] = slot + 1
+                    runs[target.name][kind].append(result)
+        for target in targets:
+            out[target.name][scenario] = summarise(runs[target.name]["latency"],
+                                                   runs[target.name]["throughput"])
     return out
 
 
@@ -588,31 +716,48 @@ def _cmd_version(argv: list[str]) -> str:
     return ""
 
 
-def environment(plan: Plan) -> dict[str, Any]:
+def environment(plan: Plan, tree: Tree | None = None,
+                baseline: tuple[str, Tree] | None = None) -> dict[str, Any]:
     cpu = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    rev = dirty = ""
-    if (plan.src / ".git").exists():
-        rev = _cmd_version(["git", "-C", str(plan.src), "rev-parse", "--short", "HEAD"])
-        dirty = _cmd_version(["git", "-C", str(plan.src), "status", "--porcelain", "--",
-                              "service", "exporters"])
-    return {
+    tree = tree or Tree.detect(plan.src)
+    env: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
         "python": platform.python_version(), "nginx": _cmd_version([find_nginx(), "-v"]),
         "wrk": _cmd_version([plan.wrk_bin, "--version"]),
-        "spendgate_rev": (rev + ("+dirty" if dirty else "")) if rev else "unknown",
-        "spendgate_src": str(plan.src),
+        "spendgate_rev": tree.revision() or "unknown",
+        "spendgate_src": str(tree.root), "spendgate_layout": tree.layout,
+    }
+    if baseline is not None:
+        name, other = baseline
+        env["baseline"] = {"name": name, "src": str(other.root), "layout": other.layout,
+                           "rev": other.revision() or "unknown"}
+    return {
+        **env,
         "loadavg_start": os.getloadavg(),
         "pinning": ({"proxy_cpus": sorted(plan.proxy_cpus),
                      "nginx_and_wrk_cpus": sorted(plan.load_cpus)}
                     if plan.proxy_cpus and plan.load_cpus else None),
         "duration_s": plan.duration_s, "runs": plan.runs, "warmup_s": WARMUP_S,
     }
+
+
+def running_revision(env: dict[str, Any], tree: Tree, baseline: Tree | None = None) -> None:
+    """Re-read the revisions once the proxies have imported their code: a checkout that
+    moved on since the start (a commit meanwhile) is recorded as what actually runs."""
+    for where, source in ((env, tree), (env.get("baseline"), baseline)):
+        if where is None or source is None:
+            continue
+        key = "spendgate_rev" if where is env else "rev"
+        now = source.revision() or "unknown"
+        if now != where[key]:
+            where[f"{key}_at_start"] = where[key]
+            where[key] = now
 
 
 def _ms(value: float | None, digits: int = 3) -> str:
@@ -656,6 +801,10 @@ def analyse(results: dict[str, dict[str, Any]], litellm_note: str) -> dict[str, 
     ]
     if sg["errors"]:
         checks.append(("errors during the run", "0", str(sg["errors"]), False))
+    for name, per_scenario in results.items():
+        errors = sum(m.get("errors", 0) for m in per_scenario.values())
+        if name.startswith("spendgate@") and errors:
+            checks.append((f"errors during the run ({name})", "0", str(errors), False))
     out["litellm_reference"] = ref
     out["latency_ratio_vs_litellm"] = latency_ratio
     out["rps_ratio_vs_litellm"] = rps_ratio
@@ -665,6 +814,80 @@ def analyse(results: dict[str, dict[str, Any]], litellm_note: str) -> dict[str, 
     return out
 
 
+# (key in a scenario's results, label, measurement kind, key in each run, higher is better)
+AB_METRICS = (
+    ("added_p50_ms", "added p50 c=1 (ms)", "latency", "p50_us", False),
+    ("added_p99_ms", "added p99 c=1 (ms)", "latency", "p99_us", False),
+    ("rps_c32", "req/s c=32", "throughput", "rps", True),
+    ("cpu_us_per_req_c1", "proxy CPU µs/call c=1", "latency", "proxy_cpu_us_per_req", False),
+    ("cpu_us_per_req_c32", "proxy CPU µs/call c=32", "throughput", "proxy_cpu_us_per_req",
+     False),
+)
+
+
+def compare_ab(results: dict[str, dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """``a`` vs ``b`` per scenario and metric: medians, their ratio a/b, and the ratios of
+    the runs taken side by side in each round (the spread of those is the noise)."""
+    out: dict[str, Any] = {"a": a, "b": b, "scenarios": {}}
+    for scenario in ("json", "stream"):
+        ma, mb = results.get(a, {}).get(scenario), results.get(b, {}).get(scenario)
+        direct = results.get("direct", {}).get(scenario)
+        if not (ma and mb and direct):
+            continue
+        metrics: dict[str, Any] = {}
+        for key, _label, kind, run_key, higher_is_better in AB_METRICS:
+            va, vb = ma.get(key), mb.get(key)
+            # added latency per run: that run's percentile minus direct's (median) one
+            offset = (direct[{"p50_us": "p50_ms", "p99_us": "p99_ms"}[run_key]] * 1000
+                      if key.startswith("added_") else 0.0)
+            runs_a = {r["run"]: r for r in ma[f"{kind}_runs"]}
+            runs_b = {r["run"]: r for r in mb[f"{kind}_runs"]}
+            paired = []
+            for run in sorted(runs_a.keys() & runs_b.keys()):
+                x, y = runs_a[run].get(run_key), runs_b[run].get(run_key)
+                if x is not None and y is not None and y - offset > 0:
+                    paired.append((x - offset) / (y - offset))
+            worse = sum(1 for r in paired if (r < 1 if higher_is_better else r > 1))
+            metrics[key] = {
+                "a": va, "b": vb,
+                "ratio": va / vb if va is not None and vb not in (None, 0) else None,
+                "higher_is_better": higher_is_better,
+                "paired_ratios": paired, "rounds_a_worse": worse,
+            }
+        out["scenarios"][scenario] = metrics
+    return out
+
+
+def _ab_value(key: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if key == "rps_c32":
+        return f"{value:,.0f}"
+    return f"{value:.3f}" if key.startswith("added_") else f"{value:.0f}"
+
+
+def render_ab(ab: dict[str, Any]) -> list[str]:
+    a, b = ab["a"], ab["b"]
+    lines = ["", f"### A/B: {a} vs {b} (same run, interleaved)", "",
+             f"ratio = {a} / {b} (of the medians); per round: the ratio of the two runs taken "
+             f"side by side in each round, min–max, and in how many rounds {a} came out worse "
+             "(higher latency or CPU, lower req/s).", "",
+             f"| scenario | metric | {a} | {b} | ratio | per-round ratios | {a} worse in |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    titles = {"json": "non-streamed", "stream": "streamed"}
+    for scenario, metrics in ab["scenarios"].items():
+        for key, label, *_ in AB_METRICS:
+            m = metrics[key]
+            paired = m["paired_ratios"]
+            spread = (f"{min(paired):.2f}–{max(paired):.2f}" if len(paired) > 1 else
+                      f"{paired[0]:.2f}" if paired else "–")
+            ratio = "–" if m["ratio"] is None else f"{m['ratio']:.3f}"
+            lines.append(f"| {titles[scenario]} | {label} | {_ab_value(key, m['a'])} | "
+                         f"{_ab_value(key, m['b'])} | {ratio} | {spread} | "
+                         f"{m['rounds_a_worse']}/{len(paired)} |")
+    return lines
+
+
 def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
            verdict: dict[str, Any]) -> str:
     lines = ["## spendgate proxy overhead", ""]
@@ -672,7 +895,15 @@ def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
     lines.append(
         f"{env['date']} · {env['cpu'] or 'unknown CPU'} · {env['cores']} cores · "
         f"Linux {env['kernel']} · Python {env['python']} · spendgate {env['spendgate_rev']}"
+        + (f" (the checkout was at {env['spendgate_rev_at_start']} when the run started)"
+           if env.get("spendgate_rev_at_start") else "")
         + ("" if env["spendgate_src"] == str(REPO) else f" ({env['spendgate_src']})"))
+    if env.get("baseline"):
+        base = env["baseline"]
+        lines.append(
+            f"Baseline {base['name']}: source tree {base['src']} (git {base['rev']}, "
+            f"{base['layout']} layout), running beside spendgate ({env['spendgate_layout']} "
+            f"layout) and measured in alternating turns with it.")
     lines.append(
         f"wrk -t1, {env['duration_s']:g} s per measurement after a {env['warmup_s']} s "
         f"warm-up, median of {env['runs']} run(s); upstream: nginx (1 worker) returning a "
@@ -696,7 +927,7 @@ def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
         for name, m in rows:
             label = {"direct": "direct to nginx", "spendgate": "through spendgate",
                      "floor": "through a minimal Python proxy (floor)",
-                     "litellm": "through LiteLLM"}.get(name, name)
+                     "litellm": "through LiteLLM"}.get(name, f"through {name}")
             cpu = ("–" if m["cpu_us_per_req_c1"] is None else
                    f"{m['cpu_us_per_req_c1']:.0f} / {m['cpu_us_per_req_c32']:.0f}")
             share = ("–" if m.get("core_share_c32") is None else
@@ -716,6 +947,8 @@ def render(env: dict[str, Any], results: dict[str, dict[str, Any]],
                     f"cost per request implies about {1e6 / cpu32:,.0f} req/s on a whole core.")
         if notes:
             lines += ["", *notes]
+    if verdict.get("ab"):
+        lines += render_ab(verdict["ab"])
     if verdict.get("checks"):
         ref = verdict["litellm_reference"]
         lines += ["", "### Targets (non-streamed)", "",
@@ -769,6 +1002,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--src", type=Path, default=REPO,
                         help="spendgate source tree to run (default: this checkout); for "
                         "A/B runs against e.g. a 'git archive' of another commit")
+    parser.add_argument("--baseline-src", type=Path, metavar="DIR",
+                        help="also run the spendgate source tree in DIR (e.g. a 'git archive' "
+                        "of another commit) in the same run, interleaved with --src round by "
+                        "round, and report their ratios")
+    parser.add_argument("--baseline-name", metavar="NAME",
+                        help="name the baseline spendgate@NAME (default: its git revision, "
+                        "or DIR's name)")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.runs < 1:
         parser.error("--duration must be > 0 and --runs >= 1")
@@ -779,10 +1019,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
     proxy_cpus, load_cpus = pick_cpus(args.no_pin)
-    src = args.src.resolve()
-    if not (src / "service" / "__main__.py").exists():
-        parser.error(f"--src {src}: no service/__main__.py there")
-    plan = Plan(args.duration, args.runs, proxy_cpus, load_cpus, args.wrk, src)
+    try:
+        tree = Tree.detect(args.src)
+        other = Tree.detect(args.baseline_src) if args.baseline_src else None
+    except ValueError as error:
+        parser.error(str(error))
+    baseline: tuple[str, Tree] | None = None
+    if other is not None:
+        suffix = args.baseline_name or other.revision() or other.root.name
+        if suffix == (tree.revision() or tree.root.name) and not args.baseline_name:
+            suffix = str(other.root)   # same revision or folder name: tell them apart
+        baseline = (f"spendgate@{suffix}", other)
+    plan = Plan(args.duration, args.runs, proxy_cpus, load_cpus, args.wrk, tree.root)
     scenarios = ["json"] if args.no_stream else ["json", "stream"]
 
     litellm_cmd = None if args.skip_litellm else find_litellm(args.litellm)
@@ -793,28 +1041,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("LiteLLM: not installed (pip install 'litellm[proxy]' to compare)")
     else:
         litellm_note = ""
-    n_targets = 2 + args.floor + (litellm_cmd is not None)
+    n_targets = 2 + (baseline is not None) + args.floor + (litellm_cmd is not None)
     per = WARMUP_S + 2 * args.runs * (args.duration + 0.5)
     print(f"Measuring {n_targets} targets x {len(scenarios)} scenarios, about "
           f"{n_targets * len(scenarios) * per:.0f} s of load"
           f"{' plus LiteLLM start-up' if litellm_cmd else ''}.", file=sys.stderr)
 
-    env = environment(plan)
+    env = environment(plan, tree, baseline)
     results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="spendgate-bench-"))
     current: Target | None = None
+    pair: list[Target] = []
     try:
         with start_nginx(cpus=load_cpus) as nginx:
             direct = Target("direct", nginx.base_url + JSON_PATH, nginx.base_url + SSE_PATH,
                             dict(STREAM_REQUEST))
             check_target(direct)
             results["direct"] = {s: measure(direct, s, plan, workdir) for s in scenarios}
-            # One proxy at a time, alone on its core; each is stopped before the next starts.
-            print("starting spendgate", file=sys.stderr, flush=True)
-            current = start_spendgate(nginx, workdir, proxy_cpus, plan.src, args.tracing)
-            check_target(current)
-            results["spendgate"] = {s: measure(current, s, plan, workdir) for s in scenarios}
-            current.stop()
+            if baseline is None:
+                # One proxy at a time, alone on its core; each is stopped before the next.
+                print("starting spendgate", file=sys.stderr, flush=True)
+                current = start_spendgate(nginx, workdir, proxy_cpus, tree, args.tracing)
+                check_target(current)
+                running_revision(env, tree)
+                results["spendgate"] = {s: measure(current, s, plan, workdir)
+                                        for s in scenarios}
+                current.stop()
+            else:
+                # A/B: both run (on the same core), each idle while the other is measured.
+                name, other = baseline
+                print(f"starting spendgate ({tree.root}) and {name} ({other.root})",
+                      file=sys.stderr, flush=True)
+                pair.append(start_spendgate(nginx, workdir, proxy_cpus, tree, args.tracing))
+                pair.append(start_spendgate(nginx, workdir, proxy_cpus, other, args.tracing,
+                                            name=name))
+                for target in pair:
+                    check_target(target)
+                running_revision(env, tree, other)
+                results.update(measure_interleaved(pair, scenarios, plan, workdir))
+                for target in pair:
+                    target.stop()
             if args.floor:
                 print("starting the floor proxy", file=sys.stderr, flush=True)
                 current = start_floor(nginx, workdir, proxy_cpus)
@@ -841,12 +1107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
     finally:
-        if current is not None:
-            current.stop()
+        for target in [*pair, current]:
+            if target is not None:
+                target.stop()
         env["loadavg_end"] = os.getloadavg()
         shutil.rmtree(workdir, ignore_errors=True)
 
     verdict = analyse(results, litellm_note or "LiteLLM not measured")
+    if baseline is not None:
+        verdict["ab"] = compare_ab(results, "spendgate", baseline[0])
     report = render(env, results, verdict)
     print()
     print(report)

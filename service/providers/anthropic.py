@@ -1,8 +1,9 @@
 """The Anthropic Messages API wire protocol.
 
-``POST .../v1/messages`` is the metered ``chat`` operation; everything else
-(``/v1/messages/count_tokens``, batches, models) is ``other`` and unmetered. Bodies are never
-rewritten: Anthropic streams always carry usage. A streamed call looks like::
+``POST .../v1/messages`` (the path's lenient view, in any case) is the metered ``chat``
+operation; everything else (``/v1/messages/count_tokens``, batches, models) is ``other`` and
+unmetered. Bodies are never rewritten: Anthropic streams always carry usage. A streamed call
+looks like::
 
     event: message_start
     data: {"type":"message_start","message":{"id":"msg_01","model":"claude-sonnet-4-5",
@@ -87,10 +88,11 @@ class AnthropicProvider:
     """Anthropic Messages protocol. Stateless; see the module docstring for the contract."""
 
     name = "anthropic"
+    encoded_slash_after: frozenset[str] = frozenset()  # no Messages path holds an encoded "/"
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call; the body is always forwarded unchanged. Never raises."""
-        path = path.partition("?")[0].rstrip("/")
+        path = path.partition("?")[0].rstrip("/").lower()
         post = method.upper() == "POST"
         metered = post and (path.endswith("/messages") or path == "messages")
         parsed: dict[str, Any] | None = None

@@ -1,6 +1,7 @@
 """The OpenAI-compatible wire protocol: OpenAI, Azure OpenAI, vLLM, Ollama, TGI, llama.cpp.
 
-Operations come from the suffix of the upstream path, so any base prefix works (Azure's
+Operations come from the suffix of the upstream path (its lenient view, matched without
+regard to case, as ASP.NET-style servers route), so any base prefix works (Azure's
 ``/openai/deployments/{name}/...`` too; ``{name}`` is the model when the body has none)::
 
     POST .../chat/completions -> chat             POST .../embeddings -> embeddings
@@ -89,7 +90,7 @@ def openai_usage(raw: Any) -> Usage:
 
 
 def _operation(path: str) -> str:
-    """The operation named by ``path`` (normalised to one leading slash, no trailing one)."""
+    """The operation named by ``path`` (one leading slash, no trailing one, lower case)."""
     return next((op for suffix, op in _OPERATIONS if path.endswith(suffix)), "other")
 
 
@@ -124,12 +125,13 @@ class OpenAIProvider:
     """OpenAI-compatible protocol. Stateless; see the module docstring for the contract."""
 
     name = "openai"
+    encoded_slash_after: frozenset[str] = frozenset()  # no OpenAI path holds an encoded "/"
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call and apply the one sanctioned rewrite; never raises."""
         path = "/" + path.partition("?")[0].strip("/")
         post = method.upper() == "POST"
-        operation = _operation(path) if post else "other"
+        operation = _operation(path.lower()) if post else "other"
         parsed: dict[str, Any] | None = None
         # Unmetered calls (files, audio uploads, ...) are parsed only if they look like JSON.
         if operation != "other" or (post and _OPENS_OBJECT.match(body)):

@@ -1,0 +1,122 @@
+"""No way around metering, budgets or keys (issue 15): what the upstream serves is metered.
+
+Each case here is a way a caller got a call served without it being metered, budgeted or
+its key kept, found on main: a percent-encoded path, a body orjson refuses but Python's json
+reads, a body nobody can read under a block budget, a ``max_tokens`` beyond any bound, a
+``x-spendgate_key`` or a ``Token``-scheme virtual key forwarded, an upstream's own
+``x-spendgate-*`` headers passed back. The metering cases run against ``LenientUpstream``,
+which routes decoded paths and parses bodies with Python's json, as Python servers do.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ProxyProcess
+from tests.lenient_upstream import LenientUpstream
+
+ANTHROPIC = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def lenient() -> Iterator[LenientUpstream]:
+    server = LenientUpstream(input_tokens=1000, output_tokens=500).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def python_upstream(lenient: LenientUpstream) -> LenientUpstream:
+    lenient.requests.clear()
+    return lenient
+
+
+@pytest.fixture(scope="module")
+def guarded(lenient: LenientUpstream, spawn: Any) -> ProxyProcess:
+    """A proxy in front of the lenient upstream with two block budgets: $0.01 for project
+    ``capped``, and $0.001 for model ``gpt-4.1`` (any project)."""
+    upstream = {"url": lenient.url, "timeout_s": 5}
+    return spawn({  # type: ignore[no-any-return]
+        "upstreams": {"openai": {**upstream, "provider": "openai"},
+                      "anthropic": {**upstream, "provider": "anthropic"}},
+        "budgets": [
+            {"name": "capped", "project": "capped", "limit_usd": 0.01, "action": "block",
+             "window": "total"},
+            {"name": "gpt41", "model": "gpt-4.1", "limit_usd": 0.001, "action": "block",
+             "window": "total"},
+        ]})
+
+
+def chat(model: str, extra: str = "") -> bytes:
+    return (b'{"model": "%s", "messages": [{"role": "user", "content": "Hi"}]%s}'
+            % (model.encode(), extra.encode()))
+
+
+def post(proxy: ProxyProcess, path: str, body: bytes, project: str,
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(proxy.url + path, content=body,
+                      headers={**(headers or JSON), "x-spendgate-project": project})
+
+
+# ---- item 1: meter what the upstream will serve -------------------------------------------
+
+def test_percent_encoded_paths_are_metered_and_counted(guarded: ProxyProcess,
+                                                       python_upstream: LenientUpstream) -> None:
+    r = post(guarded, "/openai/v1/chat/%63ompletions", chat("gpt-4o-mini"), "encoded")
+    assert r.status_code == 200, r.text
+    r = post(guarded, "/anthropic/v1/%6Dessages", chat("claude-haiku-4-5", ', "max_tokens": 64'),
+             "encoded", ANTHROPIC)
+    assert r.status_code == 200, r.text
+    # The upstream got the canonical path: the one spendgate metered.
+    assert [s.raw_path for s in python_upstream.requests] == ["/v1/chat/completions",
+                                                              "/v1/messages"]
+    for model, cost in (("gpt-4o-mini", 0.00045), ("claude-haiku-4-5", 0.0035)):
+        # 1000 input, 500 output tokens: gpt-4o-mini at $0.15/$0.60 per Mtok is $0.00045,
+        # claude-haiku-4-5 at $1/$5 per Mtok is $0.0035.
+        labels = {"project": "encoded", "model": model}
+        assert guarded.sample("spendgate_tokens_total", type="input", source="reported",
+                              **labels) == 1000
+        assert guarded.sample("spendgate_tokens_total", type="output", source="reported",
+                              **labels) == 500
+        assert guarded.sample("spendgate_cost_usd_total", **labels) == pytest.approx(cost)
+
+
+def test_percent_encoded_paths_are_stopped_by_a_block_budget(
+        guarded: ProxyProcess, python_upstream: LenientUpstream) -> None:
+    # Without max_tokens, a gpt-4o call may cost 16,384 output tokens at $10/Mtok ($0.16),
+    # and a claude-haiku-4-5 one with max_tokens 4000 at $5/Mtok $0.02: over the $0.01 cap.
+    calls = [("/openai/v1/chat/%63ompletions", chat("gpt-4o"), JSON),
+             ("/openai/v1/chat/%63%6F%6Dpletions/", chat("gpt-4o"), JSON),
+             ("/openai/v1//chat/completions;x=1", chat("gpt-4o"), JSON),
+             ("/anthropic/v1/%6Dessages", chat("claude-haiku-4-5", ', "max_tokens": 4000'),
+              ANTHROPIC)]
+    for path, body, headers in calls:
+        r = post(guarded, path, body, "capped", headers)
+        assert r.status_code == 429, (path, r.status_code, r.text)
+    assert python_upstream.requests == []
+    assert guarded.sample("spendgate_budget_blocked_total", budget="capped") == len(calls)
+
+
+@pytest.mark.parametrize("path", ["/openai/v1/chat%2Fcompletions", "/openai/v1/chat%2fx",
+                                  "/openai/v1/%5Cchat", "/openai/v1/chat%0A", "/openai/v1/a%7F",
+                                  "/openai/v1/%zz", "/openai/v1/a%2", "/openai/v1/a%255c",
+                                  "/openai/v1/..;/x"])
+def test_ambiguous_paths_are_400_in_the_callers_protocol(
+        guarded: ProxyProcess, python_upstream: LenientUpstream, path: str) -> None:
+    before = guarded.sample("spendgate_requests_total", status="400") or 0
+    with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                     f"Connection: close\r\n\r\n{{}}".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400"), reply
+    assert b'"code":"spendgate_bad_request"' in reply
+    assert python_upstream.requests == []
+    assert guarded.eventually("spendgate_requests_total", status="400") == before + 1

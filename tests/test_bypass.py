@@ -11,6 +11,7 @@ which routes decoded paths and parses bodies with Python's json, as Python serve
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,3 +121,70 @@ def test_ambiguous_paths_are_400_in_the_callers_protocol(
     assert b'"code":"spendgate_bad_request"' in reply
     assert python_upstream.requests == []
     assert guarded.eventually("spendgate_requests_total", status="400") == before + 1
+
+
+# ---- item 2: bodies read as leniently as upstreams read them ------------------------------
+
+LENIENT_BODIES = {
+    "nan": b'{"model": "gpt-4.1", "max_tokens": 1, "temperature": NaN, '
+           b'"messages": [{"role": "user", "content": "Hi"}]}',
+    "lone surrogate": b'{"model": "gpt-4.1", "max_tokens": 1, '
+                      b'"messages": [{"role": "user", "content": "Hi \\ud800"}]}',
+    "bom": b'\xef\xbb\xbf{"model": "gpt-4.1", "max_tokens": 1, '
+           b'"messages": [{"role": "user", "content": "Hi"}]}',
+    "1e400": b'{"model": "gpt-4.1", "max_tokens": 1, "frequency_penalty": 1e400, '
+             b'"seed": 123456789012345678901234567890, '
+             b'"messages": [{"role": "user", "content": "Hi"}]}',
+}
+
+
+def test_bodies_python_json_reads_are_held_to_their_models_budget(
+        guarded: ProxyProcess, python_upstream: LenientUpstream) -> None:
+    # Fill the $0.001 gpt-4.1 budget: a call reserving ~$0.0001 (max_tokens 1) that the
+    # upstream reports at 1000 input + 500 output tokens ($0.006). Spend lands once the
+    # call is settled; probe until it refuses.
+    probe = chat("gpt-4.1", ', "max_tokens": 1')
+    deadline = time.monotonic() + 10
+    while post(guarded, "/openai/v1/chat/completions", probe, "lenient").status_code != 429:
+        assert time.monotonic() < deadline, "the gpt-4.1 budget never filled"
+        time.sleep(0.1)
+    python_upstream.requests.clear()
+    for name, body in LENIENT_BODIES.items():
+        r = post(guarded, "/openai/v1/chat/completions", body, "lenient-bodies")
+        assert r.status_code == 429, (name, r.status_code, r.text)
+        assert "gpt41" in r.json()["error"]["message"]
+    assert python_upstream.requests == []
+    assert guarded.sample("spendgate_requests_total", project="lenient-bodies", model="gpt-4.1",
+                          status="429") == len(LENIENT_BODIES)
+
+
+def test_lenient_bodies_reach_the_upstream_unchanged_and_are_counted(
+        guarded: ProxyProcess, python_upstream: LenientUpstream) -> None:
+    # gpt-4o-mini: no budget covers it, so the body goes upstream as the caller sent it,
+    # and its usage is read and priced like any other call's.
+    for name, body in LENIENT_BODIES.items():
+        body = body.replace(b"gpt-4.1", b"gpt-4o-mini")
+        r = post(guarded, "/openai/v1/chat/completions", body, "lenient-" + name)
+        assert r.status_code == 200, (name, r.text)
+        assert python_upstream.requests[-1].body == body
+        assert guarded.sample("spendgate_tokens_total", project="lenient-" + name,
+                              model="gpt-4o-mini", type="output", source="reported") == 500
+
+
+@pytest.mark.parametrize(("path", "headers", "shape"), [
+    ("/openai/v1/chat/completions", JSON, "openai"),
+    ("/anthropic/v1/messages", ANTHROPIC, "anthropic")])
+def test_unreadable_body_under_a_block_budget_is_400(
+        guarded: ProxyProcess, python_upstream: LenientUpstream, path: str,
+        headers: dict[str, str], shape: str) -> None:
+    r = post(guarded, path, b'{"model": gpt', "capped", headers)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    if shape == "anthropic":
+        assert r.json()["type"] == "error" and error["type"] == "invalid_request_error"
+    else:
+        assert error["code"] == "spendgate_bad_request"
+    assert "JSON" in error["message"]
+    assert python_upstream.requests == []
+    assert guarded.eventually("spendgate_requests_total", project="capped", model="unknown",
+                              status="400") is not None

@@ -157,13 +157,44 @@ def test_responses_and_embeddings_are_never_rewritten() -> None:
 @pytest.mark.parametrize("body", [
     b"", b"not json", b"[1, 2]", b'"str"', b"\xff\xfe{", b'{"model": 5, "stream": "yes"}',
     b'{"model":"m","stream":true', b"[" * 5000, b'{"n": 99999999999999999999999}',
-    b'\xef\xbb\xbf{"model":"m","stream":true}',
+    b'{"model": NaN', b'\xef\xbb\xbf[1]', b"[" * 100000 + b"]" * 100000,
 ])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/files"])
 def test_malformed_request_bodies_are_forwarded_unchanged(path: str, body: bytes) -> None:
     info = P.parse_request("POST", path, body)
     assert info.model is None and info.upstream_body is body and not info.strip_usage_chunk
     assert P.parse_response(info, body).usage.is_empty
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "gpt-4.1", "temperature": NaN, "top_p": Infinity, "messages": []}',
+    b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+    b'\xef\xbb\xbf{"model": "gpt-4.1", "messages": []}',
+    b'{"model": "gpt-4.1", "frequency_penalty": 1e400, "seed": 1' + b"0" * 5000 + b"}",
+    '{"model": "gpt-4.1", "messages": []}'.encode("utf-16"),
+])
+def test_bodies_python_json_reads_have_their_model_read(body: bytes) -> None:
+    # Python servers (FastAPI's request.json()) read these; orjson refuses every one.
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    info = P.parse_request("POST", "/v1/chat/completions", body)
+    assert (info.model, info.operation, info.metered) == ("gpt-4.1", "chat", True)
+    assert info.upstream_body is body and info.json is not None
+    # Handed on in orjson's domain: no lone surrogate, no integer past 64 bits.
+    text = orjson.dumps(info.json).decode()
+    assert ("a\ufffdb" in text) is (b"ud800" in body)
+
+
+def test_lenient_stream_bodies_get_usage_only_by_inserted_bytes() -> None:
+    bom = b'\xef\xbb\xbf {"model":"m","stream":true,"temperature":NaN}'
+    info = P.parse_request("POST", "/v1/chat/completions", bom)
+    assert info.strip_usage_chunk
+    assert info.upstream_body == b'\xef\xbb\xbf {' + INCLUDE + b"," + bom[5:]
+    # Re-serialising would turn NaN into null, and UTF-16 takes no inserted bytes: as sent.
+    for body in (b'{"model":"m","stream":true,"stream_options":{},"temperature":NaN}',
+                 '{"model":"m","stream":true}'.encode("utf-16-le")):
+        info = P.parse_request("POST", "/v1/chat/completions", body)
+        assert info.upstream_body is body and not info.strip_usage_chunk and info.stream
 
 
 def test_chat_response_usage() -> None:

@@ -16,9 +16,10 @@ goes upstream with bytes inserted after the opening brace, the rest byte for byt
 
     {"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[...]}
 
-(an existing ``stream_options`` is re-serialised keeping its other options; with
-``include_usage: true`` already, or no stream, the body is the caller's object) and the
-tracker hides the extra usage-only chunk the caller did not ask for::
+(an existing ``stream_options`` is re-serialised keeping its other options, unless only
+the lenient reading of ``jsonread`` could read the body: then it goes as sent, and usage is
+estimated; with ``include_usage: true`` already, or no stream, the body is the caller's
+object) and the tracker hides the extra usage-only chunk the caller did not ask for::
 
     data: {"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[],
            "usage":{"prompt_tokens":1200,"completion_tokens":80,
@@ -46,6 +47,7 @@ from spendgate.providers.jsonread import (
     count,
     event_object,
     loads_object,
+    read_object,
 )
 from spendgate.providers.sse import SSEEvent
 from spendgate.usage import Usage
@@ -101,16 +103,25 @@ def _azure_deployment(path: str) -> str | None:
     return name if found and name else None
 
 
-def _with_include_usage(body: bytes, parsed: dict[str, Any]) -> bytes | None:
-    """``body`` asking for ``stream_options.include_usage``; None if it cannot be done safely."""
+def _with_include_usage(body: bytes, parsed: dict[str, Any], lenient: bool = False,
+                        ) -> bytes | None:
+    """``body`` asking for ``stream_options.include_usage``; None if it cannot be done safely.
+
+    ``lenient``: only Python's json semantics read the body (``jsonread.read_object``).
+    """
     options = parsed.get("stream_options")
     if "stream_options" not in parsed:
         # Insert bytes rather than re-serialise: the caller's body (key order, spacing,
         # number formatting) reaches the upstream unchanged apart from this one member.
-        # The body parsed as an object, so its first non-blank byte is the opening brace.
+        # The body parsed as an object, so its first byte that is not blank (or a BOM) is
+        # the opening brace, unless it is UTF-16/32 (NULs), where no byte may be inserted.
+        if lenient and b"\x00" in body[:4]:
+            return None
         brace = body.index(b"{") + 1
         comma = b"" if _CLOSES_OBJECT.match(body, brace) else b","
         return body[:brace] + _INCLUDE_USAGE + comma + body[brace:]
+    if lenient:  # orjson.dumps would not give back what the caller sent (NaN -> null)
+        return None
     # stream_options exists (an object without include_usage true, or null): an inserted
     # duplicate key would lose to the caller's, so re-serialise keeping its other options.
     rewritten = dict(parsed)
@@ -133,9 +144,10 @@ class OpenAIProvider:
         post = method.upper() == "POST"
         operation = _operation(path.lower()) if post else "other"
         parsed: dict[str, Any] | None = None
+        lenient = False
         # Unmetered calls (files, audio uploads, ...) are parsed only if they look like JSON.
         if operation != "other" or (post and _OPENS_OBJECT.match(body)):
-            parsed = loads_object(body)
+            parsed, lenient = read_object(body)
         model = as_str(parsed.get("model")) if parsed is not None else None
         if not model:
             model = _azure_deployment(path)
@@ -154,7 +166,7 @@ class OpenAIProvider:
                            json=parsed, max_tokens=max_tokens)
         if (stream and operation in ("chat", "text_completion")
                 and as_dict(parsed.get("stream_options")).get("include_usage") is not True):
-            rewritten = _with_include_usage(body, parsed)
+            rewritten = _with_include_usage(body, parsed, lenient)
             if rewritten is not None:
                 info.upstream_body = rewritten
                 info.strip_usage_chunk = True

@@ -10,6 +10,7 @@ which routes decoded paths and parses bodies with Python's json, as Python serve
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
 from collections.abc import Iterator
@@ -18,11 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, basic_config
+from tests.fake_upstream import FakeUpstream, Reply, fixture
 from tests.lenient_upstream import LenientUpstream
 
 ANTHROPIC = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
 JSON = {"content-type": "application/json"}
+VIRTUAL_KEY = "vk-bypass-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +191,71 @@ def test_unreadable_body_under_a_block_budget_is_400(
     assert python_upstream.requests == []
     assert guarded.eventually("spendgate_requests_total", project="capped", model="unknown",
                               status="400") is not None
+
+
+# ---- item 6 (small fixes): parameter bounds, headers --------------------------------------
+
+@pytest.mark.parametrize(("path", "field", "value"), [
+    ("/openai/v1/chat/completions", "max_tokens", "1e300"),
+    ("/openai/v1/chat/completions", "max_tokens", "9223372036854775808"),
+    ("/openai/v1/chat/completions", "max_completion_tokens", "1e400"),
+    ("/openai/v1/chat/completions", "n", "9223372036854775808"),
+    ("/openai/v1/responses", "max_output_tokens", "1e300"),
+    ("/anthropic/v1/messages", "max_tokens", "1e300")])
+def test_absurd_token_limits_are_400_not_500(guarded: ProxyProcess,
+                                              python_upstream: LenientUpstream, path: str,
+                                              field: str, value: str) -> None:
+    project = f"absurd-{path.split('/')[1]}-{field}-{len(value)}"
+    body = chat("gpt-4.1", f', "{field}": {value}')
+    anthropic = path.startswith("/anthropic")
+    r = post(guarded, path, body, project, ANTHROPIC if anthropic else JSON)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert field in message and "2147483647" in message
+    assert (r.json().get("type") == "error") is anthropic
+    assert python_upstream.requests == []
+    assert guarded.eventually("spendgate_requests_total", project=project,
+                              status="400") == 1
+    assert "Traceback" not in guarded.log()
+
+
+@pytest.fixture(scope="module")
+def keyed(fake: FakeUpstream, spawn: Any) -> ProxyProcess:
+    return spawn(basic_config(  # type: ignore[no-any-return]
+        fake, keys=[{"key": VIRTUAL_KEY, "project": "keyed"}]))
+
+
+BASIC = base64.b64encode(f"me:{VIRTUAL_KEY}".encode()).decode()
+
+
+@pytest.mark.parametrize("headers", [
+    {"x-spendgate-key": VIRTUAL_KEY, "x-spendgate_key": VIRTUAL_KEY},
+    {"x-spendgate-key": VIRTUAL_KEY, "X_SPENDGATE_KEY": VIRTUAL_KEY},
+    {"x-spendgate-key": VIRTUAL_KEY, "authorization": f"Token {VIRTUAL_KEY}"},
+    {"x-spendgate-key": VIRTUAL_KEY, "api-key": f"Key   {VIRTUAL_KEY}"},
+    {"x-spendgate-key": VIRTUAL_KEY, "authorization": f"Basic {BASIC}"},
+    {"authorization": f"Token {VIRTUAL_KEY}"}])
+def test_a_virtual_key_never_reaches_the_upstream_in_any_spelling(
+        keyed: ProxyProcess, upstream: FakeUpstream, headers: dict[str, str]) -> None:
+    r = httpx.post(keyed.url + "/openai/v1/chat/completions", content=chat("gpt-4o-mini"),
+                   headers={**JSON, **headers})
+    assert r.status_code == 200, r.text
+    seen = upstream.requests[-1]
+    assert all(VIRTUAL_KEY not in value and BASIC not in value for _, value in seen.headers)
+    assert not [name for name, _ in seen.headers
+                if name.lower().replace("_", "-").startswith("x-spendgate")]
+
+
+@pytest.mark.parametrize("path", ["/openai/v1/chat/completions", "/openai/v1/models"])
+def test_upstream_spendgate_headers_never_reach_the_caller(proxy: ProxyProcess,
+                                                          upstream: FakeUpstream,
+                                                          path: str) -> None:
+    upstream.queue(Reply(body=fixture("openai_chat_response.json"), headers={
+        "x-spendgate-request-id": "forged-by-upstream", "X-Spendgate-Cost-Usd": "0",
+        "x_spendgate_budget": "unlimited"}))
+    r = httpx.post(proxy.url + path, content=chat("gpt-4o-mini"), headers=JSON)
+    assert r.status_code == 200
+    ours = r.headers.get_list("x-spendgate-request-id")
+    assert len(ours) == 1 and ours != ["forged-by-upstream"]
+    assert [k for k in r.headers if k.replace("_", "-").startswith("x-spendgate")] == [
+        "x-spendgate-request-id"]

@@ -96,6 +96,34 @@ def test_max_tokens(path: str, body: bytes, expected: int | None) -> None:
     assert P.parse_request("POST", path, body).max_tokens == expected
 
 
+@pytest.mark.parametrize(("path", "field", "value", "invalid"), [
+    ("/v1/chat/completions", "max_tokens", "2147483647", False),
+    ("/v1/chat/completions", "max_tokens", "2147483648", True),
+    ("/v1/chat/completions", "max_tokens", "1e300", True),
+    ("/v1/chat/completions", "max_tokens", "Infinity", True),
+    ("/v1/chat/completions", "max_tokens", "NaN", False),        # not a count: upstream's call
+    ("/v1/chat/completions", "max_tokens", "-1", False),
+    ("/v1/chat/completions", "max_completion_tokens", "9223372036854775808", True),
+    ("/v1/completions", "n", "1e19", True),
+    ("/v1/responses", "max_output_tokens", "1" + "0" * 400, True),
+    ("/v1/embeddings", "max_tokens", "1e300", True),             # bounded whatever the operation
+    ("/v1/models", "max_tokens", "1e300", False),                # unmetered: not ours to judge
+])
+def test_absurd_limits_make_the_request_invalid(path: str, field: str, value: str,
+                                                invalid: bool) -> None:
+    body = b'{"model":"m","%s":%s}' % (field.encode(), value.encode())
+    info = P.parse_request("POST", path, body)
+    assert (info.invalid is not None) is invalid
+    if invalid:
+        assert info.invalid is not None and field in info.invalid and "2147483647" in info.invalid
+
+
+def test_n_is_read_once_as_choices() -> None:
+    for n, choices in (("3", 3), ("3.0", 3), ("0", 1), ("true", 1), ('"4"', 1), ("2.5", 1)):
+        body = b'{"model":"m","n":%s}' % n.encode()
+        assert P.parse_request("POST", "/v1/chat/completions", body).choices == choices
+
+
 def test_non_stream_body_is_the_same_object() -> None:
     body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
     info = P.parse_request("POST", "/v1/chat/completions", body)

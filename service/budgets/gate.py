@@ -92,9 +92,7 @@ def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
         if not output:
             entry = catalog.entries.get(resolved.matched)
             output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
-        choices = info.json.get("n") if info.json else None
-        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
-            output *= choices
+        output *= info.choices
     prompt = prompt_tokens_bound(info, outcome.protocol, estimator)
     p_in = max(p for p in (price.input, price.cached_input, price.cache_write, Decimal(0))
                if p is not None)

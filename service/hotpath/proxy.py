@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.config import Config, UpstreamConfig
-from spendgate.errors import BodyTooLarge, ClientClosed, ProxyError, error_body
+from spendgate.errors import BadRequest, BodyTooLarge, ClientClosed, ProxyError, error_body
 from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing, admit
 from spendgate.hotpath.headers import response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
@@ -172,6 +172,8 @@ class ProxyApp:
         admission = admit(headers, keyring, upstream.config)
         outcome.project, outcome.user = admission.project, admission.user
         outcome.virtual_key = admission.key_name
+        if info.invalid is not None:  # a request no upstream serves, nor the ledger bounds
+            raise BadRequest(info.invalid)
         out_headers = upstream_headers(
             scope["headers"],
             upstream.custody_headers if admission.drop_caller_credentials else frozenset(),

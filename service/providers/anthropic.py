@@ -50,11 +50,14 @@ from spendgate.providers.jsonread import (
     count,
     event_object,
     loads_object,
+    over_limit,
 )
 from spendgate.providers.sse import SSEEvent
 from spendgate.usage import Usage
 
 _OPENS_OBJECT = re.compile(rb"[ \t\n\r]*\{")
+# Bounded by jsonread.LIMIT_MAX: over it, the request is invalid (400, never forwarded).
+_LIMITS = ("max_tokens",)
 # Input-side fields of ``usage``: from message_start, overridden by message_delta.
 _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 # Only these events carry anything we read; ping, content_block_start/stop, message_stop
@@ -109,6 +112,7 @@ class AnthropicProvider:
             json=parsed,
             max_tokens=count(parsed.get("max_tokens")) if metered else None,
             metered=metered,
+            invalid=over_limit(parsed, _LIMITS) if metered else None,
         )
 
     def parse_response(self, info: RequestInfo, body: bytes) -> ResponseSummary:

@@ -3,7 +3,9 @@
 A provider knows one wire protocol (OpenAI-compatible, Anthropic). It never does I/O and
 never raises on bad input: a body it cannot read yields a ``RequestInfo`` with
 ``model=None`` (counted as model ``unknown``) and is forwarded unchanged, because the
-upstream, not the proxy, judges requests.
+upstream, not the proxy, judges requests. The one exception is a request no upstream serves
+and the proxy cannot account for (a token limit past ``jsonread.LIMIT_MAX``): the provider
+says why in ``RequestInfo.invalid`` and the proxy answers 400 in the caller's protocol.
 
 Lifetimes: a ``Provider`` is stateless and shared by every call (thread-safe). A
 ``StreamTracker`` belongs to one streamed call and is fed on the event loop, event by event.
@@ -33,8 +35,10 @@ class RequestInfo:
     upstream_body: bytes
     json: dict[str, Any] | None = None  # the parsed body, for estimation and telemetry
     max_tokens: int | None = None
+    choices: int = 1                    # completions asked for (OpenAI's ``n``)
     strip_usage_chunk: bool = False
     metered: bool = True                # False: a path that never carries usage (models, files)
+    invalid: str | None = None          # set: refuse with 400, saying this (never forwarded)
 
 
 @dataclass(slots=True)
@@ -84,7 +88,7 @@ class Provider(Protocol):
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Read a request; ``path`` is the view of the upstream path (``/v1/chat/completions``,
-        see the class docstring). Never raises."""
+        see the class docstring). Never raises: a bound broken goes in ``invalid``."""
         ...
 
     def parse_response(self, info: RequestInfo, body: bytes) -> ResponseSummary:

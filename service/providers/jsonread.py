@@ -29,12 +29,31 @@ _MAY_HOLD_SURROGATES = re.compile(rb"\\u[dD][89a-fA-F]|^.{0,3}\x00", re.DOTALL)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# The largest token limit or choice count a request may ask for (``max_tokens``,
+# ``max_completion_tokens``, ``max_output_tokens``, ``n``): the int32 maximum, a thousand
+# times any model's output limit and more choices than any server generates, and small
+# enough that limit x n x any price stays within the ledger's and telemetry's integers.
+LIMIT_MAX = 2**31 - 1
+
+
 def count(value: Any) -> int | None:
     """A token count as reported, or None for anything that is not a non-negative integer."""
     if type(value) is int:  # not isinstance: bool is an int subclass
         return value if value >= 0 else None
     if type(value) is float and value.is_integer() and value >= 0:
         return int(value)
+    return None
+
+
+def over_limit(parsed: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """Why the request must be refused (400): the first of ``names`` that is a number over
+    ``LIMIT_MAX`` (2^63, 1e300, Infinity), else None. Other values (negative, fractional,
+    strings) are the upstream's to judge."""
+    for name in names:
+        value = parsed.get(name)
+        # type(), not isinstance: True is no limit; NaN compares False.
+        if (type(value) is int or type(value) is float) and value > LIMIT_MAX:
+            return f"'{name}' must be at most {LIMIT_MAX} (spendgate's bound on token limits)"
     return None
 
 
@@ -65,11 +84,12 @@ def _lenient(data: bytes) -> dict[str, Any] | None:
         parsed = json.loads(data, parse_int=_integer)
         if not isinstance(parsed, dict):
             return None
+        found: dict[str, Any] = parsed
         if _MAY_HOLD_SURROGATES.search(data) is not None:
-            parsed = _without_surrogates(parsed)
+            found = _without_surrogates(parsed)
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; too deep
         return None
-    return parsed
+    return found
 
 
 def _integer(text: str) -> int | float:

@@ -25,6 +25,9 @@ object) and the tracker hides the extra usage-only chunk the caller did not ask 
            "usage":{"prompt_tokens":1200,"completion_tokens":80,
                     "prompt_tokens_details":{"cached_tokens":1024}}}
 
+``max_tokens``, ``max_completion_tokens``, ``max_output_tokens`` and ``n`` over
+``jsonread.LIMIT_MAX`` (2^31 - 1) make the request ``invalid`` (a 400, never forwarded).
+
 Usage: ``prompt_tokens``/``input_tokens`` -> input (cached included, as OpenAI reports it),
 ``*_details.cached_tokens`` -> cached_input, ``cache_write_tokens`` (only if an upstream
 reports it) -> cache_write, ``completion_tokens``/``output_tokens`` -> output,
@@ -47,6 +50,7 @@ from spendgate.providers.jsonread import (
     count,
     event_object,
     loads_object,
+    over_limit,
     read_object,
 )
 from spendgate.providers.sse import SSEEvent
@@ -61,6 +65,8 @@ _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "resp
 _RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
                                "response.function_call_arguments.delta"})
 _RESPONSES_WANTED = _RESPONSES_FINAL | _RESPONSES_DELTAS | {"response.created"}
+# Bounded by jsonread.LIMIT_MAX, whichever operation: an upstream may honour any of them.
+_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n")
 # Checked in order: "/chat/completions" also ends with "/completions".
 _OPERATIONS = (("/chat/completions", "chat"), ("/completions", "text_completion"),
                ("/embeddings", "embeddings"), ("/responses", "responses"))
@@ -162,8 +168,11 @@ class OpenAIProvider:
             max_tokens = count(parsed.get("max_completion_tokens"))
             if max_tokens is None:
                 max_tokens = count(parsed.get("max_tokens"))
+        choices = count(parsed.get("n"))
         info = RequestInfo(operation=operation, model=model, stream=stream, upstream_body=body,
-                           json=parsed, max_tokens=max_tokens)
+                           json=parsed, max_tokens=max_tokens,
+                           choices=choices if choices and choices > 1 else 1,
+                           invalid=over_limit(parsed, _LIMITS))
         if (stream and operation in ("chat", "text_completion")
                 and as_dict(parsed.get("stream_options")).get("include_usage") is not True):
             rewritten = _with_include_usage(body, parsed, lenient)

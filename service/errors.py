@@ -5,7 +5,7 @@ Hierarchy::
     SpendgateError
     ├── ConfigError            a config file is invalid (carries every problem)
     └── ProxyError             a call the proxy answers itself, with an HTTP status
-        ├── BadRequest           400: a path that could escape the upstream
+        ├── BadRequest           400: a path or request spendgate will not forward
         ├── Unauthorized         401: missing or wrong virtual key
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``

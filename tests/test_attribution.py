@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import anthropic
@@ -10,7 +11,7 @@ import openai
 import pytest
 
 from spendgate.config import VirtualKey
-from spendgate.hotpath.attribution import KeyRing
+from spendgate.hotpath.attribution import KeyRing, credential_secrets
 from tests.conftest import ProxyProcess, basic_config
 from tests.fake_upstream import FakeUpstream, Reply, fixture
 
@@ -132,3 +133,13 @@ def test_custom_api_key_header_is_kept_in_custody(keyed: ProxyProcess,
               headers={"x-spendgate-key": SEARCH_KEY, "x-goog-api-key": "caller-own"})
     seen = upstream.requests[-1]
     assert [v for k, v in seen.headers if k.lower() == "x-goog-api-key"] == ["sk-goog-proxy"]
+
+
+def test_credential_secrets_in_any_scheme() -> None:
+    basic = base64.b64encode(b"user:vk-1")
+    assert credential_secrets(b"  vk-1 ") == [b"vk-1"]
+    assert credential_secrets(b"Bearer vk-1") == [b"Bearer vk-1", b"vk-1"]
+    assert credential_secrets(b"Token   vk-1") == [b"Token   vk-1", b"vk-1"]
+    assert credential_secrets(b"Basic " + basic)[-2:] == [b"user", b"vk-1"]
+    assert credential_secrets(b"Basic !!not-base64") == [b"Basic !!not-base64",
+                                                         b"!!not-base64"]

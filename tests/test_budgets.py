@@ -153,6 +153,19 @@ def test_selectors_all_must_match_and_globs_work() -> None:
     assert names("openai", "other", "gpt-4o", "search#1") == ["everything"]
 
 
+def test_a_call_of_unreadable_model_is_under_every_block_budget_its_other_selectors_match(
+        ) -> None:
+    book = BudgetBook([
+        BudgetConfig(name="alerting", project="search", limit_usd=Decimal(1)),
+        BudgetConfig(name="search-gpt5", project="search", model="gpt-5*", action="block",
+                     limit_usd=Decimal(1)),
+    ])
+    found = book.block_any_model("openai", "search", "")
+    assert found is not None and found.name == "search-gpt5"
+    assert book.block_any_model("openai", "support", "") is None
+    assert [b.name for b in book.match("openai", "search", "unknown", "")] == ["alerting"]
+
+
 def test_config_rejects_unknown_key_names_and_duplicate_budgets() -> None:
     keys = [{"key": "sk-1", "project": "a", "name": "alice"}, {"key": "sk-2", "project": "b"}]
     ok = parse_config({"keys": keys, "budgets": [

@@ -55,6 +55,14 @@ def test_request_fields_and_body_never_rewritten() -> None:
     assert (info.model, info.metered, info.max_tokens) == ("claude-haiku-4-5", False, None)
 
 
+def test_absurd_max_tokens_makes_a_messages_call_invalid() -> None:
+    for value, invalid in ((b"1e300", True), (b"18446744073709551616", True),
+                           (b"2147483647", False), (b"64000", False)):
+        body = b'{"model":"claude-haiku-4-5","max_tokens":%s,"messages":[]}' % value
+        assert (P.parse_request("POST", "/v1/messages", body).invalid is not None) is invalid
+        assert P.parse_request("POST", "/v1/messages/count_tokens", body).invalid is None
+
+
 @pytest.mark.parametrize("body", [
     b"", b"nope", b"[]", b"\xff", b'{"model": ["x"], "max_tokens": "9", "stream": 1}',
     b'{"model":"claude"', b"{" * 5000,

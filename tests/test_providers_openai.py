@@ -96,6 +96,34 @@ def test_max_tokens(path: str, body: bytes, expected: int | None) -> None:
     assert P.parse_request("POST", path, body).max_tokens == expected
 
 
+@pytest.mark.parametrize(("path", "field", "value", "invalid"), [
+    ("/v1/chat/completions", "max_tokens", "2147483647", False),
+    ("/v1/chat/completions", "max_tokens", "2147483648", True),
+    ("/v1/chat/completions", "max_tokens", "1e300", True),
+    ("/v1/chat/completions", "max_tokens", "Infinity", True),
+    ("/v1/chat/completions", "max_tokens", "NaN", False),        # not a count: upstream's call
+    ("/v1/chat/completions", "max_tokens", "-1", False),
+    ("/v1/chat/completions", "max_completion_tokens", "9223372036854775808", True),
+    ("/v1/completions", "n", "1e19", True),
+    ("/v1/responses", "max_output_tokens", "1" + "0" * 400, True),
+    ("/v1/embeddings", "max_tokens", "1e300", True),             # bounded whatever the operation
+    ("/v1/models", "max_tokens", "1e300", False),                # unmetered: not ours to judge
+])
+def test_absurd_limits_make_the_request_invalid(path: str, field: str, value: str,
+                                                invalid: bool) -> None:
+    body = b'{"model":"m","%s":%s}' % (field.encode(), value.encode())
+    info = P.parse_request("POST", path, body)
+    assert (info.invalid is not None) is invalid
+    if invalid:
+        assert info.invalid is not None and field in info.invalid and "2147483647" in info.invalid
+
+
+def test_n_is_read_once_as_choices() -> None:
+    for n, choices in (("3", 3), ("3.0", 3), ("0", 1), ("true", 1), ('"4"', 1), ("2.5", 1)):
+        body = b'{"model":"m","n":%s}' % n.encode()
+        assert P.parse_request("POST", "/v1/chat/completions", body).choices == choices
+
+
 def test_non_stream_body_is_the_same_object() -> None:
     body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
     info = P.parse_request("POST", "/v1/chat/completions", body)
@@ -157,13 +185,44 @@ def test_responses_and_embeddings_are_never_rewritten() -> None:
 @pytest.mark.parametrize("body", [
     b"", b"not json", b"[1, 2]", b'"str"', b"\xff\xfe{", b'{"model": 5, "stream": "yes"}',
     b'{"model":"m","stream":true', b"[" * 5000, b'{"n": 99999999999999999999999}',
-    b'\xef\xbb\xbf{"model":"m","stream":true}',
+    b'{"model": NaN', b'\xef\xbb\xbf[1]', b"[" * 100000 + b"]" * 100000,
 ])
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/files"])
 def test_malformed_request_bodies_are_forwarded_unchanged(path: str, body: bytes) -> None:
     info = P.parse_request("POST", path, body)
     assert info.model is None and info.upstream_body is body and not info.strip_usage_chunk
     assert P.parse_response(info, body).usage.is_empty
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "gpt-4.1", "temperature": NaN, "top_p": Infinity, "messages": []}',
+    b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+    b'\xef\xbb\xbf{"model": "gpt-4.1", "messages": []}',
+    b'{"model": "gpt-4.1", "frequency_penalty": 1e400, "seed": 1' + b"0" * 5000 + b"}",
+    '{"model": "gpt-4.1", "messages": []}'.encode("utf-16"),
+])
+def test_bodies_python_json_reads_have_their_model_read(body: bytes) -> None:
+    # Python servers (FastAPI's request.json()) read these; orjson refuses every one.
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    info = P.parse_request("POST", "/v1/chat/completions", body)
+    assert (info.model, info.operation, info.metered) == ("gpt-4.1", "chat", True)
+    assert info.upstream_body is body and info.json is not None
+    # Handed on in orjson's domain: no lone surrogate, no integer past 64 bits.
+    text = orjson.dumps(info.json).decode()
+    assert ("a\ufffdb" in text) is (b"ud800" in body)
+
+
+def test_lenient_stream_bodies_get_usage_only_by_inserted_bytes() -> None:
+    bom = b'\xef\xbb\xbf {"model":"m","stream":true,"temperature":NaN}'
+    info = P.parse_request("POST", "/v1/chat/completions", bom)
+    assert info.strip_usage_chunk
+    assert info.upstream_body == b'\xef\xbb\xbf {' + INCLUDE + b"," + bom[5:]
+    # Re-serialising would turn NaN into null, and UTF-16 takes no inserted bytes: as sent.
+    for body in (b'{"model":"m","stream":true,"stream_options":{},"temperature":NaN}',
+                 '{"model":"m","stream":true}'.encode("utf-16-le")):
+        info = P.parse_request("POST", "/v1/chat/completions", body)
+        assert info.upstream_body is body and not info.strip_usage_chunk and info.stream
 
 
 def test_chat_response_usage() -> None:

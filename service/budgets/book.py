@@ -44,9 +44,13 @@ class Budget:
                            if (value := getattr(config, field)) is not None]
         self._window: Window | None = None
 
-    def matches(self, upstream: str, project: str, model: str, key: str) -> bool:
-        values = {"upstream": upstream, "project": project, "model": model.lower(), "key": key}
-        return all(fnmatchcase(values[f], v) if glob else values[f] == v
+    def matches(self, upstream: str, project: str, model: str | None, key: str) -> bool:
+        """Every selector set matches; ``model`` None: whatever the model (its selector is
+        not consulted), for a call whose model could not be read."""
+        values = {"upstream": upstream, "project": project, "model": (model or "").lower(),
+                  "key": key}
+        return all((f == "model" and model is None)
+                   or (fnmatchcase(values[f], v) if glob else values[f] == v)
                    for f, v, glob in self._selectors)
 
     def window(self, now: float) -> Window:
@@ -79,6 +83,12 @@ class BudgetBook:
                 self._memo.clear()   # bounded against floods of made-up project names
             self._memo[memo_key] = found
         return found
+
+    def block_any_model(self, upstream: str, project: str, key: str) -> Budget | None:
+        """A block budget that would cover this call whatever its model, if there is one.
+        Not memoised: asked only for calls whose body nobody could read."""
+        return next((b for b in self.budgets
+                     if b.block and b.matches(upstream, project, None, key)), None)
 
 
 def describe(budget: Budget, spend: int, reserved: int, now: float) -> dict[str, Any]:

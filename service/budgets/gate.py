@@ -14,6 +14,12 @@ every such budget at once, atomically in the store, and refuses the call with
 capped per budget by ``max_reserve_usd``; a model without a price reserves 0 (it is counted at
 0). The reservation is settled to the exact cost by ``budgets.settlement`` once the call ends.
 
+A metered call whose body neither orjson nor Python's json can read (``RequestInfo.json``
+None: no model, no ``max_tokens``) is refused with ``BadRequest`` (400) when a block budget
+would cover it whatever its model (every selector but ``model`` matches): the upstream
+cannot serve it as it stands, and one that reads more leniently still must not get a call
+past a cap. Under no such budget it is forwarded, for the upstream to judge.
+
 With the store unreachable, ``store.on_error: open`` lets calls through unless the spend
 this replica knows of (last store totals plus spend not yet written) already fills a block
 budget; ``closed`` refuses them (503). A gate never changes: reload builds a new one (new
@@ -35,7 +41,7 @@ from spendgate.budgets.book import Budget, BudgetBook
 from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.store.base import Hold, StoreError
 from spendgate.budgets.windows import TTL_MARGIN_S, Clock, Window, iso
-from spendgate.errors import BudgetExceeded, BudgetStoreUnavailable
+from spendgate.errors import BadRequest, BudgetExceeded, BudgetStoreUnavailable
 from spendgate.money import to_nano, usd
 from spendgate.providers.base import RequestInfo
 from spendgate.records import CallOutcome
@@ -86,9 +92,7 @@ def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
         if not output:
             entry = catalog.entries.get(resolved.matched)
             output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
-        choices = info.json.get("n") if info.json else None
-        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
-            output *= choices
+        output *= info.choices
     prompt = prompt_tokens_bound(info, outcome.protocol, estimator)
     p_in = max(p for p in (price.input, price.cached_input, price.cache_write, Decimal(0))
                if p is not None)
@@ -143,7 +147,10 @@ class BudgetGate:
         book = self.book
         if not book.any_block or self.ledger is None:
             return
-        model = (outcome.request.model if outcome.request else None) or "unknown"
+        info = outcome.request
+        if info is not None and info.metered and info.json is None:
+            self._refuse_unreadable(outcome)
+        model = (info.model if info else None) or "unknown"
         covering = [b for b in book.match(outcome.upstream, outcome.project, model,
                                           outcome.virtual_key or "") if b.block]
         if not covering:
@@ -170,6 +177,14 @@ class BudgetGate:
             self._refuse(outcome, budget, windows[budget.name], refusal.spend, refusal.reserved,
                          refusal.amount, now)
         outcome.budget_decision = "allowed"
+
+    def _refuse_unreadable(self, outcome: CallOutcome) -> None:
+        budget = self.book.block_any_model(outcome.upstream, outcome.project,
+                                           outcome.virtual_key or "")
+        if budget is not None:
+            raise BadRequest(
+                "the request body is not JSON spendgate can read (as orjson or Python's json "
+                f"read it), so budget {budget.name!r} cannot be held to it: send valid JSON")
 
     def _degraded(self, outcome: CallOutcome, covering: list[Budget], windows: dict[str, Window],
                   holds: tuple[Hold, ...], now: float) -> None:

@@ -1,19 +1,23 @@
 """Who a call is for: the caller's virtual key, project and user, and credential custody.
 
 With ``keys`` configured every call must bring a virtual key: in ``x-spendgate-key``, or as
-the caller's own credential (``authorization: Bearer ...``, ``x-api-key`` or ``api-key``,
-whichever the SDK sends). It is compared in constant time against every configured key (no
-early exit, so timing tells nothing about which key nearly matched) and never forwarded. The
-key fixes the project: a keyed caller cannot charge another project by header. Without
-``keys``, the project comes from ``x-spendgate-project``, else ``default``.
+the caller's own credential (``authorization``, ``x-api-key`` or ``api-key``, whichever the
+SDK sends, in any scheme: ``Bearer vk``, ``Token vk``, ``Basic`` of ``user:vk``, bare). It is
+compared in constant time against every configured key (no early exit, so timing tells
+nothing about which key nearly matched) and never forwarded. The key fixes the project: a
+keyed caller cannot charge another project by header. Without ``keys``, the project comes
+from ``x-spendgate-project``, else ``default``.
 
 Credential custody: an upstream with ``api_key`` gets the proxy's key, and every credential
-the caller sent is dropped; otherwise the caller's credential is forwarded as it came (except
-one that was the virtual key). ``x-spendgate-*`` headers never reach an upstream.
+the caller sent is dropped; otherwise the caller's credential is forwarded as it came, except
+one that carries a virtual key, whatever its scheme (``credential_secrets``).
+``x-spendgate-*`` headers, in any spelling, never reach an upstream (``hotpath/headers.py``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,16 +46,40 @@ class KeyRing:
                       for i, k in enumerate(keys or ())]
 
     def match(self, presented: bytes) -> tuple[str, str] | None:
+        """(project, key name) of the key ``presented`` is, compared with every key."""
         found: tuple[str, str] | None = None
         for secret, project, name in self._keys:
             if hmac.compare_digest(secret, presented) and found is None:
                 found = (project, name)
         return found
 
+    def match_credential(self, value: bytes) -> tuple[str, str] | None:
+        """``match`` for a credential header's value: the key it carries, in any scheme."""
+        for secret in credential_secrets(value):
+            found = self.match(secret)
+            if found is not None:
+                return found
+        return None
 
-def credential_value(value: bytes) -> bytes:
-    """The secret in a credential header: ``Bearer`` stripped."""
-    return value[7:].strip() if value[:7].lower() == b"bearer " else value.strip()
+
+def credential_secrets(value: bytes) -> list[bytes]:
+    """Every secret a credential header may carry, whatever its scheme: the value itself;
+    for ``scheme SP token`` (``Bearer``, ``Token``, any other), the token; for ``Basic``,
+    both halves of the ``user:password`` it encodes."""
+    value = value.strip()
+    secrets = [value]
+    scheme, space, token = value.partition(b" ")
+    token = token.strip()
+    if space and token:
+        secrets.append(token)
+        if scheme.lower() == b"basic":
+            try:
+                decoded = base64.b64decode(token, validate=True)
+            except (binascii.Error, ValueError):
+                return secrets
+            user, colon, password = decoded.partition(b":")
+            secrets += [user, password] if colon else [decoded]
+    return secrets
 
 
 def admit(headers: dict[bytes, bytes], keyring: KeyRing, upstream: UpstreamConfig) -> Admission:
@@ -66,7 +94,7 @@ def admit(headers: dict[bytes, bytes], keyring: KeyRing, upstream: UpstreamConfi
     candidates = [explicit] if explicit else [headers.get(h) for h in CREDENTIAL_HEADERS]
     for value in candidates:
         if value:
-            matched = keyring.match(credential_value(value))
+            matched = keyring.match_credential(value)
             if matched is not None:
                 # A key sent as the caller's credential must not travel on; one sent in
                 # x-spendgate-key leaves the caller's credential to the custody rule.

@@ -3,19 +3,21 @@
 Request headers reach the upstream as the caller sent them (names, order, duplicates),
 minus: hop-by-hop headers (``HOP_BY_HOP``, and any the caller's ``Connection`` names),
 the framing the upstream client writes itself (``FRAMING``: ``Host``, ``Content-Length``),
-``x-spendgate-*``, the caller's ``traceparent`` (the proxy sends its own), the credentials
-custody replaces, and any credential that is a virtual key. ``Accept-Encoding`` is narrowed
-to what the pipeline can undo (streams: ``identity``) so usage stays readable.
+spendgate's own headers (``is_spendgate``), the caller's ``traceparent`` (the proxy sends
+its own), the credentials custody replaces, and any credential that carries a virtual key,
+in any scheme. ``Accept-Encoding`` is narrowed to what the pipeline can undo (streams:
+``identity``) so usage stays readable.
 
-Response headers come back as the upstream sent them, minus hop-by-hop ones and
-``Content-Length`` (the proxy states the length of what it actually sends).
+Response headers come back as the upstream sent them, minus hop-by-hop ones,
+``Content-Length`` (the proxy states the length of what it actually sends) and the
+upstream's own spendgate headers (the caller hears only this proxy's ``x-spendgate-*``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing, credential_value
+from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing
 
 # RFC 9110 §7.6.1, plus the pre-RFC ``keep-alive`` / ``proxy-*`` / ``trailers`` spellings.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
@@ -25,6 +27,16 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
 FRAMING = frozenset({b"host", b"content-length"})
 # Encodings the pipeline can undo to read usage from a buffered body.
 DECODABLE = ("gzip", "deflate", "identity")
+
+
+def is_spendgate(name: bytes) -> bool:
+    """A lower-cased header name in spendgate's namespace, in every spelling a server may
+    fold into ``x-spendgate-*`` (WSGI and nginx read ``_`` as ``-``): ``x-spendgate-key``,
+    ``x-spendgate_key``, ``x_spendgate-project``..."""
+    return name[2:11] == b"spendgate" and name[:2] in _X_PREFIXES
+
+
+_X_PREFIXES = (b"x-", b"x_")
 
 
 def hop_by_hop(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -43,12 +55,12 @@ def upstream_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes], str
     skip = hop_by_hop(raw)
     out: list[tuple[str, str]] = []
     for name, value in raw:
-        if name in skip or name in drop or name.startswith(b"x-spendgate-"):
+        if name in skip or name in drop or is_spendgate(name):
             continue
         if name == b"traceparent":
             continue
         if (keyring.enabled and name in CREDENTIAL_HEADERS
-                and keyring.match(credential_value(value)) is not None):
+                and keyring.match_credential(value) is not None):
             continue
         if name == b"accept-encoding":
             # Streams must arrive uncompressed to be read event by event; buffered bodies
@@ -61,7 +73,8 @@ def upstream_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes], str
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers as the caller gets them, names lower-cased."""
     skip = hop_by_hop(raw)
-    return [(k.lower(), v) for k, v in raw if k.lower() not in skip]
+    return [(name, v) for k, v in raw
+            if (name := k.lower()) not in skip and not is_spendgate(name)]
 
 
 def _decodable(accept: bytes) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.config import Config, UpstreamConfig
-from spendgate.errors import BodyTooLarge, ClientClosed, ProxyError, error_body
+from spendgate.errors import BadRequest, BodyTooLarge, ClientClosed, ProxyError, error_body
 from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing, admit
 from spendgate.hotpath.headers import response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
@@ -110,6 +110,9 @@ class ProxyApp:
                  propagate: bool = False, sample_new_traces: bool | float = True) -> None:
         self.upstreams = {name: Upstream(name, cfg, in_flight(name))
                           for name, cfg in config.upstreams.items()}
+        # What routing needs of each upstream: where its protocol takes an encoded "/".
+        self._routes = {name: upstream.provider.encoded_slash_after
+                        for name, upstream in self.upstreams.items()}
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.client = client
         self.outcomes = outcomes
@@ -126,7 +129,7 @@ class ProxyApp:
         headers = dict(scope["headers"])
         try:
             target = route(scope.get("raw_path") or scope["path"].encode(),
-                           scope["query_string"], self.upstreams)
+                           scope["query_string"], self._routes)
         except ProxyError as error:
             outcome = CallOutcome("unknown", "unknown", _guess_protocol(headers), time.time(),
                                   started)
@@ -164,11 +167,13 @@ class ProxyApp:
         keyring, gate = self._policy
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))
         method: str = scope["method"]
-        info = upstream.provider.parse_request(method, target.raw_path, body)
+        info = upstream.provider.parse_request(method, target.view, body)
         outcome.request = info
         admission = admit(headers, keyring, upstream.config)
         outcome.project, outcome.user = admission.project, admission.user
         outcome.virtual_key = admission.key_name
+        if info.invalid is not None:  # a request no upstream serves, nor the ledger bounds
+            raise BadRequest(info.invalid)
         out_headers = upstream_headers(
             scope["headers"],
             upstream.custody_headers if admission.drop_caller_credentials else frozenset(),
@@ -183,7 +188,7 @@ class ProxyApp:
         if gate is not None:
             await gate.reserve(outcome)
         payload = info.upstream_body if body or method in ("POST", "PUT", "PATCH") else None
-        url = upstream.target.url(target.raw_path, target.raw_query)
+        url = upstream.target.url(target.path, target.raw_query)
         overhead = outcome.overhead_s = time.perf_counter() - outcome.started
         async with self.client.open(upstream.target, method, url, out_headers, payload) as resp:
             out = response_headers(resp.raw_headers)

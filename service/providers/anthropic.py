@@ -1,8 +1,9 @@
 """The Anthropic Messages API wire protocol.
 
-``POST .../v1/messages`` is the metered ``chat`` operation; everything else
-(``/v1/messages/count_tokens``, batches, models) is ``other`` and unmetered. Bodies are never
-rewritten: Anthropic streams always carry usage. A streamed call looks like::
+``POST .../v1/messages`` (the path's lenient view, in any case) is the metered ``chat``
+operation; everything else (``/v1/messages/count_tokens``, batches, models) is ``other`` and
+unmetered. Bodies are never rewritten: Anthropic streams always carry usage. A streamed call
+looks like::
 
     event: message_start
     data: {"type":"message_start","message":{"id":"msg_01","model":"claude-sonnet-4-5",
@@ -49,11 +50,14 @@ from spendgate.providers.jsonread import (
     count,
     event_object,
     loads_object,
+    over_limit,
 )
 from spendgate.providers.sse import SSEEvent
 from spendgate.usage import Usage
 
 _OPENS_OBJECT = re.compile(rb"[ \t\n\r]*\{")
+# Bounded by jsonread.LIMIT_MAX: over it, the request is invalid (400, never forwarded).
+_LIMITS = ("max_tokens",)
 # Input-side fields of ``usage``: from message_start, overridden by message_delta.
 _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 # Only these events carry anything we read; ping, content_block_start/stop, message_stop
@@ -87,10 +91,11 @@ class AnthropicProvider:
     """Anthropic Messages protocol. Stateless; see the module docstring for the contract."""
 
     name = "anthropic"
+    encoded_slash_after: frozenset[str] = frozenset()  # no Messages path holds an encoded "/"
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call; the body is always forwarded unchanged. Never raises."""
-        path = path.partition("?")[0].rstrip("/")
+        path = path.partition("?")[0].rstrip("/").lower()
         post = method.upper() == "POST"
         metered = post and (path.endswith("/messages") or path == "messages")
         parsed: dict[str, Any] | None = None
@@ -107,6 +112,7 @@ class AnthropicProvider:
             json=parsed,
             max_tokens=count(parsed.get("max_tokens")) if metered else None,
             metered=metered,
+            invalid=over_limit(parsed, _LIMITS) if metered else None,
         )
 
     def parse_response(self, info: RequestInfo, body: bytes) -> ResponseSummary:

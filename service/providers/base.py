@@ -3,7 +3,9 @@
 A provider knows one wire protocol (OpenAI-compatible, Anthropic). It never does I/O and
 never raises on bad input: a body it cannot read yields a ``RequestInfo`` with
 ``model=None`` (counted as model ``unknown``) and is forwarded unchanged, because the
-upstream, not the proxy, judges requests.
+upstream, not the proxy, judges requests. The one exception is a request no upstream serves
+and the proxy cannot account for (a token limit past ``jsonread.LIMIT_MAX``): the provider
+says why in ``RequestInfo.invalid`` and the proxy answers 400 in the caller's protocol.
 
 Lifetimes: a ``Provider`` is stateless and shared by every call (thread-safe). A
 ``StreamTracker`` belongs to one streamed call and is fed on the event loop, event by event.
@@ -33,8 +35,10 @@ class RequestInfo:
     upstream_body: bytes
     json: dict[str, Any] | None = None  # the parsed body, for estimation and telemetry
     max_tokens: int | None = None
+    choices: int = 1                    # completions asked for (OpenAI's ``n``)
     strip_usage_chunk: bool = False
     metered: bool = True                # False: a path that never carries usage (models, files)
+    invalid: str | None = None          # set: refuse with 400, saying this (never forwarded)
 
 
 @dataclass(slots=True)
@@ -58,12 +62,33 @@ class StreamTracker(Protocol):
 
 
 class Provider(Protocol):
-    """One wire protocol. Listed by name in ``providers.PROVIDERS``."""
+    """One wire protocol. Listed by name in ``providers.PROVIDERS``.
+
+    Paths: the proxy canonicalises every request path once (``hotpath/routing.py``) and
+    forwards that canonical form; a provider classifies the call from its lenient *view*:
+    percent-decoded, ``;params`` stripped per segment, no empty segments, no trailing slash
+    (``/v1/chat/%63ompletions/`` and ``/v1//chat/completions;x=1`` are both
+    ``/v1/chat/completions``). Classify as leniently as any upstream might route (suffixes,
+    case-insensitive): metering a call the upstream answers 404 costs nothing, not metering
+    one it serves is a way around every budget. A protocol needs no special case in routing:
+
+    - a ``:`` verb (Gemini's ``/v1beta/models/{model}:generateContent``) is ``:`` in the
+      view whether the caller sent ``:`` or ``%3A``; match it there;
+    - an encoded ``/`` (``%2F``) is refused (400) everywhere, because upstreams disagree on
+      whether it separates segments, except in the segment right after one whose view is in
+      ``encoded_slash_after``. Bedrock would set ``frozenset({"model"})``: in
+      ``/model/{modelId}/converse`` the model id is percent-encoded and an ARN holds ``%3A``
+      and ``%2F`` (``arn%3Aaws%3Abedrock%3A...%3Ainference-profile%2Fus.anthropic...``). The
+      canonical path keeps that ``%2F`` encoded (what Bedrock expects); the view decodes it,
+      so there the id spans two segments and the call still ends in ``/converse``.
+    """
 
     name: str
+    encoded_slash_after: frozenset[str]   # segment names an opaque, %2F-holding one follows
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
-        """Read a request; ``path`` is the upstream path (``/v1/chat/completions``)."""
+        """Read a request; ``path`` is the view of the upstream path (``/v1/chat/completions``,
+        see the class docstring). Never raises: a bound broken goes in ``invalid``."""
         ...
 
     def parse_response(self, info: RequestInfo, body: bytes) -> ResponseSummary:

@@ -1,6 +1,7 @@
 """The OpenAI-compatible wire protocol: OpenAI, Azure OpenAI, vLLM, Ollama, TGI, llama.cpp.
 
-Operations come from the suffix of the upstream path, so any base prefix works (Azure's
+Operations come from the suffix of the upstream path (its lenient view, matched without
+regard to case, as ASP.NET-style servers route), so any base prefix works (Azure's
 ``/openai/deployments/{name}/...`` too; ``{name}`` is the model when the body has none)::
 
     POST .../chat/completions -> chat             POST .../embeddings -> embeddings
@@ -15,13 +16,17 @@ goes upstream with bytes inserted after the opening brace, the rest byte for byt
 
     {"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[...]}
 
-(an existing ``stream_options`` is re-serialised keeping its other options; with
-``include_usage: true`` already, or no stream, the body is the caller's object) and the
-tracker hides the extra usage-only chunk the caller did not ask for::
+(an existing ``stream_options`` is re-serialised keeping its other options, unless only
+the lenient reading of ``jsonread`` could read the body: then it goes as sent, and usage is
+estimated; with ``include_usage: true`` already, or no stream, the body is the caller's
+object) and the tracker hides the extra usage-only chunk the caller did not ask for::
 
     data: {"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[],
            "usage":{"prompt_tokens":1200,"completion_tokens":80,
                     "prompt_tokens_details":{"cached_tokens":1024}}}
+
+``max_tokens``, ``max_completion_tokens``, ``max_output_tokens`` and ``n`` over
+``jsonread.LIMIT_MAX`` (2^31 - 1) make the request ``invalid`` (a 400, never forwarded).
 
 Usage: ``prompt_tokens``/``input_tokens`` -> input (cached included, as OpenAI reports it),
 ``*_details.cached_tokens`` -> cached_input, ``cache_write_tokens`` (only if an upstream
@@ -45,6 +50,8 @@ from spendgate.providers.jsonread import (
     count,
     event_object,
     loads_object,
+    over_limit,
+    read_object,
 )
 from spendgate.providers.sse import SSEEvent
 from spendgate.usage import Usage
@@ -58,6 +65,8 @@ _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "resp
 _RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
                                "response.function_call_arguments.delta"})
 _RESPONSES_WANTED = _RESPONSES_FINAL | _RESPONSES_DELTAS | {"response.created"}
+# Bounded by jsonread.LIMIT_MAX, whichever operation: an upstream may honour any of them.
+_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n")
 # Checked in order: "/chat/completions" also ends with "/completions".
 _OPERATIONS = (("/chat/completions", "chat"), ("/completions", "text_completion"),
                ("/embeddings", "embeddings"), ("/responses", "responses"))
@@ -89,7 +98,7 @@ def openai_usage(raw: Any) -> Usage:
 
 
 def _operation(path: str) -> str:
-    """The operation named by ``path`` (normalised to one leading slash, no trailing one)."""
+    """The operation named by ``path`` (one leading slash, no trailing one, lower case)."""
     return next((op for suffix, op in _OPERATIONS if path.endswith(suffix)), "other")
 
 
@@ -100,16 +109,25 @@ def _azure_deployment(path: str) -> str | None:
     return name if found and name else None
 
 
-def _with_include_usage(body: bytes, parsed: dict[str, Any]) -> bytes | None:
-    """``body`` asking for ``stream_options.include_usage``; None if it cannot be done safely."""
+def _with_include_usage(body: bytes, parsed: dict[str, Any], lenient: bool = False,
+                        ) -> bytes | None:
+    """``body`` asking for ``stream_options.include_usage``; None if it cannot be done safely.
+
+    ``lenient``: only Python's json semantics read the body (``jsonread.read_object``).
+    """
     options = parsed.get("stream_options")
     if "stream_options" not in parsed:
         # Insert bytes rather than re-serialise: the caller's body (key order, spacing,
         # number formatting) reaches the upstream unchanged apart from this one member.
-        # The body parsed as an object, so its first non-blank byte is the opening brace.
+        # The body parsed as an object, so its first byte that is not blank (or a BOM) is
+        # the opening brace, unless it is UTF-16/32 (NULs), where no byte may be inserted.
+        if lenient and b"\x00" in body[:4]:
+            return None
         brace = body.index(b"{") + 1
         comma = b"" if _CLOSES_OBJECT.match(body, brace) else b","
         return body[:brace] + _INCLUDE_USAGE + comma + body[brace:]
+    if lenient:  # orjson.dumps would not give back what the caller sent (NaN -> null)
+        return None
     # stream_options exists (an object without include_usage true, or null): an inserted
     # duplicate key would lose to the caller's, so re-serialise keeping its other options.
     rewritten = dict(parsed)
@@ -124,16 +142,18 @@ class OpenAIProvider:
     """OpenAI-compatible protocol. Stateless; see the module docstring for the contract."""
 
     name = "openai"
+    encoded_slash_after: frozenset[str] = frozenset()  # no OpenAI path holds an encoded "/"
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call and apply the one sanctioned rewrite; never raises."""
         path = "/" + path.partition("?")[0].strip("/")
         post = method.upper() == "POST"
-        operation = _operation(path) if post else "other"
+        operation = _operation(path.lower()) if post else "other"
         parsed: dict[str, Any] | None = None
+        lenient = False
         # Unmetered calls (files, audio uploads, ...) are parsed only if they look like JSON.
         if operation != "other" or (post and _OPENS_OBJECT.match(body)):
-            parsed = loads_object(body)
+            parsed, lenient = read_object(body)
         model = as_str(parsed.get("model")) if parsed is not None else None
         if not model:
             model = _azure_deployment(path)
@@ -148,11 +168,14 @@ class OpenAIProvider:
             max_tokens = count(parsed.get("max_completion_tokens"))
             if max_tokens is None:
                 max_tokens = count(parsed.get("max_tokens"))
+        choices = count(parsed.get("n"))
         info = RequestInfo(operation=operation, model=model, stream=stream, upstream_body=body,
-                           json=parsed, max_tokens=max_tokens)
+                           json=parsed, max_tokens=max_tokens,
+                           choices=choices if choices and choices > 1 else 1,
+                           invalid=over_limit(parsed, _LIMITS))
         if (stream and operation in ("chat", "text_completion")
                 and as_dict(parsed.get("stream_options")).get("include_usage") is not True):
-            rewritten = _with_include_usage(body, parsed)
+            rewritten = _with_include_usage(body, parsed, lenient)
             if rewritten is not None:
                 info.upstream_body = rewritten
                 info.strip_usage_chunk = True

@@ -65,7 +65,7 @@ class UpstreamTarget:
                                  config.connect_timeout_s, config.timeout_s)
 
     def url(self, raw_path: str, raw_query: str) -> URL:
-        """Join the caller's (already checked, still-encoded) path onto the base path.
+        """Join the caller's path (canonical: ``hotpath/routing.py``) onto the base path.
 
         Built from parts, so no path or query can move the request to another host.
         """

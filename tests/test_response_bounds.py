@@ -163,3 +163,28 @@ def test_128_mb_of_sse_without_a_terminator_goes_through_in_linear_time_and_boun
     assert proxy.eventually("spendgate_requests_total", project="flood128", status="200") == 1
     assert proxy.sample("spendgate_usage_missing_total", project="flood128") == 1
     assert "forwarded unparsed" in proxy.log()
+
+
+def test_an_event_over_max_event_kb_is_forwarded_unparsed_and_its_usage_estimated(
+        fake: FakeUpstream, upstream: FakeUpstream, spawn: Any) -> None:
+    proxy: ProxyProcess = spawn(basic_config(fake, server={"max_event_kb": 1}))
+    events = [e + b"\n\n" for e in fixture("openai_chat_stream.sse").split(b"\n\n") if e.strip()]
+    usage = next(i for i, e in enumerate(events) if b'"choices":[]' in e)
+    # The usage chunk, padded past 1 KiB as an upstream may (a long system fingerprint).
+    padded = events[usage].replace(b'"usage":', b'"padding":"' + b"p" * 2048 + b'","usage":')
+    events[usage] = padded
+    upstream.queue(Reply(content_type="text/event-stream", chunks=events))
+    body = b'{"model":"o4-mini","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
+    with httpx.stream("POST", proxy.url + "/openai/v1/chat/completions", content=body,
+                      headers={"x-spendgate-project": "oversized"}) as r:
+        received = r.read()
+    # Unparsed, so not recognised as the usage chunk the proxy asked for: it goes through.
+    assert received == b"".join(events)
+    from spendgate.accounting.tokens import TokenEstimator
+    text = "The capital of France is Paris."
+    assert proxy.eventually("spendgate_tokens_total", project="oversized", type="output",
+                            source="estimated") == TokenEstimator().count_text(text, "o4-mini")
+    assert proxy.sample("spendgate_tokens_total", project="oversized", source="reported") is None
+    assert proxy.sample("spendgate_usage_missing_total", project="oversized") == 1
+    assert proxy.sample("spendgate_requests_total", project="oversized", status="200") == 1
+    assert "1 SSE event(s) over server.max_event_kb (1 KiB)" in proxy.log()

@@ -33,6 +33,7 @@ log = logging.getLogger("spendgate.pipeline")
 DEFAULT_MAX_DECODED = 64 * 1024 * 1024   # server.max_decoded_mb's default
 LOGGED_MODELS = 256                      # distinct unpriced model names logged per process
 LOGGED_NAME_CHARS = 100                  # of a model name, in a log line
+_INFLATE_STEP = 1024 * 1024
 
 
 class RecordBuilder:
@@ -199,14 +200,22 @@ def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    """Decode in steps of ``_INFLATE_STEP``, so that what is held never passes the limit by
+    more than one step (one ``decompress`` call sized to the limit would hold its output
+    twice: the growing buffer, then the bytes made of it)."""
     inflater = zlib.decompressobj(wbits)
-    # One byte past the limit tells "exactly at the limit" from "over it".
-    data = inflater.decompress(body, limit + 1)
-    if len(data) > limit:
-        raise _TooLarge
-    if not inflater.eof:
-        raise zlib.error("truncated stream")
-    return data
+    parts: list[bytes] = []
+    size, data = 0, body
+    while not inflater.eof:
+        part = inflater.decompress(data, _INFLATE_STEP)
+        data = inflater.unconsumed_tail
+        if not part and not data:
+            raise zlib.error("truncated stream")
+        size += len(part)
+        if size > limit:
+            raise _TooLarge
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _time_per_output_token(outcome: CallOutcome, usage: Usage) -> float | None:

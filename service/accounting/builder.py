@@ -68,13 +68,13 @@ class RecordBuilder:
         if outcome.tracker is not None:
             return outcome.tracker.summary()
         if outcome.response_body is not None and info is not None and info.metered:
-            body = self._decoded(outcome)
+            body = self._readable_body(outcome)
             if body is None:  # unreadable: no usage reported, so it is estimated
                 return ResponseSummary()
             return self.providers[outcome.protocol].parse_response(info, body)
         return ResponseSummary()
 
-    def _decoded(self, outcome: CallOutcome) -> bytes | None:
+    def _readable_body(self, outcome: CallOutcome) -> bytes | None:
         """The buffered body with its content-encoding undone, or None when it cannot be
         read within ``max_decoded`` bytes (one warning, of fixed length, per such call)."""
         body, encoding = outcome.response_body or b"", outcome.response_encoding

@@ -114,8 +114,10 @@ class SSESplitter:
         """Extend the partial event with ``chunk``: where in ``chunk`` the next event
         starts, or -1 when the partial event goes on past ``chunk``."""
         tail = self._tail
+        # The probe holds every terminator that ends in the chunk's first bytes, straddling
+        # or not (none lies in the tail alone): one found there ends before any other.
         end = _first_end(tail + chunk[:_OVERLAP], 0) - len(tail)
-        if end <= 0:  # no straddling terminator (one within the tail was found earlier)
+        if end < 0:  # none straddles the two: the chunk alone
             end = _first_end(chunk, 0) if b"\r" in chunk else _first_lf_end(chunk, 0)
         if end < 0:
             self._size += len(chunk)

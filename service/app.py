@@ -72,7 +72,8 @@ class Spendgate:
         self.budgets = BudgetManager(config, self.catalog, self.registry, estimator)
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
                                      keep_request=self.telemetry.tracing,
-                                     keep_output=self.telemetry.capture_content)
+                                     keep_output=self.telemetry.capture_content,
+                                     max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
         sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
                                    *(extra_sinks or [])]
         self.pipeline = RecordPipeline(self.builder, sinks,

@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from prometheus_client import disable_created_metrics
 
     from spendgate.app import Spendgate
+    from spendgate.hotpath.server import HeadLimits, protocol_class
 
     config = _load_or_exit(_config_path(args.config))
     host = args.host or config.server.host
@@ -59,7 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"spendgate {__version__} on http://{host}:{port} "
           f"(upstreams: {', '.join(sorted(config.upstreams))})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+    # uvicorn's httptools protocol, with request heads bounded (hotpath/server.py).
+    http = protocol_class(HeadLimits.from_config(config.server))
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http=http, lifespan="on",
                 access_log=False, log_level=args.log_level, server_header=False,
                 proxy_headers=False,
                 date_header=False, timeout_graceful_shutdown=30)

@@ -79,6 +79,13 @@ class ProxyProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident memory so far (``VmHWM``, Linux), in MiB."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(kib) / 1024
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

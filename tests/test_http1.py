@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import time
@@ -70,6 +71,7 @@ class RawServer:
         self.connections = 0
         self.requests: list[tuple[bytes, bytes]] = []
         self.peer_closed = asyncio.Event()  # a client hung up while we were still sending
+        self.release = asyncio.Event()      # for handlers that wait on the test
         self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> RawServer:
@@ -228,7 +230,8 @@ def test_truncated_bodies_are_errors(run: Run) -> None:
         run(scenario())
 
 
-def test_no_body_for_204_304_and_head_and_the_connection_is_reused(run: Run) -> None:
+def test_no_body_for_204_304_and_head_and_the_connection_is_reused_but_after_head(
+        run: Run) -> None:
     replies = (b"HTTP/1.1 204 No Content\r\n\r\n",
                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n",
                b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n", OK)
@@ -245,7 +248,7 @@ def test_no_body_for_204_304_and_head_and_the_connection_is_reused(run: Run) -> 
             response.close()
             assert await fetch(client, endpoint) == (200, b"ok")
             await client.close()
-        assert server.connections == 1
+        assert server.connections == 2  # a HEAD's connection is not reused
     run(scenario())
 
 
@@ -588,4 +591,105 @@ def test_https_verifies_the_certificate_and_sends_sni(run: Run, tmp_path: Path) 
             with pytest.raises(ssl.SSLCertVerificationError):
                 await fetch(default, endpoint)
             await default.close()
+    run(scenario())
+
+
+# ---- what a pooled connection may hold before it is reused --------------------------------
+
+STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+
+
+def pending_before_reuse(first: bytes, late: bytes | None) -> Handler:
+    """Answer the first request with ``first``; then, once the test sets ``server.release``,
+    send ``late`` on that connection (None: its FIN, at once). Later requests get ``OK``."""
+    async def handler(server: RawServer, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while (request := await read_request(reader)) is not None:
+            server.requests.append(request)
+            writer.write(first if len(server.requests) == 1 else OK)
+            await writer.drain()
+            if len(server.requests) == 1:
+                await server.release.wait()
+                if late is None:
+                    # Not transport.close(): that closes the socket one loop turn later.
+                    fd = os.dup(writer.get_extra_info("socket").fileno())
+                    with socket.socket(fileno=fd) as sock:
+                        sock.shutdown(socket.SHUT_WR)
+                    return
+                writer.write(late)
+                await writer.drain()
+    return handler
+
+
+async def reuse_with_bytes_pending(server: RawServer, client: Pool, method: str = "GET",
+                                   ) -> tuple[int, bytes]:
+    """Let the server send its late bytes, then, before the loop has read them (they are in
+    the socket, not yet seen by the connection), ask again: the pool's race, made certain."""
+    server.release.set()
+    await asyncio.sleep(0)       # the server writes (its wake-up runs before ours)
+    time.sleep(0.05)             # not yielding: the bytes arrive, the loop does not read them
+    return await fetch(client, server.endpoint(), method, b"{}" if method == "POST" else None)
+
+
+@pytest.mark.parametrize("attempt", range(20))
+def test_stray_bytes_after_a_response_are_never_read_as_the_next_one(run: Run,
+                                                                     attempt: int) -> None:
+    async def scenario() -> None:
+        async with RawServer(pending_before_reuse(OK, STRAY)) as server:
+            client = Pool()
+            assert await fetch(client, server.endpoint()) == (200, b"ok")
+            assert await reuse_with_bytes_pending(server, client, "POST") == (200, b"ok")
+            await client.close()
+        assert server.connections == 2  # the first one was ruled out
+    run(scenario())
+
+
+@pytest.mark.parametrize("attempt", range(20))
+def test_a_head_body_sent_late_is_never_read_as_the_next_response(run: Run,
+                                                                  attempt: int) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(STRAY)
+
+    async def scenario() -> None:
+        async with RawServer(pending_before_reuse(head, STRAY)) as server:
+            client = Pool()
+            response = await client.request(server.endpoint(), "HEAD", "/", [], None)
+            assert await response.read() == b""
+            response.close()
+            assert await reuse_with_bytes_pending(server, client, "POST") == (200, b"ok")
+            await client.close()
+        assert server.connections == 2
+    run(scenario())
+
+
+def test_a_pooled_connection_the_server_closed_is_not_used(run: Run) -> None:
+    async def scenario() -> None:
+        async with RawServer(pending_before_reuse(OK, None)) as server:
+            client = Pool()
+            assert await fetch(client, server.endpoint()) == (200, b"ok")
+            # Its FIN is pending: a POST (never replayed) still gets a fresh connection.
+            assert await reuse_with_bytes_pending(server, client, "POST") == (200, b"ok")
+            await client.close()
+        assert server.connections == 2
+    run(scenario())
+
+
+def test_a_101_answer_is_a_clean_error(run: Run) -> None:
+    upgrade = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\n\r\n\x81\x05hello")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        uncaught: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: uncaught.append(context))
+        async with RawServer(answers(upgrade)) as server:
+            client = UpstreamClient()
+            target = UpstreamTarget("ws", UpstreamConfig(url=f"http://127.0.0.1:{server.port}",
+                                                         timeout_s=5))
+            started = time.monotonic()
+            with pytest.raises(UpstreamUnreachable, match="101"):
+                async with client.open(target, "GET", target.url("/", ""), [], None):
+                    pass
+            assert time.monotonic() - started < 2  # at once, not at the read timeout
+            await client.close()
+        assert uncaught == []
     run(scenario())

@@ -277,3 +277,20 @@ def test_truncated_request_body_never_reaches_the_upstream(proxy: ProxyProcess,
     assert proxy.eventually("spendgate_requests_total", upstream="openai", model="unknown",
                             status="499") == 1
     assert upstream.requests == []
+
+
+def test_unpriced_model_logging_is_bounded_in_length_and_count(
+        spawn: Any, fake: FakeUpstream, upstream: FakeUpstream) -> None:
+    proxy = spawn(basic_config(fake))
+    names = ["m" * (2 * 1024 * 1024)] + [f"unpriced-{i}" for i in range(300)]
+    with httpx.Client(base_url=proxy.url) as http:
+        for name in names:
+            body = orjson.dumps({"model": name, "messages": [{"role": "user", "content": "x"}]})
+            assert http.post("/openai/v1/chat/completions", content=body).status_code == 200
+    httpx.get(proxy.url + "/metrics", timeout=30)  # waits for the records before it
+    lines = proxy.log().splitlines()
+    unpriced = [line for line in lines if "no price for model" in line]
+    assert len(unpriced) == 256 and max(map(len, unpriced)) < 400
+    assert "(2097152 chars)" in unpriced[0]
+    assert sum("more than 256 unpriced models" in line for line in lines) == 1
+    assert proxy.log_path.stat().st_size < 100_000

@@ -5,6 +5,14 @@ reads the usage the upstream reported (a streamed call's tracker already has it;
 body is decoded first), the tokenizer estimates what is missing (a hang-up is billed for
 what was generated), the catalog prices it exactly, and one immutable ``UsageRecord``
 carries all of it to the sinks.
+
+Bounded: a gzip or deflate body is decoded to at most ``max_decoded`` bytes (the caller got
+the upstream's bytes unchanged long before). A body that decodes to more, or does not
+decode, has unreadable usage: it is read as reporting none, so the call is estimated
+(``source="estimated"``, ``spendgate_usage_missing_total``) and one warning of fixed length
+says so. Unpriced models are logged once each, the name cut to ``LOGGED_NAME_CHARS``, for
+at most ``LOGGED_MODELS`` distinct names per process; past that, one line says that later
+ones are only counted (``spendgate_unpriced_requests_total``).
 """
 
 from __future__ import annotations
@@ -22,25 +30,34 @@ from spendgate.usage import Usage
 
 log = logging.getLogger("spendgate.pipeline")
 
+DEFAULT_MAX_DECODED = 64 * 1024 * 1024   # server.max_decoded_mb's default
+LOGGED_MODELS = 256                      # distinct unpriced model names logged per process
+LOGGED_NAME_CHARS = 100                  # of a model name, in a log line
+_INFLATE_STEP = 1024 * 1024
+
 
 class RecordBuilder:
     """Turns one finished ``CallOutcome`` into its ``UsageRecord``.
 
     ``keep_request``: records carry the parsed request body (span request attributes);
-    ``keep_output``: they carry the generated text too (opt-in content capture). Its state:
-    the catalog (swapped whole on reload, ``use_catalog``) and the names it has already
-    logged a warning for. Used from the pipeline's one thread; ``use_catalog`` from any.
+    ``keep_output``: they carry the generated text too (opt-in content capture);
+    ``max_decoded``: the most bytes a buffered body is decoded to (``server.max_decoded_mb``).
+    Its state: the catalog (swapped whole on reload, ``use_catalog``), the unpriced names it
+    has logged (at most ``LOGGED_MODELS``) and whether it has logged a tokenizer failure.
+    Used from the pipeline's one thread; ``use_catalog`` from any.
     """
 
     def __init__(self, providers: Mapping[str, Provider], catalog: PriceCatalog,
                  estimator: TokenEstimator, keep_request: bool = False,
-                 keep_output: bool = False) -> None:
+                 keep_output: bool = False, max_decoded: int = DEFAULT_MAX_DECODED) -> None:
         self.providers = providers
         self.catalog = catalog
         self.estimator = estimator
         self.keep_request = keep_request
         self.keep_output = keep_output
+        self.max_decoded = max_decoded
         self._unpriced_logged: set[str] = set()
+        self._tokenizer_failure_logged = False
 
     def use_catalog(self, catalog: PriceCatalog) -> None:
         """Reload: price later records with ``catalog``."""
@@ -51,9 +68,26 @@ class RecordBuilder:
         if outcome.tracker is not None:
             return outcome.tracker.summary()
         if outcome.response_body is not None and info is not None and info.metered:
-            body = _decoded(outcome.response_body, outcome.response_encoding)
+            body = self._readable_body(outcome)
+            if body is None:  # unreadable: no usage reported, so it is estimated
+                return ResponseSummary()
             return self.providers[outcome.protocol].parse_response(info, body)
         return ResponseSummary()
+
+    def _readable_body(self, outcome: CallOutcome) -> bytes | None:
+        """The buffered body with its content-encoding undone, or None when it cannot be
+        read within ``max_decoded`` bytes (one warning, of fixed length, per such call)."""
+        body, encoding = outcome.response_body or b"", outcome.response_encoding
+        try:
+            return _decoded(body, encoding, self.max_decoded)
+        except _TooLarge:
+            log.warning("a %s response body from upstream %s decodes to more than "
+                        "server.max_decoded_mb (%d MiB): not read, its usage is estimated",
+                        encoding, outcome.upstream, self.max_decoded // (1024 * 1024))
+        except zlib.error:
+            log.warning("could not decode a %s response body from upstream %s; its usage "
+                        "is estimated", encoding, outcome.upstream)
+        return None
 
     def build(self, outcome: CallOutcome) -> UsageRecord:
         """The call's record. Never raises: if reading usage or pricing fails (a bug), the
@@ -122,33 +156,66 @@ class RecordBuilder:
             if usage.output is None and info.operation != "embeddings":
                 output = self.estimator.count_text(summary.output_text, info.model)
         except EncodingDataError as error:  # the call still counts, with what was reported
-            if "tokenizer" not in self._unpriced_logged:
-                self._unpriced_logged.add("tokenizer")
+            if not self._tokenizer_failure_logged:
+                self._tokenizer_failure_logged = True
                 log.error("cannot estimate tokens: %s", error)
         return usage.with_estimates(input=prompt, output=output)
 
     def _log_unpriced(self, model: str) -> None:
-        if model not in self._unpriced_logged:
-            self._unpriced_logged.add(model)
-            log.warning("no price for model %r: its calls cost 0 until it is priced "
-                        "(pricing.overrides or an upstream's pricing)", model)
+        """Once per name, for the first ``LOGGED_MODELS`` names: a caller picks the model
+        name, so neither a line nor the set of names logged may grow with it."""
+        logged = self._unpriced_logged
+        if len(logged) > LOGGED_MODELS:
+            return
+        name = model[:LOGGED_NAME_CHARS]
+        if name in logged:
+            return
+        logged.add(name)
+        if len(logged) > LOGGED_MODELS:
+            log.warning("more than %d unpriced models: later ones are counted in "
+                        "spendgate_unpriced_requests_total, not logged", LOGGED_MODELS)
+            return
+        shown = name if len(model) <= LOGGED_NAME_CHARS else f"{name}... ({len(model)} chars)"
+        log.warning("no price for model %r: its calls cost 0 until it is priced "
+                    "(pricing.overrides or an upstream's pricing)", shown)
 
 
-def _decoded(body: bytes, encoding: str | None) -> bytes:
-    """Undo the content-encoding the caller accepted (the proxy forwards it unchanged)."""
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding == "gzip":
-            return zlib.decompress(body, wbits=31)
-        if encoding == "deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:  # some servers send raw deflate without the zlib header
-                return zlib.decompress(body, wbits=-15)
-    except zlib.error:
-        log.warning("could not decode a %s response body; its usage will be estimated", encoding)
+class _TooLarge(Exception):
+    """A body decodes to more than the limit."""
+
+
+def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo the content-encoding the caller accepted (the proxy forwards it unchanged),
+    producing at most ``limit`` bytes: raises ``_TooLarge`` past it, ``zlib.error`` for a
+    body that does not decode (truncated included). Other encodings are returned as they
+    are (and then do not parse)."""
+    if encoding == "gzip":
+        return _inflate(body, 31, limit)
+    if encoding == "deflate":
+        try:
+            return _inflate(body, 15, limit)
+        except zlib.error:  # some servers send raw deflate without the zlib header
+            return _inflate(body, -15, limit)
     return body
+
+
+def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
+    """Decode in steps of ``_INFLATE_STEP``, so that what is held never passes the limit by
+    more than one step (one ``decompress`` call sized to the limit would hold its output
+    twice: the growing buffer, then the bytes made of it)."""
+    inflater = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size, data = 0, body
+    while not inflater.eof:
+        part = inflater.decompress(data, _INFLATE_STEP)
+        data = inflater.unconsumed_tail
+        if not part and not data:
+            raise zlib.error("truncated stream")
+        size += len(part)
+        if size > limit:
+            raise _TooLarge
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _time_per_output_token(outcome: CallOutcome, usage: Usage) -> float | None:

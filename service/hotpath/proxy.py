@@ -114,6 +114,7 @@ class ProxyApp:
         self._routes = {name: upstream.provider.encoded_slash_after
                         for name, upstream in self.upstreams.items()}
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
+        self.max_event = int(config.server.max_event_kb * 1024)
         self.client = client
         self.outcomes = outcomes
         self.propagate = propagate
@@ -223,7 +224,7 @@ class ProxyApp:
         assert outcome.request is not None
         tracker = upstream.provider.stream_tracker(outcome.request)
         outcome.tracker = tracker
-        splitter = SSESplitter()
+        splitter = SSESplitter(self.max_event)
         outcome.status = resp.status
         await send({"type": "http.response.start", "status": resp.status,
                     "headers": headers})
@@ -253,6 +254,10 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": rest, "more_body": False})
         finally:
             hung_up.cancel()
+            if splitter.oversized_events:
+                log.warning("%d SSE event(s) over server.max_event_kb (%d KiB) from upstream %s "
+                            "were forwarded unparsed; usage they carried is estimated",
+                            splitter.oversized_events, self.max_event // 1024, upstream.name)
         return overhead
 
 

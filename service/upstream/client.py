@@ -12,8 +12,10 @@ bytes reach the caller exactly as the upstream sent them. Client and OS errors a
 translated here, once (``ErrorBoundary``), into ``UpstreamUnreachable`` / ``UpstreamTimeout``.
 
 Pooling: idle connections are kept per ``(scheme, host, port)``, last in first out, and
-reused only after a complete response that allowed it (``http1.Response``); one idle longer
-than ``idle_s`` is closed instead (servers and NATs drop idle connections silently). A
+reused only after a complete response that allowed it (``http1.Response``) and only if
+nothing is waiting in the socket (``Connection.reusable``: a zero-timeout poll, about a
+microsecond); one idle longer than ``idle_s`` is closed instead (servers and NATs drop idle
+connections silently). A
 pooled connection that turns out dead before any response byte arrives (the server closed
 it as the request went out) is replaced once by a fresh connection when the request may be
 replayed (RFC 9112 §9.3.1: an idempotent method, or an ``Idempotency-Key`` header), as
@@ -23,6 +25,7 @@ aiohttp does; otherwise the caller gets the error rather than a possibly doubled
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -38,9 +41,12 @@ from spendgate.upstream.http1 import (
     Response,
     ResponseError,
     ServerDisconnected,
+    UpgradeRefused,
     encode_head,
     open_connection,
 )
+
+log = logging.getLogger("spendgate.upstream")
 
 __all__ = ["ErrorBoundary", "Pool", "Response", "UpstreamClient", "UpstreamTarget", "iter_body",
            "read_body"]
@@ -130,7 +136,7 @@ class Pool:
         now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if not conn.lost and now - conn.idle_since < self._idle_s:
+            if now - conn.idle_since < self._idle_s and conn.reusable():
                 return conn
             conn.close()
         return None
@@ -248,6 +254,11 @@ class ErrorBoundary:
         if exc is None:
             return
         name = self._target.name
+        if isinstance(exc, UpgradeRefused):
+            log.warning("upstream %r answered 101 Switching Protocols: upgrades are not "
+                        "proxied; the caller gets 502", name)
+            raise UpstreamUnreachable(f"upstream {name!r} answered 101 Switching Protocols, "
+                                      "which spendgate does not proxy") from None
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(f"upstream {name!r} stopped sending in time" if self._receiving
                                   else f"upstream {name!r} did not answer in time") from None

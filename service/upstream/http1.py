@@ -17,12 +17,20 @@ Contracts:
   read until the consumer catches up.
 * **Reuse.** A ``Response`` says its connection may carry another request only when it
   is complete and neither side said ``connection: close`` (httptools' ``should_keep_alive``);
-  bytes past its end, or while the connection is idle, rule the connection out.
+  bytes past its end, or while the connection is idle, rule the connection out, and so does
+  ``Connection.reusable`` just before reuse: bytes or an end of stream already in the socket
+  but not yet read by the loop (a late HEAD body, a server's stray bytes or its FIN) would
+  otherwise be taken for the next request's response. Bytes that arrive only after the next
+  request went out cannot be told from its response (HTTP/1.1 has no way to), so a
+  connection that answered a HEAD, where a wrong server's body comes at any time, is never
+  reused (HEAD is rare on LLM APIs: the cost is nil).
 * **Timeouts.** ``open_connection`` bounds DNS, TCP and TLS by the endpoint's
   ``connect_timeout``; ``read_timeout`` bounds every wait for the next bytes (headers or
   body). Both raise ``TimeoutError``.
 * **Errors.** ``OSError`` (refused, reset, TLS verification ...), ``TimeoutError`` and
-  ``ResponseError`` (malformed or cut-off response) are all a caller needs to catch.
+  ``ResponseError`` (malformed or cut-off response; ``UpgradeRefused`` for a ``101``: an
+  upgraded connection is not HTTP any more and is never proxied) are all a caller needs to
+  catch.
 * **Threads.** Event-loop only: connections and responses belong to the loop that opened
   them; nothing here is thread-safe.
 """
@@ -30,6 +38,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -59,6 +68,10 @@ class ServerDisconnected(ResponseError):
     """The connection ended before any byte of the response arrived."""
 
 
+class UpgradeRefused(ResponseError):
+    """The upstream answered ``101 Switching Protocols``."""
+
+
 class Endpoint:
     """Where requests go: scheme (``http``/``https``), host, port, and the timeouts."""
 
@@ -78,7 +91,7 @@ class Endpoint:
 class Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; carries one exchange at a time, ``response``."""
 
-    __slots__ = ("idle_since", "key", "lost", "owner", "response", "transport")
+    __slots__ = ("fd", "idle_since", "key", "lost", "owner", "response", "transport")
 
     def __init__(self, owner: Owner, key: PoolKey) -> None:
         self.owner, self.key = owner, key
@@ -86,12 +99,29 @@ class Connection(asyncio.Protocol):
         self.response: Response | None = None
         self.lost = False
         self.idle_since = 0.0
+        self.fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            self.fd = sock.fileno()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def reusable(self) -> bool:
+        """Whether this idle connection may carry the next request: open, and nothing
+        waiting in its socket. The socket is polled with a zero timeout (a readable idle
+        socket holds stray bytes or the server's FIN: either way it is done); the loop's
+        own readers are untouched, so this works with uvloop's transports too."""
+        transport = self.transport
+        if self.lost or transport is None or transport.is_closing():
+            return False
+        if self.fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        return not poller.poll(0)
 
     def data_received(self, data: bytes) -> None:
         if self.response is not None:
@@ -177,6 +207,10 @@ class Response:
                 self._fail(ResponseError(f"malformed response ({type(error).__name__})"))
             if self._transport is not None:
                 self._transport.close()
+        except httptools.HttpParserUpgrade:  # a 101 with Upgrade: the connection is not ours
+            self._fail(UpgradeRefused("101 Switching Protocols"))
+            if self._transport is not None:
+                self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._done:
@@ -205,6 +239,9 @@ class Response:
         self._headers_done = True
         if self._head:
             self._finish()  # whatever its headers say, a HEAD response has no body
+            # ... but a server that wrongly sends one may do so at any later time, also
+            # after the next request went out, where no check can tell it from the answer.
+            self._keep_alive = False
         self._wake()
 
     def on_body(self, body: bytes) -> None:

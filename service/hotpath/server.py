@@ -1,0 +1,217 @@
+"""The HTTP/1.1 server protocol: uvicorn's httptools protocol, with bounded request heads.
+
+uvicorn's ``HttpToolsProtocol`` holds a request head for as long and as large as a caller
+makes it: a never-ending header line is concatenated in the parser until memory runs out,
+any number of headers is accepted, and a connection that sends nothing, or one byte a
+second, stays open for good. ``BoundedHttpToolsProtocol`` adds, per connection:
+
+* **Size**: a head over ``max_bytes`` (request target, header names and values, counted as
+  they arrive) or with more than ``max_headers`` header lines is answered
+  ``431 Request Header Fields Too Large`` and the connection closed. What the parser holds
+  is bounded by ``max_bytes`` plus one socket read.
+* **Time**: a head that is not complete ``timeout_s`` after the connection opened (or after
+  the previous response ended, on a kept-alive connection) ends the connection:
+  ``408 Request Timeout`` if some of the head had arrived, a plain close if nothing had.
+
+A refusal never reaches the ASGI app: no route, no record, nothing logged from its headers
+(an 8 MB header never becomes a log line or a span attribute). The answer is written, the
+sending side shut (FIN), and what the caller goes on sending is read and dropped for at most
+``LINGER_S`` before the close, so a caller still sending its head reads the status rather
+than a reset. A head refused while an earlier response on the connection is still in flight
+(pipelining) closes the connection without an answer: nothing may be written into that
+response.
+
+Built for ``uvicorn.run(app, http=protocol_class(limits))``: a subclass per ``HeadLimits``,
+made at start-up by ``protocol_class``. One protocol object per connection, on the event
+loop; nothing here is thread-safe. Issue 12's write timeout is meant to live here too.
+
+**Relies on uvicorn internals** (``uvicorn.protocols.http.httptools_impl``, tested with the
+range pinned in pyproject.toml): the parser callbacks ``on_message_begin``, ``on_url``,
+``on_header``, ``on_headers_complete``, ``on_message_complete``; ``on_response_complete``
+(the end of each response); the attributes ``parser``, ``transport``, ``cycle``,
+``server_state.default_headers``, ``logger``; and ``_unset_keepalive_if_required``,
+``_should_upgrade``, ``handle_websocket_upgrade``, ``_unsupported_upgrade_warning`` and
+``send_400_response``, which ``data_received`` calls as uvicorn's own does.
+``tests/test_server.py`` exercises every one of these paths against a real server process:
+run it before widening the pin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from spendgate.config import ServerConfig
+
+LINGER_S = 2.0   # after a refusal, how long what the caller still sends is read and dropped
+_LINE_OVERHEAD = 4  # ": " and CRLF around each header line the parser hands over
+_REFUSALS = {431: b"request head too large: see server.max_header_kb and server.max_headers\n",
+             408: b"request head not received within server.header_timeout_s\n"}
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """Bounds on one request head: bytes, header lines, seconds to receive it."""
+
+    max_bytes: int = 64 * 1024
+    max_headers: int = 100
+    timeout_s: float = 10.0
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> HeadLimits:
+        return cls(max_bytes=int(server.max_header_kb * 1024), max_headers=server.max_headers,
+                   timeout_s=server.header_timeout_s)
+
+
+def protocol_class(limits: HeadLimits) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class to give uvicorn (``http=``), bound to ``limits``."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a head being refused."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the head bounds of ``limits`` (module docstring)."""
+
+    limits: ClassVar[HeadLimits] = HeadLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_open = True        # what arrives next belongs to a request head
+        self._head_started = False    # some of that head has arrived
+        self._head_received = 0       # bytes fed to the parser while the head is open
+        self._head_size = 0           # target + header lines the parser handed over
+        self._head_lines = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal = 0             # the status a head is being refused with, else 0
+        self._linger: asyncio.TimerHandle | None = None
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal:
+            return  # lingering after a refusal: read and dropped
+        self._unset_keepalive_if_required()
+        if self._head_open:
+            self._head_received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refusal:
+                self._refuse(self._refusal)
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._head_open and self._head_received > self.limits.max_bytes:
+            self._refuse(431)  # a head still incomplete, already too long
+
+    # -- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head_open = self._head_started = True
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._grow(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_lines += 1
+        if self._head_lines > self.limits.max_headers:
+            self._stop(431)
+        self._grow(len(name) + len(value) + _LINE_OVERHEAD)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = self._head_started = False
+        self._head_received = self._head_size = self._head_lines = 0
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_open = True  # what follows is the next request's head
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm_head_timer()  # answered already: its time starts now
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_open and not self.transport.is_closing():
+            self._arm_head_timer()  # the next head's time starts with the response's end
+
+    # -- bounds ----------------------------------------------------------------------------
+
+    def _grow(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.limits.max_bytes:
+            self._stop(431)
+
+    def _stop(self, status: int) -> None:
+        self._refusal = status
+        raise _Refused
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._head_open:
+            return
+        if self._head_started:
+            self._refuse(408)
+        else:
+            self.transport.close()  # nothing was sent: nobody to answer
+
+    def _refuse(self, status: int) -> None:
+        """Answer ``status`` and close, lingering (module docstring); nothing more is parsed."""
+        self._refusal = status
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            transport.close()  # a response is in flight on this connection: no room to answer
+            return
+        body = _REFUSALS[status]
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: text/plain; charset=utf-8\r\ncontent-length: ",
+                 str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n", body]
+        transport.write(b"".join(head))
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._linger = self.loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()

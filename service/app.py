@@ -67,6 +67,7 @@ class Spendgate:
         # Spans, GenAI convention metrics, usage log; raises ConfigError.
         self.telemetry = build_telemetry(config, self.registry)
         self.metrics = PrometheusSink(self.registry, config.metrics.label_limit,
+                                      config.metrics.pair_limit,
                                       exemplars=self.telemetry.tracing)
         estimator = TokenEstimator()
         self.budgets = BudgetManager(config, self.catalog, self.registry, estimator)

@@ -5,7 +5,8 @@ Hierarchy::
     SpendgateError
     ├── ConfigError            a config file is invalid (carries every problem)
     └── ProxyError             a call the proxy answers itself, with an HTTP status
-        ├── BadRequest           400: a path that could escape the upstream
+        ├── BadRequest           400: a path that could escape the upstream; an attribution
+        │                        header over 256 bytes
         ├── Unauthorized         401: missing or wrong virtual key
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``
@@ -17,6 +18,10 @@ Hierarchy::
 
 Client errors (``http1``, OS) are translated into these at the boundary (``upstream.py``),
 so the proxy deals with one family only. Messages never carry secrets.
+
+``refused`` marks the errors that refuse a call (400, 401, 404, 413): such a call
+is counted with nothing its request claimed, model ``unknown`` and the project of its
+virtual key, else ``unknown``, so a caller the proxy turns away cannot choose labels.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class ProxyError(SpendgateError):
     error_type = "proxy_error"
     openai_type = "server_error"
     anthropic_type = "api_error"
+    refused = False     # True: the call was not admitted (see the module docstring)
 
     def __init__(self, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
@@ -53,6 +59,7 @@ class BadRequest(ProxyError):
     error_type = "bad_request"
     openai_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
+    refused = True
 
 
 class Unauthorized(ProxyError):
@@ -60,6 +67,7 @@ class Unauthorized(ProxyError):
     error_type = "unauthorized"
     openai_type = "invalid_request_error"
     anthropic_type = "authentication_error"
+    refused = True
 
 
 class NotFound(ProxyError):
@@ -67,6 +75,7 @@ class NotFound(ProxyError):
     error_type = "not_found"
     openai_type = "invalid_request_error"
     anthropic_type = "not_found_error"
+    refused = True
 
 
 class BodyTooLarge(ProxyError):
@@ -74,6 +83,7 @@ class BodyTooLarge(ProxyError):
     error_type = "body_too_large"
     openai_type = "invalid_request_error"
     anthropic_type = "request_too_large"
+    refused = True
 
 
 class BudgetExceeded(ProxyError):

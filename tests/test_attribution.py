@@ -68,7 +68,9 @@ def test_missing_or_wrong_key_is_401_and_counted(keyed: ProxyProcess, upstream: 
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert SEARCH_KEY not in r.text
     assert upstream.requests == []
-    assert keyed.sample("spendgate_requests_total", status="401", model="gpt-4o") == before + 1
+    # Refused: counted, but with nothing its body or headers claimed.
+    assert keyed.sample("spendgate_requests_total", status="401", model="unknown",
+                        project="unknown") == before + 1
 
 
 def test_401_in_anthropic_protocol(keyed: ProxyProcess) -> None:

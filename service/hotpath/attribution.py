@@ -7,6 +7,12 @@ early exit, so timing tells nothing about which key nearly matched) and never fo
 key fixes the project: a keyed caller cannot charge another project by header. Without
 ``keys``, the project comes from ``x-spendgate-project``, else ``default``.
 
+Two steps, both on headers alone, before the proxy reads a byte of the body:
+``authenticate`` (401 without a valid key: an unauthenticated caller never makes the proxy
+buffer a body) and ``admit`` (400 for an ``x-spendgate-project`` or ``x-spendgate-user`` over
+``MAX_ATTRIBUTION_BYTES``: they go to logs, traces and labels). A call refused at any step
+is counted under ``UNKNOWN_PROJECT``, or its key's project once the key is known.
+
 Credential custody: an upstream with ``api_key`` gets the proxy's key, and every credential
 the caller sent is dropped; otherwise the caller's credential is forwarded as it came (except
 one that was the virtual key). ``x-spendgate-*`` headers never reach an upstream.
@@ -19,10 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spendgate.config import UpstreamConfig, VirtualKey
-from spendgate.errors import Unauthorized
+from spendgate.errors import BadRequest, Unauthorized
 
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
 DEFAULT_PROJECT = "default"
+UNKNOWN_PROJECT = "unknown"     # a call refused before a key or header could name one
+MAX_ATTRIBUTION_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,23 +62,41 @@ def credential_value(value: bytes) -> bytes:
     return value[7:].strip() if value[:7].lower() == b"bearer " else value.strip()
 
 
-def admit(headers: dict[bytes, bytes], keyring: KeyRing, upstream: UpstreamConfig) -> Admission:
-    """Attribute a call; raises ``Unauthorized`` when keys are on and none matches."""
-    user_value = headers.get(b"x-spendgate-user")
-    user = user_value.decode("utf-8", "replace") if user_value else None
+def authenticate(headers: dict[bytes, bytes], keyring: KeyRing) -> tuple[str, str] | None:
+    """The (project, key name) of the call's virtual key; None when keys are off.
+
+    Raises ``Unauthorized`` when keys are on and none matches."""
     if not keyring.enabled:
-        project_value = headers.get(b"x-spendgate-project")
-        project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
-        return Admission(project, user, None, upstream.api_key is not None)
+        return None
     explicit = headers.get(b"x-spendgate-key")
     candidates = [explicit] if explicit else [headers.get(h) for h in CREDENTIAL_HEADERS]
     for value in candidates:
         if value:
             matched = keyring.match(credential_value(value))
             if matched is not None:
-                # A key sent as the caller's credential must not travel on; one sent in
-                # x-spendgate-key leaves the caller's credential to the custody rule.
-                drop = upstream.api_key is not None or not explicit
-                return Admission(matched[0], user, matched[1], drop)
+                return matched
     raise Unauthorized("a valid spendgate virtual key is required "
                        "(x-spendgate-key, authorization or x-api-key)")
+
+
+def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
+          upstream: UpstreamConfig) -> Admission:
+    """Attribute an authenticated call (``key`` from ``authenticate``); raises
+    ``BadRequest`` for an attribution header over ``MAX_ATTRIBUTION_BYTES``."""
+    user_value = _bounded(headers, b"x-spendgate-user")
+    project_value = _bounded(headers, b"x-spendgate-project")
+    user = user_value.decode("utf-8", "replace") if user_value else None
+    if key is None:
+        project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
+        return Admission(project, user, None, upstream.api_key is not None)
+    # A key sent as the caller's credential must not travel on; one sent in
+    # x-spendgate-key leaves the caller's credential to the custody rule.
+    drop = upstream.api_key is not None or not headers.get(b"x-spendgate-key")
+    return Admission(key[0], user, key[1], drop)
+
+
+def _bounded(headers: dict[bytes, bytes], name: bytes) -> bytes | None:
+    value = headers.get(name)
+    if value is not None and len(value) > MAX_ATTRIBUTION_BYTES:
+        raise BadRequest(f"{name.decode()} is over {MAX_ATTRIBUTION_BYTES} bytes")
+    return value

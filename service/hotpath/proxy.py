@@ -1,7 +1,8 @@
 """The hot path: a raw ASGI app that forwards ``/{upstream}/{path}`` and measures the call.
 
-Per call it does the minimum on the event loop: route, read the body, parse it once
-(provider), admit (virtual key, project), forward with a pooled keep-alive connection, and
+Per call it does the minimum on the event loop: route, authenticate and attribute the call
+from its headers (``attribution``: no body is read for a caller without a valid key),
+read the body, parse it once (provider), forward with a pooled keep-alive connection, and
 send the upstream's status, headers and bytes back as they arrive. Usage extraction,
 estimation, pricing and every export happen later, in the ``RecordPipeline`` thread, after
 the caller has its last byte; the proxy hands over one ``CallOutcome`` per call.
@@ -23,7 +24,13 @@ from typing import Any, Protocol
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.config import Config, UpstreamConfig
 from spendgate.errors import BodyTooLarge, ClientClosed, ProxyError, error_body
-from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing, admit
+from spendgate.hotpath.attribution import (
+    CREDENTIAL_HEADERS,
+    UNKNOWN_PROJECT,
+    KeyRing,
+    admit,
+    authenticate,
+)
 from spendgate.hotpath.headers import response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
 from spendgate.hotpath.tracecontext import request_id, start_trace
@@ -162,13 +169,17 @@ class ProxyApp:
                        outcome: CallOutcome) -> None:
         rid = outcome.request_id = request_id(headers)
         keyring, gate = self._policy
+        # Headers alone admit a call: a caller without a valid key is refused before the
+        # proxy reads (let alone buffers) a byte of its body.
+        key = authenticate(headers, keyring)
+        if key is not None:
+            outcome.project, outcome.virtual_key = key  # a refusal below counts for the key
+        admission = admit(headers, key, upstream.config)
+        outcome.project, outcome.user = admission.project, admission.user
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))
         method: str = scope["method"]
         info = upstream.provider.parse_request(method, target.raw_path, body)
         outcome.request = info
-        admission = admit(headers, keyring, upstream.config)
-        outcome.project, outcome.user = admission.project, admission.user
-        outcome.virtual_key = admission.key_name
         out_headers = upstream_headers(
             scope["headers"],
             upstream.custody_headers if admission.drop_caller_credentials else frozenset(),
@@ -299,6 +310,10 @@ async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> N
     body = error_body(error, outcome.protocol)
     outcome.status = error.status
     outcome.error_type = error.error_type
+    if error.refused:  # counted with nothing the caller claimed (errors.py)
+        outcome.request = None
+        if outcome.virtual_key is None:
+            outcome.project = UNKNOWN_PROJECT
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), *error.headers]
     if outcome.request_id is not None:

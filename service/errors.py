@@ -8,8 +8,10 @@ Hierarchy::
         ├── BadRequest           400: a path that could escape the upstream; an attribution
         │                        header over 256 bytes
         ├── Unauthorized         401: missing or wrong virtual key
+        ├── ForbiddenOrigin      403: a browser origin not in ``server.allowed_origins``
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``
+        ├── MisdirectedRequest   421: a ``Host`` not in ``server.allowed_hosts``
         ├── ClientClosed         499: the caller hung up before its body was complete
         ├── BudgetExceeded       429: a ``block`` budget has no room for this call
         ├── BudgetStoreUnavailable 503: budget store down and ``store.on_error: closed``
@@ -19,7 +21,7 @@ Hierarchy::
 Client errors (``http1``, OS) are translated into these at the boundary (``upstream.py``),
 so the proxy deals with one family only. Messages never carry secrets.
 
-``refused`` marks the errors that refuse a call (400, 401, 404, 413): such a call
+``refused`` marks the errors that refuse a call (400, 401, 403, 404, 413, 421): such a call
 is counted with nothing its request claimed, model ``unknown`` and the project of its
 virtual key, else ``unknown``, so a caller the proxy turns away cannot choose labels.
 """
@@ -70,6 +72,17 @@ class Unauthorized(ProxyError):
     refused = True
 
 
+class ForbiddenOrigin(ProxyError):
+    """A proxied call from a browser page whose origin is not allowed: any web page can
+    send a "simple" cross-site POST to a proxy on localhost, with its custody key."""
+
+    status = 403
+    error_type = "forbidden_origin"
+    openai_type = "invalid_request_error"
+    anthropic_type = "permission_error"
+    refused = True
+
+
 class NotFound(ProxyError):
     status = 404
     error_type = "not_found"
@@ -83,6 +96,16 @@ class BodyTooLarge(ProxyError):
     error_type = "body_too_large"
     openai_type = "invalid_request_error"
     anthropic_type = "request_too_large"
+    refused = True
+
+
+class MisdirectedRequest(ProxyError):
+    """A ``Host`` the proxy does not serve (DNS rebinding: a hostile name resolving to it)."""
+
+    status = 421
+    error_type = "misdirected_request"
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
     refused = True
 
 

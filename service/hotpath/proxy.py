@@ -1,7 +1,8 @@
 """The hot path: a raw ASGI app that forwards ``/{upstream}/{path}`` and measures the call.
 
-Per call it does the minimum on the event loop: route, authenticate and attribute the call
-from its headers (``attribution``: no body is read for a caller without a valid key),
+Per call it does the minimum on the event loop: check the ``Host`` it was reached by
+(``exposure``), route, authenticate, check a browser's ``Origin`` and attribute the call,
+all from its headers (``attribution``: no body is read for a caller without a valid key),
 read the body, parse it once (provider), forward with a pooled keep-alive connection, and
 send the upstream's status, headers and bytes back as they arrive. Usage extraction,
 estimation, pricing and every export happen later, in the ``RecordPipeline`` thread, after
@@ -23,7 +24,14 @@ from typing import Any, Protocol
 
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.config import Config, UpstreamConfig
-from spendgate.errors import BodyTooLarge, ClientClosed, ProxyError, error_body
+from spendgate.errors import (
+    BodyTooLarge,
+    ClientClosed,
+    ForbiddenOrigin,
+    MisdirectedRequest,
+    ProxyError,
+    error_body,
+)
 from spendgate.hotpath.attribution import (
     CREDENTIAL_HEADERS,
     UNKNOWN_PROJECT,
@@ -31,6 +39,7 @@ from spendgate.hotpath.attribution import (
     admit,
     authenticate,
 )
+from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.headers import response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
 from spendgate.hotpath.tracecontext import request_id, start_trace
@@ -40,6 +49,11 @@ from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome
 from spendgate.upstream.client import UpstreamClient, UpstreamTarget, iter_body, read_body
 
 log = logging.getLogger("spendgate.proxy")
+
+MISDIRECTED = ("this proxy does not serve that Host name: list it in server.allowed_hosts "
+               "(on loopback the default is localhost, 127.0.0.1 and ::1)")
+FORBIDDEN_ORIGIN = ("calls from a browser page are refused unless server.allowed_origins "
+                    "lists its Origin")
 
 _WELL_KNOWN_HOSTS = {
     "api.openai.com": "openai", "api.anthropic.com": "anthropic",
@@ -105,21 +119,25 @@ class ProxyApp:
     """ASGI app for ``/{upstream}/{path}``.
 
     Built with everything it uses: the upstream client (connections open inside the running
-    loop, on first use), where outcomes go, the in-flight gauge per upstream, and telemetry's
-    two decisions (``propagate``: this proxy's spans are recorded, so the upstream sees them
-    as parents; ``sample_new_traces``: a bool or a trace-id ratio). ``reconfigure`` swaps the
-    keys and the budget gate on reload, each as a whole object, so a call sees the old or
-    the new pair, never a mix.
+    loop, on first use), where outcomes go, the in-flight gauge per upstream, the ``Host``
+    names and browser origins it serves (``exposure``), and telemetry's two decisions
+    (``propagate``: this proxy's spans are recorded, so the upstream sees them as parents;
+    ``sample_new_traces``: a bool or a trace-id ratio). ``reconfigure`` swaps the keys and
+    the budget gate on reload, each as a whole object, so a call sees the old or the new
+    pair, never a mix.
     """
 
     def __init__(self, config: Config, client: UpstreamClient, outcomes: OutcomeSink,
-                 in_flight: Callable[[str], Any], *, gate: BudgetGate | None = None,
+                 in_flight: Callable[[str], Any], *, hosts: HostAllowList,
+                 origins: OriginAllowList, gate: BudgetGate | None = None,
                  propagate: bool = False, sample_new_traces: bool | float = True) -> None:
         self.upstreams = {name: Upstream(name, cfg, in_flight(name))
                           for name, cfg in config.upstreams.items()}
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.client = client
         self.outcomes = outcomes
+        self.hosts = hosts
+        self.origins = origins
         self.propagate = propagate
         self.sample_new_traces = sample_new_traces
         self._policy: tuple[KeyRing, BudgetGate | None] = (KeyRing(config.keys), gate)
@@ -132,6 +150,8 @@ class ProxyApp:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         try:
+            if not self.hosts.allows(headers.get(b"host")):
+                raise MisdirectedRequest(MISDIRECTED)
             target = route(scope.get("raw_path") or scope["path"].encode(),
                            scope["query_string"], self.upstreams)
         except ProxyError as error:
@@ -174,6 +194,8 @@ class ProxyApp:
         key = authenticate(headers, keyring)
         if key is not None:
             outcome.project, outcome.virtual_key = key  # a refusal below counts for the key
+        if not self.origins.allows(headers.get(b"origin")):
+            raise ForbiddenOrigin(FORBIDDEN_ORIGIN)
         admission = admit(headers, key, upstream.config)
         outcome.project, outcome.user = admission.project, admission.user
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))

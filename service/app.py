@@ -105,7 +105,8 @@ class Spendgate:
                               propagate=self.telemetry.tracing,
                               sample_new_traces=self.telemetry.sample_new_traces)
         self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
-                             self.degraded, lambda: self.config.admin_key, lambda: self.budgets)
+                             self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
+                             lambda: self.config.metrics_key)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
 
@@ -143,7 +144,8 @@ class Spendgate:
         await self.budgets.close()  # after the pipeline: its last records are settled
 
     def reload(self, config: Config | None = None) -> bool:
-        """Apply a new config's budgets, keys, prices, alerts and admin key; True if applied.
+        """Apply a new config's budgets, keys, prices, alerts, admin and metrics keys; True if
+        applied.
 
         ``config`` defaults to re-reading ``config_path``. A config that does not load (or
         whose catalog or store cannot be opened) is rejected with its problems logged, and the
@@ -159,7 +161,7 @@ class Spendgate:
             try:
                 new = config if config is not None else load_config(self.config_path)
                 catalog = build_catalog(new)
-                applied = ("keys", "pricing", "budgets", "alerts", "admin_key")
+                applied = ("keys", "pricing", "budgets", "alerts", "admin_key", "metrics_key")
                 merged = self.config.model_copy(update={f: getattr(new, f) for f in applied})
                 self.budgets.update(merged, catalog)
             except ConfigError as error:

@@ -131,6 +131,8 @@ class Spendgate:
         await self.budgets.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
+        for problem in self.config.empty_keys():
+            log.warning("%s", problem)
         # Everything loaded so far (tokenizer tables, pydantic, FastAPI) lives as long as the
         # process: keep it out of the cyclic GC, whose full passes would otherwise add
         # milliseconds to whichever call they interrupt.
@@ -181,6 +183,8 @@ class Spendgate:
             log.warning("config reloaded: %d budgets, %d keys%s", len(merged.budgets),
                         len(merged.keys or ()), f"; changes to {', '.join(ignored)} need a "
                         "restart" if ignored else "")
+            for problem in merged.empty_keys():
+                log.warning("%s", problem)
             return True
 
     def _handle_sighup(self, install: bool) -> None:

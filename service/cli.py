@@ -84,6 +84,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"pricing.catalog: {error}")
         return 1
+    for warning in config.empty_keys():
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(config.upstreams)} upstreams)")
     return 0
 

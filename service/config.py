@@ -19,8 +19,10 @@ names on a loopback address, else it must be given, or ``SPENDGATE_ALLOWED_HOSTS
 
 ``${VAR}`` is replaced by the environment variable (``${VAR:-default}`` gives a default); an
 unset variable becomes the empty string, and an empty ``api_key`` means "forward the caller's
-credential". Unknown keys are errors naming their path. ``load_config`` raises ``ConfigError``
-carrying every problem, one ``path: message`` line each. A ``Config`` is immutable once loaded.
+credential"; an empty ``keys[].key`` admits nothing (keys stay on: examples that read keys
+from a Secret refuse every call without it; ``Config.empty_keys`` names them). Unknown keys
+are errors naming their path. ``load_config`` raises ``ConfigError`` carrying every
+problem, one ``path: message`` line each. A ``Config`` is immutable once loaded.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ class PricingConfig(_Strict):
 
 
 class VirtualKey(_Strict):
-    key: str = Field(min_length=1)
+    key: str                # empty (its ${VAR} unset): no call can use it
     project: str = Field(min_length=1)
     # How budgets, records and metrics name the key (never the secret); default project#index.
     name: str | None = Field(default=None, min_length=1)
@@ -308,10 +310,15 @@ class Config(_Strict):
                                      "(give the key a name in keys, or use project#index)")
         return value
 
+    def empty_keys(self) -> list[str]:
+        """A warning for each virtual key left empty (its variable unset): it admits nothing."""
+        return [f"keys.{i}.key: empty (is its variable unset?): no call can use this key"
+                for i, k in enumerate(self.keys or ()) if not k.key]
+
     @model_validator(mode="after")
     def _unique_keys(self) -> Config:
         if self.keys is not None:
-            seen = [k.key for k in self.keys]
+            seen = [k.key for k in self.keys if k.key]
             if len(seen) != len(set(seen)):
                 raise ValueError("keys: the same key is listed twice")
             names = [k.name for k in self.keys if k.name is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import anthropic
@@ -134,3 +135,25 @@ def test_custom_api_key_header_is_kept_in_custody(keyed: ProxyProcess,
               headers={"x-spendgate-key": SEARCH_KEY, "x-goog-api-key": "caller-own"})
     seen = upstream.requests[-1]
     assert [v for k, v in seen.headers if k.lower() == "x-goog-api-key"] == ["sk-goog-proxy"]
+
+
+def test_a_key_whose_variable_is_unset_admits_nothing(fake: FakeUpstream, spawn: Any,
+                                                      upstream: FakeUpstream) -> None:
+    # Deploy examples take keys from a Secret: without it the proxy still starts, keys on,
+    # and refuses every call that does not bring a key that is set.
+    config = basic_config(fake, keys=[{"key": "${SPENDGATE_TEST_UNSET_KEY}", "project": "a"},
+                                      {"key": "${SPENDGATE_TEST_UNSET_KEY_2}", "project": "b"},
+                                      {"key": SUPPORT_KEY, "project": "support"}])
+    proxy = spawn(config)
+    url = proxy.url + "/openai/v1/models"
+    for headers in ({}, {"authorization": "Bearer"}, {"x-api-key": ""}, {"api-key": '""'}):
+        assert httpx.get(url, headers=headers).status_code == 401, headers
+    for raw in (b"authorization: Bearer ", b"x-spendgate-key:  ", b"x-api-key: Bearer  "):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:  # what httpx refuses
+            sock.sendall(b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+                         b"Connection: close\r\n\r\n" % raw)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 401"), raw
+    upstream.queue(Reply())
+    assert httpx.get(url, headers={"x-spendgate-key": SUPPORT_KEY}).status_code == 200
+    assert len(upstream.requests) == 1
+    assert "keys.0.key: empty" in proxy.log() and "keys.1.key: empty" in proxy.log()

@@ -42,12 +42,13 @@ class Admission:
 
 
 class KeyRing:
-    """The configured virtual keys. Immutable; thread-safe."""
+    """The configured virtual keys. Immutable; thread-safe. An empty key (its variable
+    unset) is left out: it would match an empty credential; keys stay on all the same."""
 
     def __init__(self, keys: Sequence[VirtualKey] | None) -> None:
         self.enabled = keys is not None
         self._keys = [(k.key.encode(), k.project, k.name or f"{k.project}#{i}")
-                      for i, k in enumerate(keys or ())]
+                      for i, k in enumerate(keys or ()) if k.key]
 
     def match(self, presented: bytes) -> tuple[str, str] | None:
         found: tuple[str, str] | None = None

@@ -84,8 +84,11 @@ def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
           upstream: UpstreamConfig) -> Admission:
     """Attribute an authenticated call (``key`` from ``authenticate``); raises
     ``BadRequest`` for an attribution header over ``MAX_ATTRIBUTION_BYTES``."""
-    user_value = _bounded(headers, b"x-spendgate-user")
-    project_value = _bounded(headers, b"x-spendgate-project")
+    user_value = headers.get(b"x-spendgate-user")
+    project_value = headers.get(b"x-spendgate-project")
+    if len(user_value or b"") > MAX_ATTRIBUTION_BYTES or \
+            len(project_value or b"") > MAX_ATTRIBUTION_BYTES:
+        raise _too_long(user_value)
     user = user_value.decode("utf-8", "replace") if user_value else None
     if key is None:
         project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
@@ -96,8 +99,6 @@ def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
     return Admission(key[0], user, key[1], drop)
 
 
-def _bounded(headers: dict[bytes, bytes], name: bytes) -> bytes | None:
-    value = headers.get(name)
-    if value is not None and len(value) > MAX_ATTRIBUTION_BYTES:
-        raise BadRequest(f"{name.decode()} is over {MAX_ATTRIBUTION_BYTES} bytes")
-    return value
+def _too_long(user: bytes | None) -> BadRequest:
+    name = "x-spendgate-user" if len(user or b"") > MAX_ATTRIBUTION_BYTES else "x-spendgate-project"
+    return BadRequest(f"{name} is over {MAX_ATTRIBUTION_BYTES} bytes")

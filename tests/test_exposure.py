@@ -273,3 +273,24 @@ def test_metrics_key_is_applied_on_reload(spawn: Any, fake: FakeUpstream) -> Non
         time.sleep(0.05)
     assert httpx.get(proxy.url + "/metrics", headers={"authorization": "Bearer mk-before"}
                      ).status_code == 401
+
+
+def test_hosts_never_seen_before_do_not_pile_up_in_memory(spawn: Any, fake: FakeUpstream) -> None:
+    # Verdicts are remembered per raw Host value, a bounded number of them: never the
+    # values an attacker can make a megabyte long.
+    proxy = spawn(basic_config(fake))
+    assert proxy.proc is not None
+
+    def rss_mb() -> float:
+        status = Path(f"/proc/{proxy.proc.pid}/status").read_text()  # type: ignore[union-attr]
+        return int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("VmRSS:"))) / 1024
+
+    filler = "h" * (1024 * 1024)
+    with httpx.Client(timeout=30) as client:
+        client.get(proxy.url + "/openai/v1/models", headers={"host": f"warm{filler}"})
+        before = rss_mb()
+        for i in range(100):
+            r = client.get(proxy.url + "/openai/v1/models", headers={"host": f"{i}{filler}"})
+            assert r.status_code == 421
+    assert rss_mb() - before < 40, "distinct Host values are being kept"

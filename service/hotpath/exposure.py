@@ -24,6 +24,7 @@ from collections.abc import Iterable
 
 ANY = "*"
 _MEMO_SIZE = 256    # distinct raw Host values remembered; past that, parsed each time
+_MEMO_VALUE = 300   # bytes: a DNS name (253) and a port; longer values are never kept
 
 
 def host_part(raw: str) -> str | None:
@@ -57,7 +58,8 @@ class HostAllowList:
         listed = list(names)
         self.any = ANY in listed
         self._names = frozenset(map(configured_name, listed))
-        # Raw header value -> verdict: a steady caller sends the same bytes every time.
+        # Raw header value -> verdict: a steady caller sends the same bytes every time. At
+        # most _MEMO_SIZE values of at most _MEMO_VALUE bytes: memory an attacker cannot grow.
         self._memo: dict[bytes | None, bool] = {}
 
     def allows(self, raw: bytes | None) -> bool:
@@ -65,7 +67,7 @@ class HostAllowList:
         if verdict is None:
             verdict = self.any or (raw is not None
                                    and host_part(raw.decode("latin-1")) in self._names)
-            if len(self._memo) < _MEMO_SIZE:
+            if len(self._memo) < _MEMO_SIZE and (raw is None or len(raw) <= _MEMO_VALUE):
                 self._memo[raw] = verdict
         return verdict
 

@@ -2,7 +2,7 @@
 # spendgate: the LLM cost and latency proxy.
 #
 #   docker build -t spendgate .
-#   docker run --rm -p 4000:4000 spendgate                 # embedded default config
+#   docker run --rm -p 127.0.0.1:4000:4000 spendgate       # embedded default config
 #   docker run --rm -p 4000:4000 -v $PWD/spendgate.yaml:/etc/spendgate/spendgate.yaml:ro \
 #       -e SPENDGATE_CONFIG=/etc/spendgate/spendgate.yaml -e OPENAI_API_KEY spendgate
 #
@@ -59,7 +59,15 @@ EXPOSE 4000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4000/healthz', timeout=4)"]
 ENTRYPOINT ["spendgate"]
+# Off loopback the proxy must be told which Host names it serves (server.allowed_hosts;
+# any other Host gets 421, against DNS rebinding). This stands in for the key when the
+# config does not set it: the loopback names, so `docker run -p 127.0.0.1:4000:4000`
+# works as http://localhost:4000 and nothing else does. Not "*": a config mounted later
+# may hold provider keys (custody), and a forgotten key must not leave it open to any
+# name. Reached by another name, set the key or override: -e SPENDGATE_ALLOWED_HOSTS=a,b
+ENV SPENDGATE_ALLOWED_HOSTS=localhost,127.0.0.1,::1
 # The config comes from $SPENDGATE_CONFIG when set (docker-compose.yml and the
-# Kubernetes manifests set it to /etc/spendgate/spendgate.yaml), else the embedded
-# default: upstreams openai and anthropic, the caller's credentials forwarded.
+# Kubernetes manifests set it to /etc/spendgate/spendgate.yaml, with allowed_hosts),
+# else the embedded default: upstreams openai and anthropic, the caller's credentials
+# forwarded (no provider key in the image).
 CMD ["serve", "--host", "0.0.0.0", "--port", "4000"]

@@ -18,7 +18,10 @@ Recorded per metered call (inference operations only):
   chunks one by one on the hot path, and one observation keeps the cost of a call
   independent of its length (a 4,000-chunk answer is not 4,000 OpenTelemetry records).
 
-Model labels pass a ``labels.LabelCap`` (``metrics.label_limit``, as ``exporters.prometheus``).
+Model labels pass a ``labels.LabelCap`` (``metrics.label_limit``, as ``exporters.prometheus``)
+and their combination a ``labels.PairCap`` (``metrics.pair_limit``): these metrics carry no
+project, so the pair is (response model, request model), and past the cap the request model,
+the one a caller chooses, reads ``other``.
 Absent attributes are empty Prometheus labels. ``export`` runs on the pipeline thread only.
 """
 
@@ -34,7 +37,7 @@ from spendgate.exporters import semconv as sc
 from spendgate.exporters.base import RecordSink
 from spendgate.exporters.genai import Server, error_type, metric_attributes, operation_name
 from spendgate.exporters.prometheus import trace_exemplar
-from spendgate.labels import LabelCap
+from spendgate.labels import LabelCap, PairCap
 from spendgate.records import UsageRecord
 
 
@@ -119,12 +122,14 @@ class GenAIMetricsSink(RecordSink):
     name = "gen_ai_metrics"
 
     def __init__(self, registry: CollectorRegistry | None, servers: Mapping[str, Server],
-                 label_limit: int = 200, meter: Any = None, exemplars: bool = False) -> None:
+                 label_limit: int = 200, meter: Any = None, exemplars: bool = False,
+                 pair_limit: int = 1000) -> None:
         self._servers = servers
         self._server_labels = {name: (host, "" if port is None else str(port))
                                for name, (host, port) in servers.items()}
         self._request_model = LabelCap(label_limit)
         self._response_model = LabelCap(label_limit)
+        self._pairs = PairCap(pair_limit)
         self._exemplars = exemplars
         self._otel = meter is not None
         self.token_usage, self.duration, self.ttfc, self.tpoc = (
@@ -137,8 +142,11 @@ class GenAIMetricsSink(RecordSink):
                 self._export_one(record, operation)
 
     def _export_one(self, r: UsageRecord, operation: str) -> None:
-        request_model = self._request_model(r.model) if r.model != "unknown" else ""
         response_model = self._response_model(r.response_model) if r.response_model else ""
+        request_model = ""  # absent, and so never folded into "other"
+        if r.model != "unknown":
+            response_model, request_model = self._pairs(response_model,
+                                                         self._request_model(r.model))
         # Label values in _COMMON order: operation, provider, models, server address, port.
         base = (operation, r.provider, request_model, response_model,
                 *self._server_labels.get(r.upstream, ("", "")))

@@ -7,8 +7,11 @@ pipeline's worker thread; the proxy touches only the in-flight gauge on the hot 
 Money is summed exactly: ``spendgate_cost_usd_total`` keeps a ``Decimal`` per label set and
 converts to float only when scraped, so millions of micro-dollar calls never drift.
 
-Label values for ``project`` and ``model`` are capped (``label_limit`` distinct values each);
-later values become ``labels.OTHER`` so a caller cannot explode the series count.
+Label values for ``project`` and ``model`` are capped (``label_limit`` distinct values each,
+none over ``labels.MAX_VALUE_CHARS``), and so are their combinations: past ``pair_limit``
+distinct (project, model) pairs, a new pair keeps its project and its model reads
+``labels.OTHER`` (``labels.PairCap``, one for every metric here, so all of them fold a pair
+alike). A caller cannot explode the series count, nor the size of a scrape.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from spendgate.exporters.base import RecordSink
-from spendgate.labels import LabelCap
+from spendgate.labels import LabelCap, PairCap
 from spendgate.records import UsageRecord
 
 LLM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
@@ -72,12 +75,13 @@ class PrometheusSink(RecordSink):
     name = "prometheus"
 
     def __init__(self, registry: CollectorRegistry, label_limit: int = 200,
-                 exemplars: bool = False) -> None:
+                 pair_limit: int = 1000, exemplars: bool = False) -> None:
         self.registry = registry
         # On when spans are exported: latency histograms then carry trace-id exemplars.
         self.exemplars = exemplars
         self._project = LabelCap(label_limit)
         self._model = LabelCap(label_limit)
+        self._pairs = PairCap(pair_limit)
         self.requests = Counter("spendgate_requests", "Proxied calls by final HTTP status "
                                 "(499: the caller hung up).",
                                 ("upstream", "provider", "model", "project", "status"),
@@ -119,8 +123,8 @@ class PrometheusSink(RecordSink):
             self._export_one(record)
 
     def _export_one(self, r: UsageRecord) -> None:
-        model = self._model(r.model)
-        project = self._project(r.project)
+        model_value = self._model(r.model)
+        project, model = self._pairs(self._project(r.project), model_value)
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
         exemplar = trace_exemplar(r) if self.exemplars else None
@@ -141,4 +145,4 @@ class PrometheusSink(RecordSink):
         if r.cost_usd:
             self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
         if not r.priced and not r.usage.is_empty:
-            self.unpriced.labels(model).inc()
+            self.unpriced.labels(model_value).inc()  # no project: no pair to fold

@@ -2,8 +2,9 @@
 
 The data flow, one subpackage per stage::
 
-    request -> route ............................ hotpath/routing.py
-            -> admit: key, project, user ........ hotpath/attribution.py
+    request -> Host it was sent to, route ....... hotpath/exposure.py, hotpath/routing.py
+            -> admit: key, Origin, project, user  hotpath/attribution.py, hotpath/exposure.py
+               (headers only: no body is read before a call is admitted)
             -> reserve the worst case ........... budgets/gate.py (through hotpath's BudgetGate)
             -> forward, stream back ............. hotpath/proxy.py, upstream/, providers/sse.py
     ---- the caller has its bytes; everything below runs in the record pipeline's thread ----

@@ -3,7 +3,10 @@
 ``Spendgate`` is the ASGI application. ``/{upstream}/...`` goes straight to the hot path's
 ``ProxyApp`` (no FastAPI routing, middleware or ``StreamingResponse`` on the hot path); the
 reserved first segments (``metrics``, ``healthz``, ``readyz``, ``admin``, ``docs``,
-``openapi.json``) go to the FastAPI app of ``admin.api``. Construction wires, in order:
+``openapi.json``) go to the FastAPI app of ``admin.api``. Both answer only the ``Host``
+names of ``server.allowed_hosts`` (421 otherwise: the proxy checks its own calls, this
+module the admin and docs paths), except ``/healthz``, ``/readyz`` and ``/metrics``, which
+probes and Prometheus reach by pod IP. Construction wires, in order:
 prices, telemetry (which decides exemplars and trace propagation), the Prometheus sink,
 budgets, the record pipeline with its sinks in a fixed order (metrics, ledger, telemetry,
 extras), the upstream client and the proxy. The lifespan starts the pipeline's thread and
@@ -19,6 +22,7 @@ import signal
 import threading
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from spendgate.accounting.builder import RecordBuilder
@@ -29,16 +33,23 @@ from spendgate.admin.api import build_api
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.budgets.manager import BudgetManager
 from spendgate.config import RESERVED_NAMES, Config, load_config
+from spendgate.config import allowed_hosts as resolve_allowed_hosts
 from spendgate.errors import ConfigError
 from spendgate.exporters.base import RecordSink
 from spendgate.exporters.prometheus import PrometheusSink
 from spendgate.hotpath.attribution import KeyRing
+from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.proxy import ProxyApp
 from spendgate.providers import PROVIDERS
 from spendgate.telemetry import build_telemetry
 from spendgate.upstream.client import UpstreamClient
 
 log = logging.getLogger("spendgate")
+
+# Served whatever the Host: kubelet probes and Prometheus scrapes address pods by IP.
+HOST_EXEMPT = frozenset({"healthz", "readyz", "metrics"})
+_MISDIRECTED = orjson.dumps({"detail": "this proxy does not serve that Host name: list it "
+                                       "in server.allowed_hosts"})
 
 
 def build_catalog(config: Config) -> PriceCatalog:
@@ -55,18 +66,27 @@ def build_catalog(config: Config) -> PriceCatalog:
 
 
 class Spendgate:
-    """The whole service for one process. Build, then serve with any ASGI server."""
+    """The whole service for one process. Build, then serve with any ASGI server.
+
+    ``allowed_hosts``: the ``Host`` names served, as ``config.allowed_hosts`` resolved them
+    for the address the server binds (default: resolved for ``server.host``; raises
+    ``ConfigError`` when that is not loopback and the config names none).
+    """
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
                  extra_sinks: list[RecordSink] | None = None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None,
+                 allowed_hosts: list[str] | None = None) -> None:
         self.config = config
         self.config_path = config_path      # what SIGHUP re-reads (``reload``)
+        self.hosts = HostAllowList(allowed_hosts if allowed_hosts is not None
+                                   else resolve_allowed_hosts(config.server))
         self.registry = registry if registry is not None else CollectorRegistry()
         self.catalog = build_catalog(config)
         # Spans, GenAI convention metrics, usage log; raises ConfigError.
         self.telemetry = build_telemetry(config, self.registry)
         self.metrics = PrometheusSink(self.registry, config.metrics.label_limit,
+                                      config.metrics.pair_limit,
                                       exemplars=self.telemetry.tracing)
         estimator = TokenEstimator()
         self.budgets = BudgetManager(config, self.catalog, self.registry, estimator)
@@ -80,11 +100,14 @@ class Spendgate:
                                        on_sink_error=self.metrics.count_sink_error)
         self.client = UpstreamClient()
         self.proxy = ProxyApp(config, self.client, self.pipeline, self.metrics.in_flight.labels,
+                              hosts=self.hosts,
+                              origins=OriginAllowList(config.server.allowed_origins),
                               gate=self.budgets.proxy_gate(),
                               propagate=self.telemetry.tracing,
                               sample_new_traces=self.telemetry.sample_new_traces)
         self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
-                             self.degraded, lambda: self.config.admin_key, lambda: self.budgets)
+                             self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
+                             lambda: self.config.metrics_key)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
 
@@ -109,6 +132,8 @@ class Spendgate:
         await self.budgets.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
+        for problem in self.config.empty_keys():
+            log.warning("%s", problem)
         # Everything loaded so far (tokenizer tables, pydantic, FastAPI) lives as long as the
         # process: keep it out of the cyclic GC, whose full passes would otherwise add
         # milliseconds to whichever call they interrupt.
@@ -122,7 +147,8 @@ class Spendgate:
         await self.budgets.close()  # after the pipeline: its last records are settled
 
     def reload(self, config: Config | None = None) -> bool:
-        """Apply a new config's budgets, keys, prices, alerts and admin key; True if applied.
+        """Apply a new config's budgets, keys, prices, alerts, admin and metrics keys; True if
+        applied.
 
         ``config`` defaults to re-reading ``config_path``. A config that does not load (or
         whose catalog or store cannot be opened) is rejected with its problems logged, and the
@@ -138,7 +164,7 @@ class Spendgate:
             try:
                 new = config if config is not None else load_config(self.config_path)
                 catalog = build_catalog(new)
-                applied = ("keys", "pricing", "budgets", "alerts", "admin_key")
+                applied = ("keys", "pricing", "budgets", "alerts", "admin_key", "metrics_key")
                 merged = self.config.model_copy(update={f: getattr(new, f) for f in applied})
                 self.budgets.update(merged, catalog)
             except ConfigError as error:
@@ -158,6 +184,8 @@ class Spendgate:
             log.warning("config reloaded: %d budgets, %d keys%s", len(merged.budgets),
                         len(merged.keys or ()), f"; changes to {', '.join(ignored)} need a "
                         "restart" if ignored else "")
+            for problem in merged.empty_keys():
+                log.warning("%s", problem)
             return True
 
     def _handle_sighup(self, install: bool) -> None:
@@ -183,7 +211,10 @@ class Spendgate:
             end = path.find("/", 1)
             first = path[1:end] if end > 0 else path[1:]
             if first in RESERVED_NAMES or not first:
-                await self.api(scope, receive, send)
+                if first in HOST_EXEMPT or self.hosts.allows(_host(scope)):
+                    await self.api(scope, receive, send)
+                else:
+                    await _misdirected(send)
             else:
                 await self.proxy(scope, receive, send)
         elif kind == "lifespan":
@@ -206,3 +237,17 @@ class Spendgate:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _host(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+async def _misdirected(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 421,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(_MISDIRECTED)).encode())]})
+    await send({"type": "http.response.body", "body": _MISDIRECTED})

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from spendgate import __version__
-from spendgate.config import Config, load_config
+from spendgate.config import ALLOWED_HOSTS_ENV, Config, allowed_hosts, load_config
 from spendgate.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -45,8 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape size for no use here
     try:
-        app = Spendgate(config, config_path=_config_path(args.config))
-    except ConfigError as error:  # telemetry settings, usage log path
+        # --host counts: the loopback default does not follow the proxy off loopback.
+        hosts = allowed_hosts(config.server, host, os.environ.get(ALLOWED_HOSTS_ENV))
+        app = Spendgate(config, config_path=_config_path(args.config), allowed_hosts=hosts)
+    except ConfigError as error:  # allowed hosts, telemetry settings, usage log path
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return 1
@@ -77,6 +79,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
         build_catalog(config)
         check_telemetry(config)
+        allowed_hosts(config.server, fallback=os.environ.get(ALLOWED_HOSTS_ENV))
     except ConfigError as error:
         for problem in error.problems:
             print(problem)
@@ -84,6 +87,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"pricing.catalog: {error}")
         return 1
+    for warning in config.empty_keys():
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(config.upstreams)} upstreams)")
     return 0
 
@@ -153,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="YAML config file (default: $SPENDGATE_CONFIG, "
                        "else the embedded default: upstreams openai and anthropic)")
-    serve.add_argument("--host", default=None, help=f"bind address (default {DEFAULT_HOST})")
+    serve.add_argument("--host", default=None, help=f"bind address (default {DEFAULT_HOST}; "
+                       "off loopback, server.allowed_hosts or $SPENDGATE_ALLOWED_HOSTS must "
+                       "name the Host names served)")
     serve.add_argument("--port", type=int, default=None, help=f"port (default {DEFAULT_PORT})")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])

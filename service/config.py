@@ -13,14 +13,21 @@ Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes,
 ``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
 ``budgets[].max_reserve_usd`` (see ``budgets.gate``).
 
+``server.allowed_hosts`` has a default that depends on where the proxy listens, which the
+``--host`` flag may change: ``allowed_hosts(server, bind_host)`` resolves it (the loopback
+names on a loopback address, else it must be given, or ``SPENDGATE_ALLOWED_HOSTS``).
+
 ``${VAR}`` is replaced by the environment variable (``${VAR:-default}`` gives a default); an
 unset variable becomes the empty string, and an empty ``api_key`` means "forward the caller's
-credential". Unknown keys are errors naming their path. ``load_config`` raises ``ConfigError``
-carrying every problem, one ``path: message`` line each. A ``Config`` is immutable once loaded.
+credential"; an empty ``keys[].key`` admits nothing (keys stay on: examples that read keys
+from a Secret refuse every call without it; ``Config.empty_keys`` names them). Unknown keys
+are errors naming their path. ``load_config`` raises ``ConfigError`` carrying every
+problem, one ``path: message`` line each. A ``Config`` is immutable once loaded.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from decimal import Decimal
@@ -46,6 +53,28 @@ from spendgate.errors import ConfigError
 RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "admin", "docs", "openapi.json"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$")
+# Served by default when the proxy listens on a loopback address, and only then.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+ALLOWED_HOSTS_ENV = "SPENDGATE_ALLOWED_HOSTS"   # comma-separated; stands in for the key
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an entry of ``server.allowed_hosts``; None if it can."""
+    if name == "*":
+        return None
+    bare = name.removeprefix("[").removesuffix("]")
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            return f"{name!r} is not a host name (no scheme, port or path: proxy.internal)"
+        return None
+    if not _HOST_NAME.match(name):
+        return (f"{name!r} is not a host name (no scheme, port or path: proxy.internal; "
+                'or "*" alone for any)')
+    return None
 
 
 class _Strict(BaseModel):
@@ -88,6 +117,23 @@ class ServerConfig(_Strict):
     allowed_hosts: list[str] | None = None
     allowed_origins: list[str] = Field(default_factory=list)
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if problem := host_name_problem(name):
+                raise ValueError(problem)
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], "
+                                 'lower-case, no path (as browsers send it), or "*"')
+        return value
+
 
 class UpstreamConfig(_Strict):
     url: str
@@ -121,7 +167,7 @@ class PricingConfig(_Strict):
 
 
 class VirtualKey(_Strict):
-    key: str = Field(min_length=1)
+    key: str                # empty (its ${VAR} unset): no call can use it
     project: str = Field(min_length=1)
     # How budgets, records and metrics name the key (never the secret); default project#index.
     name: str | None = Field(default=None, min_length=1)
@@ -264,10 +310,15 @@ class Config(_Strict):
                                      "(give the key a name in keys, or use project#index)")
         return value
 
+    def empty_keys(self) -> list[str]:
+        """A warning for each virtual key left empty (its variable unset): it admits nothing."""
+        return [f"keys.{i}.key: empty (is its variable unset?): no call can use this key"
+                for i, k in enumerate(self.keys or ()) if not k.key]
+
     @model_validator(mode="after")
     def _unique_keys(self) -> Config:
         if self.keys is not None:
-            seen = [k.key for k in self.keys]
+            seen = [k.key for k in self.keys if k.key]
             if len(seen) != len(set(seen)):
                 raise ValueError("keys: the same key is listed twice")
             names = [k.name for k in self.keys if k.name is not None]
@@ -282,6 +333,43 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "anthropic": {"url": "https://api.anthropic.com", "provider": "anthropic"},
     }
 }
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address listens on loopback only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(server: ServerConfig, bind_host: str | None = None,
+                  fallback: str | None = None) -> list[str]:
+    """The ``Host`` names a proxy bound to ``bind_host`` (default ``server.host``) serves.
+
+    ``server.allowed_hosts`` when set; else ``fallback`` (the comma-separated value of
+    ``SPENDGATE_ALLOWED_HOSTS``, which the container image sets); else ``LOOPBACK_NAMES``
+    on a loopback address. Bound elsewhere with none of them, raises ``ConfigError``
+    naming the key: a proxy reachable from other machines must say by which names.
+    """
+    if server.allowed_hosts is not None:
+        return server.allowed_hosts
+    if fallback and fallback.strip():
+        names = [n.strip() for n in fallback.split(",") if n.strip()]
+        problems = [f"{ALLOWED_HOSTS_ENV}: {p}" for n in names
+                    if (p := host_name_problem(n)) is not None]
+        if problems:
+            raise ConfigError(problems)
+        return names
+    host = server.host if bind_host is None else bind_host
+    if is_loopback(host):
+        return list(LOOPBACK_NAMES)
+    raise ConfigError([
+        f"server.allowed_hosts: required when serving on {host} (not a loopback address): "
+        "list the Host names clients use (e.g. [spendgate, proxy.internal]), or [\"*\"] "
+        f"for any; {ALLOWED_HOSTS_ENV} (comma-separated) stands in for it"])
 
 
 def interpolate(value: Any, environ: dict[str, str] | os._Environ[str]) -> Any:

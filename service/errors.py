@@ -5,10 +5,13 @@ Hierarchy::
     SpendgateError
     ├── ConfigError            a config file is invalid (carries every problem)
     └── ProxyError             a call the proxy answers itself, with an HTTP status
-        ├── BadRequest           400: a path or request spendgate will not forward
+        ├── BadRequest           400: a path or request spendgate will not forward; an
+        │                        attribution header over 256 bytes
         ├── Unauthorized         401: missing or wrong virtual key
+        ├── ForbiddenOrigin      403: a browser origin not in ``server.allowed_origins``
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``
+        ├── MisdirectedRequest   421: a ``Host`` not in ``server.allowed_hosts``
         ├── ClientClosed         499: the caller hung up before its body was complete
         ├── BudgetExceeded       429: a ``block`` budget has no room for this call
         ├── BudgetStoreUnavailable 503: budget store down and ``store.on_error: closed``
@@ -17,6 +20,10 @@ Hierarchy::
 
 Client errors (``http1``, OS) are translated into these at the boundary (``upstream.py``),
 so the proxy deals with one family only. Messages never carry secrets.
+
+``refused`` marks the errors that refuse a call (400, 401, 403, 404, 413, 421): such a call
+is counted with nothing its request claimed, model ``unknown`` and the project of its
+virtual key, else ``unknown``, so a caller the proxy turns away cannot choose labels.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class ProxyError(SpendgateError):
     error_type = "proxy_error"
     openai_type = "server_error"
     anthropic_type = "api_error"
+    refused = False     # True: the call was not admitted (see the module docstring)
 
     def __init__(self, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
@@ -53,6 +61,7 @@ class BadRequest(ProxyError):
     error_type = "bad_request"
     openai_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
+    refused = True
 
 
 class Unauthorized(ProxyError):
@@ -60,6 +69,18 @@ class Unauthorized(ProxyError):
     error_type = "unauthorized"
     openai_type = "invalid_request_error"
     anthropic_type = "authentication_error"
+    refused = True
+
+
+class ForbiddenOrigin(ProxyError):
+    """A proxied call from a browser page whose origin is not allowed: any web page can
+    send a "simple" cross-site POST to a proxy on localhost, with its custody key."""
+
+    status = 403
+    error_type = "forbidden_origin"
+    openai_type = "invalid_request_error"
+    anthropic_type = "permission_error"
+    refused = True
 
 
 class NotFound(ProxyError):
@@ -67,6 +88,7 @@ class NotFound(ProxyError):
     error_type = "not_found"
     openai_type = "invalid_request_error"
     anthropic_type = "not_found_error"
+    refused = True
 
 
 class BodyTooLarge(ProxyError):
@@ -74,6 +96,17 @@ class BodyTooLarge(ProxyError):
     error_type = "body_too_large"
     openai_type = "invalid_request_error"
     anthropic_type = "request_too_large"
+    refused = True
+
+
+class MisdirectedRequest(ProxyError):
+    """A ``Host`` the proxy does not serve (DNS rebinding: a hostile name resolving to it)."""
+
+    status = 421
+    error_type = "misdirected_request"
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    refused = True
 
 
 class BudgetExceeded(ProxyError):

@@ -288,7 +288,8 @@ def build_telemetry(config: Config, registry: CollectorRegistry,
 
         out.sinks.append(GenAIMetricsSink(
             registry if config.metrics.gen_ai else None, upstream_servers,
-            config.metrics.label_limit, meter, exemplars=out.tracing))
+            config.metrics.label_limit, meter, exemplars=out.tracing,
+            pair_limit=config.metrics.pair_limit))
     if meter_sink is not None:
         out.sinks.append(meter_sink)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 from typing import Any
 
 import anthropic
@@ -69,7 +70,9 @@ def test_missing_or_wrong_key_is_401_and_counted(keyed: ProxyProcess, upstream: 
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert SEARCH_KEY not in r.text
     assert upstream.requests == []
-    assert keyed.sample("spendgate_requests_total", status="401", model="gpt-4o") == before + 1
+    # Refused: counted, but with nothing its body or headers claimed.
+    assert keyed.sample("spendgate_requests_total", status="401", model="unknown",
+                        project="unknown") == before + 1
 
 
 def test_401_in_anthropic_protocol(keyed: ProxyProcess) -> None:
@@ -143,3 +146,23 @@ def test_credential_secrets_in_any_scheme() -> None:
     assert credential_secrets(b"Basic " + basic)[-2:] == [b"user", b"vk-1"]
     assert credential_secrets(b"Basic !!not-base64") == [b"Basic !!not-base64",
                                                          b"!!not-base64"]
+def test_a_key_whose_variable_is_unset_admits_nothing(fake: FakeUpstream, spawn: Any,
+                                                      upstream: FakeUpstream) -> None:
+    # Deploy examples take keys from a Secret: without it the proxy still starts, keys on,
+    # and refuses every call that does not bring a key that is set.
+    config = basic_config(fake, keys=[{"key": "${SPENDGATE_TEST_UNSET_KEY}", "project": "a"},
+                                      {"key": "${SPENDGATE_TEST_UNSET_KEY_2}", "project": "b"},
+                                      {"key": SUPPORT_KEY, "project": "support"}])
+    proxy = spawn(config)
+    url = proxy.url + "/openai/v1/models"
+    for headers in ({}, {"authorization": "Bearer"}, {"x-api-key": ""}, {"api-key": '""'}):
+        assert httpx.get(url, headers=headers).status_code == 401, headers
+    for raw in (b"authorization: Bearer ", b"x-spendgate-key:  ", b"x-api-key: Bearer  "):
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:  # what httpx refuses
+            sock.sendall(b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+                         b"Connection: close\r\n\r\n" % raw)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 401"), raw
+    upstream.queue(Reply())
+    assert httpx.get(url, headers={"x-spendgate-key": SUPPORT_KEY}).status_code == 200
+    assert len(upstream.requests) == 1
+    assert "keys.0.key: empty" in proxy.log() and "keys.1.key: empty" in proxy.log()

@@ -693,3 +693,173 @@ def test_sidecar_example_points_the_app_at_localhost() -> None:
     volumes = {v["name"]: v for v in app["spec"]["template"]["spec"]["volumes"]}
     (config_mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == "/etc/spendgate"]
     assert volumes[config_mount["name"]]["configMap"]["name"] == "spendgate-config"
+
+
+# ------------------------------------------------------- safe defaults (issue 15, item 5)
+
+# Configs exempt from "no budget escapable by a header", and why.
+HEADER_BUDGETS_OK = {
+    "spendgate-demo.yaml": "every upstream is the simulator: its budgets guard no money, and "
+                           "its traffic names projects by header, as `spendgate demo` does"}
+CLIENT_LABEL = ("spendgate/client", "true")     # pods that may call the proxy
+
+
+def deploy_configs() -> dict[str, tuple[Any, Config]]:
+    """Every example proxy config, by name: the raw YAML tree and the parsed config."""
+    from spendgate.config import parse_config
+
+    found: dict[str, tuple[Any, Config]] = {}
+    for path in sorted((ROOT / "deploy").glob("*.yaml")):
+        raw = load_yaml(path)
+        found[path.name] = (raw, parse_config(raw, environ={}))
+    text = find("ConfigMap", "spendgate-config")["data"]["spendgate.yaml"]
+    found["kubernetes/configmap.yaml"] = (yaml.safe_load(text),
+                                          parse_config(yaml.safe_load(text), environ={}))
+    return found
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is read here: {selector}"
+    return bool(selector.get("matchLabels")) and selector["matchLabels"].items() <= labels.items()
+
+
+def pod_labels(name: str) -> dict[str, str]:
+    labels: dict[str, str] = find("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def policy_for(pod: str) -> dict[str, Any]:
+    policies = [doc for _, doc in k8s_documents() if doc["kind"] == "NetworkPolicy"
+                and selects(doc["spec"]["podSelector"], pod_labels(pod))]
+    assert len(policies) == 1, f"{len(policies)} NetworkPolicies select the {pod} pods"
+    return policies[0]
+
+
+def test_network_policies_admit_only_clients_and_prometheus_to_the_proxy() -> None:
+    kv = require("kubernetes_validate")
+    policies = [(path, doc) for path, doc in k8s_documents() if doc["kind"] == "NetworkPolicy"]
+    assert policies, "deploy/kubernetes has no NetworkPolicy"
+    for path, doc in policies:
+        kv.validate(doc, kv.latest_version(), strict=True)
+        assert path.name in load_yaml(K8S / "kustomization.yaml")["resources"], path.name
+    proxy = policy_for("spendgate")
+    assert proxy["spec"]["policyTypes"] == ["Ingress"]  # egress: the providers, Redis, OTLP
+    container = spendgate_container(find("Deployment", "spendgate"))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (rule,) = proxy["spec"]["ingress"]
+    assert [ports.get(p["port"], p["port"]) for p in rule["ports"]] == [ports["http"]]
+    peers = rule["from"]
+    assert peers, "an ingress rule without peers admits every pod"
+    clients = [p for p in peers if "namespaceSelector" not in p
+               or p["namespaceSelector"] == {}]
+    monitors = [p for p in peers if p not in clients]
+    assert [p["podSelector"] for p in clients] == [{"matchLabels": dict([CLIENT_LABEL])}]
+    for peer in peers:
+        assert "ipBlock" not in peer and peer.get("podSelector", {}).get("matchLabels"), peer
+    (prometheus,) = monitors  # one namespace and its Prometheus pods, both named
+    assert prometheus["namespaceSelector"]["matchLabels"]
+    # A pod that is neither a client nor Prometheus is not admitted (the app example's
+    # pods reach their own sidecar on localhost, never the Service).
+    assert not any(selects(p["podSelector"], pod_labels("example-llm-app")) for p in clients)
+
+
+def test_redis_is_reachable_only_from_spendgate() -> None:
+    policy = policy_for("redis")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] in (["redis"], [6379])
+    spendgate_pods = [pod_labels("spendgate"), pod_labels("example-llm-app")]  # proxy, sidecar
+    for peer in rule["from"]:
+        assert set(peer) == {"podSelector"}, f"only pods of this namespace: {peer}"
+        assert any(selects(peer["podSelector"], labels) for labels in spendgate_pods), peer
+    assert any(selects(p["podSelector"], pod_labels("spendgate")) for p in rule["from"])
+    assert not any(selects(p["podSelector"], {CLIENT_LABEL[0]: CLIENT_LABEL[1]})
+                   for p in rule["from"])
+
+
+def test_deploy_examples_turn_virtual_keys_on_from_their_secrets(compose: dict[str, Any]) -> None:
+    k8s_env = {e["name"]: e for e in spendgate_container(find("Deployment", "spendgate"))["env"]}
+    secret = find("Secret", "spendgate-upstream-keys")["stringData"]
+    compose_env = services(compose)["spendgate"]["environment"]
+    for name, (raw, config) in deploy_configs().items():
+        if name in HEADER_BUDGETS_OK:
+            continue
+        assert config.keys, f"{name}: virtual keys are off"
+        for i, key in enumerate(raw["keys"]):
+            (var,) = env_refs(key["key"]) or {None}
+            assert var and key["key"] == f"${{{var}}}", \
+                f"{name}: keys.{i}.key is not read from the environment: a literal is public"
+            if name.startswith("kubernetes/"):
+                ref = k8s_env[var]["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == "spendgate-upstream-keys" and ref["key"] in secret
+            else:
+                assert var in compose_env, f"{name} reads ${{{var}}}, compose does not set it"
+    # The sidecar shape reads the same ConfigMap: its proxy gets the keys, its app one of them.
+    app = find("Deployment", "example-llm-app")
+    sidecar_env = {e["name"] for e in spendgate_container(app)["env"]}
+    raw, _ = deploy_configs()["kubernetes/configmap.yaml"]
+    assert env_refs(raw["keys"]) <= sidecar_env
+    (main,) = app["spec"]["template"]["spec"]["containers"]
+    sdk_keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in main["env"]
+                if "valueFrom" in e}
+    assert sdk_keys.get("OPENAI_API_KEY") in env_refs(raw["keys"])
+
+
+def test_deploy_examples_allow_the_hosts_they_are_reached_by(compose: dict[str, Any]) -> None:
+    from spendgate.config import allowed_hosts
+
+    configs = deploy_configs()
+    for name, (_, config) in configs.items():
+        assert config.server.allowed_hosts, f"{name}: server.allowed_hosts is not set"
+        assert "*" not in config.server.allowed_hosts, name
+        allowed_hosts(config.server)  # resolves for where it binds
+    # Kubernetes: the Service by each of its DNS names, and localhost for the sidecar shape.
+    service = find("Service", "spendgate")["metadata"]
+    short, namespace = service["name"], service["namespace"]
+    k8s = set(configs["kubernetes/configmap.yaml"][1].server.allowed_hosts or ())
+    assert {short, f"{short}.{namespace}", f"{short}.{namespace}.svc",
+            f"{short}.{namespace}.svc.cluster.local", "localhost"} <= k8s
+    app = find("Deployment", "example-llm-app")
+    (main,) = app["spec"]["template"]["spec"]["containers"]
+    for entry in main["env"]:
+        if entry["name"].endswith("_BASE_URL"):
+            assert urlsplit(entry["value"]).hostname in k8s, entry
+    # Compose: each proxy by its service name (and the demo by the traffic's URL), and
+    # localhost through the port published on 127.0.0.1.
+    for service_name, spec in services(compose).items():
+        if is_proxy(spec):
+            source, config = proxy_config(spec)
+            assert {service_name, "localhost"} <= set(config.server.allowed_hosts or ()), \
+                source.name
+    traffic = flag(command_of(services(compose)["traffic"]), "--proxy-url") or ""
+    _, demo = proxy_config(services(compose)[urlsplit(traffic).hostname or ""])
+    assert urlsplit(traffic).hostname in (demo.server.allowed_hosts or ())
+
+
+def test_the_image_default_allows_only_the_loopback_names() -> None:
+    from spendgate.config import LOOPBACK_NAMES, allowed_hosts
+
+    env: dict[str, str] = {}
+    for name, value in dockerfile_stages()[-1]:
+        if name == "ENV":
+            env.update(pair.split("=", 1) for pair in value.split())
+    assert "SPENDGATE_ALLOWED_HOSTS" in env, "the image binds 0.0.0.0: it must name its hosts"
+    cmd = image_default("CMD")
+    hosts = allowed_hosts(load_config(None).server, flag(cmd, "--host"),
+                          env["SPENDGATE_ALLOWED_HOSTS"])
+    assert sorted(hosts) == sorted(LOOPBACK_NAMES)
+
+
+def test_no_example_budget_can_be_escaped_by_a_header() -> None:
+    for name, (_, config) in deploy_configs().items():
+        if name in HEADER_BUDGETS_OK:
+            continue
+        projects = {k.project for k in config.keys or ()}
+        for budget in config.budgets:
+            if budget.project is None and budget.key is None:
+                continue  # covers every call (of its model or upstream): no header changes that
+            # With virtual keys the project comes from the key, never from a header.
+            assert config.keys, f"{name}: budget {budget.name} selects by project without keys"
+            assert budget.key is not None or budget.project in projects, \
+                f"{name}: budget {budget.name}: no key gives project {budget.project!r}"
+    assert {n for n in HEADER_BUDGETS_OK} <= set(deploy_configs())

@@ -65,3 +65,17 @@ def test_unpriced_and_unmetered() -> None:
     assert registry.get_sample_value("spendgate_requests_total", dict(
         upstream="openai", provider="openai", model="gpt-4o-mini", project="p",
         status="200")) == 1
+
+
+def test_long_values_and_pairs_past_the_cap_become_other() -> None:
+    registry = CollectorRegistry()
+    sink = PrometheusSink(registry, label_limit=10, pair_limit=3)
+    sink.export([replace(BASE, project=p, model=m) for p in ("a", "b") for m in ("m1", "m2")])
+    sink.export([replace(BASE, project="a", model="x" * 129),
+                 replace(BASE, project="y" * 129, model="m1")])
+    pairs = {(s.labels["project"], s.labels["model"]): s.value for m in registry.collect()
+             if m.name == "spendgate_requests" for s in m.samples
+             if s.name == "spendgate_requests_total"}
+    # Three pairs admitted; later ones keep their project, their model folds.
+    assert pairs == {("a", "m1"): 1, ("a", "m2"): 1, ("b", "m1"): 1, ("b", "other"): 1,
+                     ("a", "other"): 1, ("other", "other"): 1}

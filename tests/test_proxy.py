@@ -167,7 +167,7 @@ def test_unknown_upstream_is_404_in_callers_protocol(proxy: ProxyProcess) -> Non
 def test_crafted_paths_are_refused(proxy: ProxyProcess, upstream: FakeUpstream,
                                    path: str) -> None:
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         head = sock.recv(65536)
     assert head.startswith(b"HTTP/1.1 400"), head
     assert upstream.requests == []
@@ -177,7 +177,7 @@ def test_double_slash_and_absolute_paths_stay_on_the_configured_host(
         proxy: ProxyProcess, upstream: FakeUpstream) -> None:
     for path in ("/openai//evil.example/v1/models", "/openai/http://evil.example/v1"):
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     assert [r.raw_path for r in upstream.requests] == ["//evil.example/v1/models",
                                                        "/http://evil.example/v1"]
@@ -259,7 +259,7 @@ def test_headers_named_by_connection_are_hop_by_hop(proxy: ProxyProcess,
                                                     upstream: FakeUpstream) -> None:
     upstream.queue(Reply())
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-        sock.sendall(b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Connection: close, X-Hop\r\nX-Hop: secret-hop\r\nX-Kept: 1\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     seen = upstream.requests[-1]
@@ -269,7 +269,7 @@ def test_headers_named_by_connection_are_hop_by_hop(proxy: ProxyProcess,
 def test_truncated_request_body_never_reaches_the_upstream(proxy: ProxyProcess,
                                                            upstream: FakeUpstream) -> None:
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-        sock.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"x-spendgate-project: truncated\r\nContent-Length: 1000\r\n\r\n"
                      b'{"model": "gpt-4o", "mess')
         time.sleep(0.2)

@@ -2,7 +2,14 @@
 
 ``GET /healthz`` is liveness; ``GET /readyz`` readiness (503 with the problems, and
 ``degraded`` for those that leave the proxy serving); ``GET /metrics`` the registry, in the
-Prometheus text format or OpenMetrics when asked.
+Prometheus text format or OpenMetrics when asked. With ``metrics_key`` configured,
+``/metrics`` needs ``authorization: Bearer <metrics_key>`` (401 otherwise): it shows
+projects, models, budgets and spend.
+
+``/docs`` (Swagger UI, with the schema inside the page) and ``/openapi.json`` exist only
+for a request that brings the admin key; otherwise, and always without ``admin_key``, they
+are 404. No path redirects (``redirect_slashes`` off): a redirect would be built from the
+caller's ``Host``.
 
 The admin API is off unless ``admin_key`` is configured: then every ``/admin`` path answers
 404, as if it did not exist. With it, a request must bring the key in ``authorization:
@@ -29,6 +36,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -37,12 +45,18 @@ from spendgate.budgets.manager import BudgetManager
 from spendgate.budgets.store import StoreError
 
 
-def _presented_key(request: Request) -> str | None:
-    explicit = request.headers.get("x-spendgate-admin-key")
-    if explicit:
-        return explicit
+def _bearer(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+def _presented_key(request: Request) -> str | None:
+    return request.headers.get("x-spendgate-admin-key") or _bearer(request)
+
+
+def _matches(presented: str | None, key: str) -> bool:
+    """Constant time: how much of a key matched is not told by how long it took."""
+    return hmac.compare_digest((presented or "").encode(), key.encode())
 
 
 def install_admin(api: FastAPI, admin_key: Callable[[], str | None],
@@ -53,8 +67,7 @@ def install_admin(api: FastAPI, admin_key: Callable[[], str | None],
         key = admin_key()
         if key is None:
             raise HTTPException(404, "Not Found")
-        presented = _presented_key(request) or ""
-        if not hmac.compare_digest(presented.encode(), key.encode()):
+        if not _matches(_presented_key(request), key):
             raise HTTPException(401, "a valid admin key is required (authorization: Bearer "
                                 "<admin_key>, or x-spendgate-admin-key)",
                                 headers={"www-authenticate": "Bearer"})
@@ -80,17 +93,39 @@ def install_admin(api: FastAPI, admin_key: Callable[[], str | None],
             raise HTTPException(503, f"budget store unavailable: {error}") from None
         return json_response(view)
 
+    def documents(request: Request) -> None:
+        """The API's own description is for operators only: 404 to anyone else."""
+        key = admin_key()
+        if key is None or not _matches(_presented_key(request), key):
+            raise HTTPException(404, "Not Found")
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        documents(request)
+        return json_response(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        documents(request)
+        # The schema travels in the page: the browser's own fetch of /openapi.json would
+        # not carry the key.
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="spendgate API",
+                                   swagger_ui_parameters={"spec": api.openapi()})
+
 
 def build_api(registry: CollectorRegistry, flush: Callable[[float], bool],
               problems: Callable[[], list[str]], degraded: Callable[[], list[str]],
               admin_key: Callable[[], str | None],
-              budgeting: Callable[[], BudgetManager]) -> FastAPI:
+              budgeting: Callable[[], BudgetManager],
+              metrics_key: Callable[[], str | None]) -> FastAPI:
     """The FastAPI app behind the proxy. ``flush(timeout_s)`` waits for the record pipeline
     (a scrape shows every call that ended before it); ``problems`` fail readiness,
-    ``degraded`` only report; ``admin_key`` and ``budgeting`` are read per request (reload)."""
+    ``degraded`` only report; ``admin_key``, ``budgeting`` and ``metrics_key`` are read per
+    request (reload)."""
     api = FastAPI(title="spendgate", version=__version__,
                   description="Health, metrics and admin API of the spendgate proxy. "
-                  "LLM calls go to /{upstream}/{path}, outside this API.")
+                  "LLM calls go to /{upstream}/{path}, outside this API.",
+                  docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -106,6 +141,10 @@ def build_api(registry: CollectorRegistry, flush: Callable[[float], bool],
 
     @api.get("/metrics")
     async def metrics(request: Request) -> Response:
+        key = metrics_key()
+        if key is not None and not _matches(_bearer(request), key):
+            raise HTTPException(401, "a valid metrics key is required (authorization: "
+                                "Bearer <metrics_key>)", headers={"www-authenticate": "Bearer"})
         await asyncio.to_thread(flush, 2.0)
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         # Off the loop: the budget collector reads the shared ledger (bounded, cached).

@@ -8,6 +8,12 @@ nothing about which key nearly matched) and never forwarded. The key fixes the p
 keyed caller cannot charge another project by header. Without ``keys``, the project comes
 from ``x-spendgate-project``, else ``default``.
 
+Two steps, both on headers alone, before the proxy reads a byte of the body:
+``authenticate`` (401 without a valid key: an unauthenticated caller never makes the proxy
+buffer a body) and ``admit`` (400 for an ``x-spendgate-project`` or ``x-spendgate-user`` over
+``MAX_ATTRIBUTION_BYTES``: they go to logs, traces and labels). A call refused at any step
+is counted under ``UNKNOWN_PROJECT``, or its key's project once the key is known.
+
 Credential custody: an upstream with ``api_key`` gets the proxy's key, and every credential
 the caller sent is dropped; otherwise the caller's credential is forwarded as it came, except
 one that carries a virtual key, whatever its scheme (``credential_secrets``).
@@ -23,10 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spendgate.config import UpstreamConfig, VirtualKey
-from spendgate.errors import Unauthorized
+from spendgate.errors import BadRequest, Unauthorized
 
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
 DEFAULT_PROJECT = "default"
+UNKNOWN_PROJECT = "unknown"     # a call refused before a key or header could name one
+MAX_ATTRIBUTION_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +46,13 @@ class Admission:
 
 
 class KeyRing:
-    """The configured virtual keys. Immutable; thread-safe."""
+    """The configured virtual keys. Immutable; thread-safe. An empty key (its variable
+    unset) is left out: it would match an empty credential; keys stay on all the same."""
 
     def __init__(self, keys: Sequence[VirtualKey] | None) -> None:
         self.enabled = keys is not None
         self._keys = [(k.key.encode(), k.project, k.name or f"{k.project}#{i}")
-                      for i, k in enumerate(keys or ())]
+                      for i, k in enumerate(keys or ()) if k.key]
 
     def match(self, presented: bytes) -> tuple[str, str] | None:
         """(project, key name) of the key ``presented`` is, compared with every key."""
@@ -82,23 +91,42 @@ def credential_secrets(value: bytes) -> list[bytes]:
     return secrets
 
 
-def admit(headers: dict[bytes, bytes], keyring: KeyRing, upstream: UpstreamConfig) -> Admission:
-    """Attribute a call; raises ``Unauthorized`` when keys are on and none matches."""
-    user_value = headers.get(b"x-spendgate-user")
-    user = user_value.decode("utf-8", "replace") if user_value else None
+def authenticate(headers: dict[bytes, bytes], keyring: KeyRing) -> tuple[str, str] | None:
+    """The (project, key name) of the call's virtual key; None when keys are off.
+
+    Raises ``Unauthorized`` when keys are on and none matches."""
     if not keyring.enabled:
-        project_value = headers.get(b"x-spendgate-project")
-        project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
-        return Admission(project, user, None, upstream.api_key is not None)
+        return None
     explicit = headers.get(b"x-spendgate-key")
     candidates = [explicit] if explicit else [headers.get(h) for h in CREDENTIAL_HEADERS]
     for value in candidates:
         if value:
             matched = keyring.match_credential(value)
             if matched is not None:
-                # A key sent as the caller's credential must not travel on; one sent in
-                # x-spendgate-key leaves the caller's credential to the custody rule.
-                drop = upstream.api_key is not None or not explicit
-                return Admission(matched[0], user, matched[1], drop)
+                return matched
     raise Unauthorized("a valid spendgate virtual key is required "
                        "(x-spendgate-key, authorization or x-api-key)")
+
+
+def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
+          upstream: UpstreamConfig) -> Admission:
+    """Attribute an authenticated call (``key`` from ``authenticate``); raises
+    ``BadRequest`` for an attribution header over ``MAX_ATTRIBUTION_BYTES``."""
+    user_value = headers.get(b"x-spendgate-user")
+    project_value = headers.get(b"x-spendgate-project")
+    if len(user_value or b"") > MAX_ATTRIBUTION_BYTES or \
+            len(project_value or b"") > MAX_ATTRIBUTION_BYTES:
+        raise _too_long(user_value)
+    user = user_value.decode("utf-8", "replace") if user_value else None
+    if key is None:
+        project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
+        return Admission(project, user, None, upstream.api_key is not None)
+    # A key sent as the caller's credential must not travel on; one sent in
+    # x-spendgate-key leaves the caller's credential to the custody rule.
+    drop = upstream.api_key is not None or not headers.get(b"x-spendgate-key")
+    return Admission(key[0], user, key[1], drop)
+
+
+def _too_long(user: bytes | None) -> BadRequest:
+    name = "x-spendgate-user" if len(user or b"") > MAX_ATTRIBUTION_BYTES else "x-spendgate-project"
+    return BadRequest(f"{name} is over {MAX_ATTRIBUTION_BYTES} bytes")

@@ -1,7 +1,9 @@
 """The hot path: a raw ASGI app that forwards ``/{upstream}/{path}`` and measures the call.
 
-Per call it does the minimum on the event loop: route, read the body, parse it once
-(provider), admit (virtual key, project), forward with a pooled keep-alive connection, and
+Per call it does the minimum on the event loop: check the ``Host`` it was reached by
+(``exposure``), route, authenticate, check a browser's ``Origin`` and attribute the call,
+all from its headers (``attribution``: no body is read for a caller without a valid key),
+read the body, parse it once (provider), forward with a pooled keep-alive connection, and
 send the upstream's status, headers and bytes back as they arrive. Usage extraction,
 estimation, pricing and every export happen later, in the ``RecordPipeline`` thread, after
 the caller has its last byte; the proxy hands over one ``CallOutcome`` per call.
@@ -22,8 +24,23 @@ from typing import Any, Protocol
 
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.config import Config, UpstreamConfig
-from spendgate.errors import BadRequest, BodyTooLarge, ClientClosed, ProxyError, error_body
-from spendgate.hotpath.attribution import CREDENTIAL_HEADERS, KeyRing, admit
+from spendgate.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ClientClosed,
+    ForbiddenOrigin,
+    MisdirectedRequest,
+    ProxyError,
+    error_body,
+)
+from spendgate.hotpath.attribution import (
+    CREDENTIAL_HEADERS,
+    UNKNOWN_PROJECT,
+    KeyRing,
+    admit,
+    authenticate,
+)
+from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.headers import response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
 from spendgate.hotpath.tracecontext import request_id, start_trace
@@ -33,6 +50,11 @@ from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome
 from spendgate.upstream.client import UpstreamClient, UpstreamTarget, iter_body, read_body
 
 log = logging.getLogger("spendgate.proxy")
+
+MISDIRECTED = ("this proxy does not serve that Host name: list it in server.allowed_hosts "
+               "(on loopback the default is localhost, 127.0.0.1 and ::1)")
+FORBIDDEN_ORIGIN = ("calls from a browser page are refused unless server.allowed_origins "
+                    "lists its Origin")
 
 _WELL_KNOWN_HOSTS = {
     "api.openai.com": "openai", "api.anthropic.com": "anthropic",
@@ -98,15 +120,17 @@ class ProxyApp:
     """ASGI app for ``/{upstream}/{path}``.
 
     Built with everything it uses: the upstream client (connections open inside the running
-    loop, on first use), where outcomes go, the in-flight gauge per upstream, and telemetry's
-    two decisions (``propagate``: this proxy's spans are recorded, so the upstream sees them
-    as parents; ``sample_new_traces``: a bool or a trace-id ratio). ``reconfigure`` swaps the
-    keys and the budget gate on reload, each as a whole object, so a call sees the old or
-    the new pair, never a mix.
+    loop, on first use), where outcomes go, the in-flight gauge per upstream, the ``Host``
+    names and browser origins it serves (``exposure``), and telemetry's two decisions
+    (``propagate``: this proxy's spans are recorded, so the upstream sees them as parents;
+    ``sample_new_traces``: a bool or a trace-id ratio). ``reconfigure`` swaps the keys and
+    the budget gate on reload, each as a whole object, so a call sees the old or the new
+    pair, never a mix.
     """
 
     def __init__(self, config: Config, client: UpstreamClient, outcomes: OutcomeSink,
-                 in_flight: Callable[[str], Any], *, gate: BudgetGate | None = None,
+                 in_flight: Callable[[str], Any], *, hosts: HostAllowList,
+                 origins: OriginAllowList, gate: BudgetGate | None = None,
                  propagate: bool = False, sample_new_traces: bool | float = True) -> None:
         self.upstreams = {name: Upstream(name, cfg, in_flight(name))
                           for name, cfg in config.upstreams.items()}
@@ -117,6 +141,8 @@ class ProxyApp:
         self.max_event = int(config.server.max_event_kb * 1024)
         self.client = client
         self.outcomes = outcomes
+        self.hosts = hosts
+        self.origins = origins
         self.propagate = propagate
         self.sample_new_traces = sample_new_traces
         self._policy: tuple[KeyRing, BudgetGate | None] = (KeyRing(config.keys), gate)
@@ -129,6 +155,8 @@ class ProxyApp:
         started = time.perf_counter()
         headers = dict(scope["headers"])
         try:
+            if not self.hosts.allows(headers.get(b"host")):
+                raise MisdirectedRequest(MISDIRECTED)
             target = route(scope.get("raw_path") or scope["path"].encode(),
                            scope["query_string"], self._routes)
         except ProxyError as error:
@@ -166,13 +194,19 @@ class ProxyApp:
                        outcome: CallOutcome) -> None:
         rid = outcome.request_id = request_id(headers)
         keyring, gate = self._policy
+        # Headers alone admit a call: a caller without a valid key is refused before the
+        # proxy reads (let alone buffers) a byte of its body.
+        key = authenticate(headers, keyring)
+        if key is not None:
+            outcome.project, outcome.virtual_key = key  # a refusal below counts for the key
+        if not self.origins.allows(headers.get(b"origin")):
+            raise ForbiddenOrigin(FORBIDDEN_ORIGIN)
+        admission = admit(headers, key, upstream.config)
+        outcome.project, outcome.user = admission.project, admission.user
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))
         method: str = scope["method"]
         info = upstream.provider.parse_request(method, target.view, body)
         outcome.request = info
-        admission = admit(headers, keyring, upstream.config)
-        outcome.project, outcome.user = admission.project, admission.user
-        outcome.virtual_key = admission.key_name
         if info.invalid is not None:  # a request no upstream serves, nor the ledger bounds
             raise BadRequest(info.invalid)
         out_headers = upstream_headers(
@@ -309,6 +343,10 @@ async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> N
     body = error_body(error, outcome.protocol)
     outcome.status = error.status
     outcome.error_type = error.error_type
+    if error.refused:  # counted with nothing the caller claimed (errors.py)
+        outcome.request = None
+        if outcome.virtual_key is None:
+            outcome.project = UNKNOWN_PROJECT
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), *error.headers]
     if outcome.request_id is not None:

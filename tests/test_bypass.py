@@ -107,6 +107,18 @@ def test_percent_encoded_paths_are_stopped_by_a_block_budget(
     assert guarded.sample("spendgate_budget_blocked_total", budget="capped") == len(calls)
 
 
+@pytest.mark.parametrize("override", ["X-HTTP-Method-Override", "X-HTTP-Method",
+                                      "X-Method-Override"])
+def test_a_method_override_is_metered_as_the_method_it_names(
+        guarded: ProxyProcess, python_upstream: LenientUpstream, override: str) -> None:
+    # Servers that honour these headers (Google APIs, Express, Rails) serve this GET as the
+    # POST it names: it is metered, so the block budget holds it.
+    r = httpx.request("GET", guarded.url + "/openai/v1/chat/completions", content=chat("gpt-4o"),
+                      headers={**JSON, "x-spendgate-project": "capped", override: "post"})
+    assert r.status_code == 429, r.text
+    assert python_upstream.requests == []
+
+
 @pytest.mark.parametrize("path", ["/openai/v1/chat%2Fcompletions", "/openai/v1/chat%2fx",
                                   "/openai/v1/%5Cchat", "/openai/v1/chat%0A", "/openai/v1/a%7F",
                                   "/openai/v1/%zz", "/openai/v1/a%2", "/openai/v1/a%255c",
@@ -115,7 +127,7 @@ def test_ambiguous_paths_are_400_in_the_callers_protocol(
         guarded: ProxyProcess, python_upstream: LenientUpstream, path: str) -> None:
     before = guarded.sample("spendgate_requests_total", status="400") or 0
     with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
                      f"Connection: close\r\n\r\n{{}}".encode())
         reply = b""
         while chunk := sock.recv(65536):
@@ -189,7 +201,8 @@ def test_unreadable_body_under_a_block_budget_is_400(
         assert error["code"] == "spendgate_bad_request"
     assert "JSON" in error["message"]
     assert python_upstream.requests == []
-    assert guarded.eventually("spendgate_requests_total", project="capped", model="unknown",
+    # A refused call chooses no label: counted as model and project "unknown" (no key here).
+    assert guarded.eventually("spendgate_requests_total", project="unknown", model="unknown",
                               status="400") is not None
 
 
@@ -206,6 +219,8 @@ def test_absurd_token_limits_are_400_not_500(guarded: ProxyProcess,
                                               python_upstream: LenientUpstream, path: str,
                                               field: str, value: str) -> None:
     project = f"absurd-{path.split('/')[1]}-{field}-{len(value)}"
+    refused = {"project": "unknown", "model": "unknown", "status": "400"}
+    before = guarded.sample("spendgate_requests_total", **refused) or 0
     body = chat("gpt-4.1", f', "{field}": {value}')
     anthropic = path.startswith("/anthropic")
     r = post(guarded, path, body, project, ANTHROPIC if anthropic else JSON)
@@ -214,8 +229,11 @@ def test_absurd_token_limits_are_400_not_500(guarded: ProxyProcess,
     assert field in message and "2147483647" in message
     assert (r.json().get("type") == "error") is anthropic
     assert python_upstream.requests == []
-    assert guarded.eventually("spendgate_requests_total", project=project,
-                              status="400") == 1
+    deadline = time.monotonic() + 5
+    while (guarded.sample("spendgate_requests_total", **refused) or 0) < before + 1:
+        assert time.monotonic() < deadline, "the refused call was not counted"
+        time.sleep(0.05)
+    assert guarded.sample("spendgate_requests_total", project=project) is None
     assert "Traceback" not in guarded.log()
 
 

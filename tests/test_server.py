@@ -23,7 +23,7 @@ from tests.conftest import ProxyProcess, basic_config
 from tests.fake_upstream import FakeUpstream
 from tests.otlp_receiver import OTLPReceiver
 
-HEAD = b"GET /openai/v1/models HTTP/1.1\r\nHost: x\r\n"
+HEAD = b"GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
 @pytest.fixture(scope="module")

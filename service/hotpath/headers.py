@@ -48,6 +48,22 @@ def hop_by_hop(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return dropped | listed if listed else dropped
 
 
+# Headers some servers (Google APIs, Express, Rails, ASP.NET) honour to serve a request as
+# another method: a GET carrying ``X-HTTP-Method-Override: POST`` is served as a POST.
+METHOD_OVERRIDES = (b"x-http-method-override", b"x-http-method", b"x-method-override")
+
+
+def metered_method(method: str, headers: dict[bytes, bytes]) -> str:
+    """The method to meter a call as: an override header's, when the request carries one,
+    since an upstream that honours it serves the call so (metering a call it then refuses
+    costs nothing; not metering one it serves is a way around every budget)."""
+    for name in METHOD_OVERRIDES:
+        value = headers.get(name)
+        if value is not None:
+            return value.strip().decode("latin-1").upper()
+    return method
+
+
 def upstream_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes], stream: bool,
                      keyring: KeyRing) -> list[tuple[str, str]]:
     """The caller's headers as the upstream gets them (see the module docstring); ``drop``:

@@ -41,7 +41,7 @@ from spendgate.hotpath.attribution import (
     authenticate,
 )
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
-from spendgate.hotpath.headers import response_headers, upstream_headers
+from spendgate.hotpath.headers import metered_method, response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
 from spendgate.hotpath.tracecontext import request_id, start_trace
 from spendgate.providers import PROVIDERS, Provider
@@ -205,7 +205,8 @@ class ProxyApp:
         outcome.project, outcome.user = admission.project, admission.user
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))
         method: str = scope["method"]
-        info = upstream.provider.parse_request(method, target.view, body)
+        info = upstream.provider.parse_request(metered_method(method, headers), target.view,
+                                               body)
         outcome.request = info
         if info.invalid is not None:  # a request no upstream serves, nor the ledger bounds
             raise BadRequest(info.invalid)

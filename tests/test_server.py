@@ -115,28 +115,41 @@ def test_heads_within_the_limits_pass_and_keep_alive_works(
     lines = b"".join(b"x-h-%d: v\r\n" % i for i in range(98))  # + Host: 99 lines of 100
     # 56 KiB of head in lines the upstream (aiohttp: 8 KiB a line) accepts too.
     big = b"".join(b"x-big-%d: " % i + b"b" * 8000 + b"\r\n" for i in range(7))
-    with socket.create_connection(("127.0.0.1", bounded.port)) as sock:
+    with socket.create_connection(("127.0.0.1", bounded.port), timeout=30) as sock:
+        responses = Responses(sock)
         for extra in (lines, big):
             sock.sendall(HEAD + extra + b"\r\n")
-            assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+            assert responses.next().startswith(b"HTTP/1.1 200 ")
         # Two requests in one write (pipelined): both answered, in order.
         sock.sendall(HEAD + b"\r\n" + HEAD + b"\r\n")
-        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
-        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        assert responses.next().startswith(b"HTTP/1.1 200 ")
+        assert responses.next().startswith(b"HTTP/1.1 200 ")
     assert len(upstream.requests) == 4
 
 
-def read_response(sock: socket.socket) -> bytes:
-    """One response with a content-length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
+class Responses:
+    """Responses with content-length bodies, read one by one from a kept-alive socket: bytes
+    of the next one that arrive with the current one are kept for it (pipelining)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock, self._data = sock, b""
+
+    def _more(self) -> None:
+        chunk = self._sock.recv(65536)
+        assert chunk, "the proxy closed the connection"
+        self._data += chunk
+
+    def next(self) -> bytes:
+        while b"\r\n\r\n" not in self._data:
+            self._more()
+        head, _, rest = self._data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(rest) < length:
+            self._more()
+            head, _, rest = self._data.partition(b"\r\n\r\n")
+        self._data = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
 
 
 def test_an_8_mb_user_header_is_431_and_never_logged_or_traced(
@@ -186,9 +199,9 @@ def test_a_head_sent_one_byte_a_second_is_408_after_the_header_timeout(
 
 def test_the_header_timeout_also_bounds_the_next_head_on_a_kept_alive_connection(
         bounded: ProxyProcess, upstream: FakeUpstream) -> None:
-    with socket.create_connection(("127.0.0.1", bounded.port)) as sock:
+    with socket.create_connection(("127.0.0.1", bounded.port), timeout=30) as sock:
         sock.sendall(HEAD + b"\r\n")
-        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        assert Responses(sock).next().startswith(b"HTTP/1.1 200 ")
         sock.sendall(b"GET /openai/v1/mo")  # and never the rest
         started = time.monotonic()
         sock.settimeout(10)

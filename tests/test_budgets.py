@@ -505,6 +505,11 @@ def test_store_down_with_on_error_closed_refuses_block_calls(
     post = lambda: httpx.post(proxy.url + "/openai/v1/chat/completions",  # noqa: E731
                               content=chat_body(100), headers=JSON)
     assert post().status_code == 200
+    # The first call settled before the store goes: the refusal below comes from a reserve
+    # that meets the dead store, not from a settle error seen earlier.
+    month_key = f"spendgate:budget:strict:month:{datetime.now(UTC).date().replace(day=1)}"
+    assert wait_for(lambda: redis.Redis.from_url(private_redis.url).hget(month_key, "spend")
+                    is not None)
     private_redis.kill()
     refused = post()
     assert refused.status_code == 503
@@ -515,9 +520,7 @@ def test_store_down_with_on_error_closed_refuses_block_calls(
     private_redis.start()
     assert wait_for(lambda: post().status_code == 200, 15, 0.3)
     assert proxy.sample("spendgate_store_errors_total", operation="reserve") >= 1
-    assert redis.Redis.from_url(private_redis.url).hget(
-        f"spendgate:budget:strict:month:{datetime.now(UTC).date().replace(day=1)}",
-        "spend") is not None
+    assert redis.Redis.from_url(private_redis.url).hget(month_key, "spend") is not None
 
 
 

@@ -157,7 +157,8 @@ def test_128_mb_of_sse_without_a_terminator_goes_through_in_linear_time_and_boun
     # Linear: 8x the bytes in about 8x the time (rescanning the partial event: 64x).
     assert large_s < 20 * max(small_s, 0.1) and large_s < 60, (small_s, large_s)
     health = json.loads(out)
-    assert health["count"] > 5 and health["worst_s"] < 0.1, health
+    # Rescanning stalled it 1.5 s; 0.25 s leaves room for a loaded 2-core machine.
+    assert health["count"] > 5 and health["worst_s"] < 0.25, health
     grown = proxy.peak_rss_mb() - before
     assert grown < 60, f"peak RSS grew by {grown:.0f} MiB"
     assert proxy.eventually("spendgate_requests_total", project="flood128", status="200") == 1

@@ -133,7 +133,7 @@ def test_fuzz_encoded_unreserved_paths_canonicalise_to_the_plain_path(
 
 def _best_time(raw: bytes) -> float:
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         started = time.perf_counter()
         _canonical_or_refused(raw)
         best = min(best, time.perf_counter() - started)
@@ -147,5 +147,6 @@ def test_fuzz_canonicalisation_is_linear_in_the_path(unit: bytes, ending: bytes)
     repeat = 4096 // len(unit) + 1
     small = _best_time(b"/openai/v1/" + unit * repeat + ending)
     large = _best_time(b"/openai/v1/" + unit * (8 * repeat) + ending)
-    # 8x the input costs about 8x, not 64x; 20x leaves room for a shared, noisy machine.
-    assert large < 20 * small + 0.001, (unit, small, large)
+    # 8x the input costs about 8x, not 64x; 32x leaves room for a shared, noisy machine
+    # (20x was crossed under a load average of 7) and still fails a quadratic pass.
+    assert large < 32 * small + 0.002, (unit, small, large)

@@ -182,9 +182,16 @@ def assert_linear(make_input: Callable[[int], Any], run: Callable[[Any], Any],
     the time. Sizes stay small (tens of KiB): larger inputs leave the CPU caches, which
     alone makes 8x the bytes cost up to 16x, linear code included."""
     small, large = make_input(size), make_input(8 * size)
-    small_s = best_time(lambda: run(small), repeat=7)
-    large_s = best_time(lambda: run(large), repeat=3)
-    assert large_s < SUPERLINEAR * small_s + 0.002, (small_s, large_s)
+    # Measured up to three times: one scheduling stall on a shared 2-core machine can make
+    # a linear pass look superlinear once, a quadratic one is superlinear every time.
+    tries = []
+    for _ in range(3):
+        small_s = best_time(lambda: run(small), repeat=7)
+        large_s = best_time(lambda: run(large), repeat=5)
+        tries.append((small_s, large_s))
+        if large_s < SUPERLINEAR * small_s + 0.002:
+            return
+    raise AssertionError(f"8x the input took over {SUPERLINEAR}x the time: {tries}")
 
 
 @TIMED
@@ -370,3 +377,114 @@ def test_stream_reading_time_is_linear(case: tuple[str, RequestInfo], shape: dic
         tracker.summary()
 
     assert_linear(make, run, 16 * 1024)
+
+
+# ---- the providers' readers agree with the documented mapping on valid input ---------------
+# The reference is the wire format's own definition, written out here field by field: OpenAI's
+# prompt_tokens include cached ones; Anthropic's input_tokens exclude cache reads and writes.
+
+counts = st.integers(min_value=0, max_value=2**40)
+names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
+                max_size=40)
+
+
+@FUZZ
+@given(names, st.integers(min_value=1, max_value=2**31 - 1), st.booleans(),
+       st.sampled_from([("openai", "/v1/chat/completions", "max_tokens"),
+                        ("openai", "/v1/chat/completions", "max_completion_tokens"),
+                        ("openai", "/v1/responses", "max_output_tokens"),
+                        ("anthropic", "/v1/messages", "max_tokens")]))
+def test_request_readers_agree_with_the_body(model: str, limit: int, stream: bool,
+                                             where: tuple[str, str, str]) -> None:
+    protocol, path, limit_key = where
+    body = {"model": model, limit_key: limit, "stream": stream,
+            "messages": [{"role": "user", "content": "Hi"}]}
+    info = PROVIDERS[protocol].parse_request("POST", path, orjson.dumps(body))
+    assert (info.model, info.max_tokens, info.stream, info.invalid) == (
+        model, limit, stream, None)
+
+
+@FUZZ
+@given(names, counts, counts, counts, counts, st.text(max_size=30))
+def test_openai_readers_agree_with_the_documented_usage(model: str, prompt: int, cached: int,
+                                                        completion: int, reasoning: int,
+                                                        text: str) -> None:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion,
+             "prompt_tokens_details": {"cached_tokens": cached},
+             "completion_tokens_details": {"reasoning_tokens": reasoning}}
+    provider = PROVIDERS["openai"]
+    whole = provider.parse_response(
+        provider.parse_request("POST", "/v1/chat/completions", b'{"model":"m"}'),
+        orjson.dumps({"model": model, "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text},
+             "finish_reason": "stop"}], "usage": usage}))
+    expected = (prompt, cached, completion, reasoning)
+    got = whole.usage
+    assert (got.input, got.cached_input, got.output, got.reasoning) == expected
+    assert (whole.response_model, whole.output_text, whole.finish_reasons) == (
+        model, text, ("stop",))
+    # The same call streamed: content chunks, then the usage-only chunk include_usage adds.
+    info = provider.parse_request("POST", "/v1/chat/completions",
+                                  b'{"model":"m","stream":true}')
+    tracker = provider.stream_tracker(info)
+    chunks = [{"model": model, "choices": [{"index": 0, "delta": {"content": piece},
+                                            "finish_reason": None}]}
+              for piece in (text[:len(text) // 2], text[len(text) // 2:])]
+    chunks.append({"model": model, "choices": [{"index": 0, "delta": {},
+                                                "finish_reason": "stop"}]})
+    chunks.append({"model": model, "choices": [], "usage": usage})
+    for chunk in chunks:
+        data = orjson.dumps(chunk)
+        tracker.feed(SSEEvent(raw=b"data: " + data + b"\n\n", event=None, data=data))
+    tracker.feed(SSEEvent(raw=b"data: [DONE]\n\n", event=None, data=b"[DONE]"))
+    streamed = tracker.summary()
+    got = streamed.usage
+    assert (got.input, got.cached_input, got.output, got.reasoning) == expected
+    assert (streamed.response_model, streamed.output_text, streamed.finish_reasons) == (
+        model, text, ("stop",))
+
+
+@FUZZ
+@given(names, counts, counts, counts, counts, st.integers(min_value=0, max_value=5),
+       st.text(max_size=30))
+def test_anthropic_readers_agree_with_the_documented_usage(
+        model: str, fresh: int, read: int, written: int, output: int, first_output: int,
+        text: str) -> None:
+    usage = {"input_tokens": fresh, "cache_read_input_tokens": read,
+             "cache_creation_input_tokens": written, "output_tokens": output}
+    provider = PROVIDERS["anthropic"]
+    whole = provider.parse_response(
+        provider.parse_request("POST", "/v1/messages", b'{"model":"m","max_tokens":1}'),
+        orjson.dumps({"type": "message", "model": model, "role": "assistant",
+                      "content": [{"type": "text", "text": text}],
+                      "stop_reason": "end_turn", "usage": usage}))
+    expected = (fresh + read + written, read, written, output)
+    got = whole.usage
+    assert (got.input, got.cached_input, got.cache_write, got.output) == expected
+    assert (whole.response_model, whole.output_text) == (model, text)
+    # Streamed: message_start carries the prompt's usage and an early output count;
+    # message_delta's usage is cumulative and replaces it.
+    info = provider.parse_request("POST", "/v1/messages",
+                                  b'{"model":"m","max_tokens":1,"stream":true}')
+    tracker = provider.stream_tracker(info)
+    events = [("message_start", {"type": "message_start", "message": {
+                  "model": model, "role": "assistant", "content": [],
+                  "usage": {**usage, "output_tokens": first_output}}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": text}}),
+              ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+              ("message_delta", {"type": "message_delta",
+                                 "delta": {"stop_reason": "end_turn"},
+                                 "usage": {"output_tokens": output}}),
+              ("message_stop", {"type": "message_stop"})]
+    for name, event in events:
+        data = orjson.dumps(event)
+        tracker.feed(SSEEvent(raw=b"event: " + name.encode() + b"\ndata: " + data + b"\n\n",
+                              event=name, data=data))
+    streamed = tracker.summary()
+    got = streamed.usage
+    assert (got.input, got.cached_input, got.cache_write, got.output) == expected
+    assert (streamed.response_model, streamed.output_text) == (model, text)

@@ -1,6 +1,9 @@
 """The budget store: one contract (``base.Store``), one backend per file.
 
 ``open_store`` picks the backend by URL; a backend's dependencies load only when chosen.
+
+May import: the shared vocabulary only (``errors``, ``labels``, ``redact``); the rest of
+``budgets`` imports the store, never the other way round.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Mapping
 from decimal import Decimal
 
-from spendgate.accounting.pricing import PriceCatalog
+from spendgate.accounting.pricing import PriceCatalog, Quote
 from spendgate.accounting.tokens import EncodingDataError, TokenEstimator
 from spendgate.providers.base import Provider, ResponseSummary
 from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome, UsageRecord
@@ -99,18 +99,20 @@ class RecordBuilder:
         error_type = outcome.error_type
         try:
             summary = self.summary(outcome)
-            usage, cost, priced, price_source = self._account(outcome, summary, model)
+            usage, quote, priced, price_source = self._account(outcome, summary, model)
         except Exception:
             log.exception("could not read the usage of a call to %s", outcome.upstream)
             summary, usage = ResponseSummary(), Usage()
-            cost, priced, price_source = Decimal(0), True, None
+            quote, priced, price_source = None, True, None
             error_type = "record_build_failed"
+        quote = quote or _FREE
         return UsageRecord(
             start_unix=outcome.start_unix, upstream=outcome.upstream, provider=outcome.provider,
             protocol=outcome.protocol, operation=info.operation if info else "other",
             model=model, response_model=summary.response_model, project=outcome.project,
             user=outcome.user, virtual_key=outcome.virtual_key, status=outcome.status,
-            stream=bool(info and info.stream), metered=metered, usage=usage, cost_usd=cost,
+            stream=bool(info and info.stream), metered=metered, usage=usage,
+            cost_usd=quote.cost,
             priced=priced, price_source=price_source, duration_s=outcome.duration_s,
             ttft_s=outcome.ttft_s, tpot_s=_time_per_output_token(outcome, usage),
             overhead_s=outcome.overhead_s, error_type=error_type,
@@ -121,11 +123,14 @@ class RecordBuilder:
             request_json=info.json if self.keep_request and info is not None else None,
             output_text=summary.output_text if self.keep_output else None,
             reservation=outcome.reservation, budget_decision=outcome.budget_decision,
+            price_tier=quote.tier if price_source else None, context_tier=quote.context_tier,
+            fees_usd=quote.fees, price_fallbacks=tuple(sorted(quote.fallbacks)),
         )
 
     def _account(self, outcome: CallOutcome, summary: ResponseSummary, model: str,
-                 ) -> tuple[Usage, Decimal, bool, str | None]:
-        """Usage (gaps estimated) and its price: (usage, cost, priced, price source)."""
+                 ) -> tuple[Usage, Quote | None, bool, str | None]:
+        """Usage (gaps estimated) and its price: (usage, quote, priced, price source). The
+        tier is the one the upstream says it served, else the one asked for."""
         info = outcome.request
         usage = summary.usage
         metered = info is not None and info.metered
@@ -133,15 +138,19 @@ class RecordBuilder:
         if metered and info is not None and generated:
             usage = self._fill_gaps(outcome, usage, summary)
         if not metered or usage.is_empty:
-            return usage, Decimal(0), True, None
+            return usage, None, True, None
+        request = (info.json if info is not None else None) or {}
+        tier = summary.service_tier or _text(request.get("service_tier"))
         for candidate in (summary.response_model, model):
             if candidate:
                 resolved = self.catalog.resolve(candidate, upstream=outcome.upstream,
                                                 provider=outcome.provider)
                 if resolved is not None:
-                    return usage, resolved.price.cost(usage), True, resolved.source
+                    quote = resolved.price.quote(usage, tier, _search_size(request),
+                                                 self.catalog.multiplier(outcome.upstream))
+                    return usage, quote, True, resolved.source
         self._log_unpriced(model)
-        return usage, Decimal(0), False, None
+        return usage, None, False, None
 
     def _fill_gaps(self, outcome: CallOutcome, usage: Usage, summary: ResponseSummary) -> Usage:
         """Estimate the types the upstream did not report; a hang-up is billed as generated."""
@@ -178,6 +187,24 @@ class RecordBuilder:
         shown = name if len(model) <= LOGGED_NAME_CHARS else f"{name}... ({len(model)} chars)"
         log.warning("no price for model %r: its calls cost 0 until it is priced "
                     "(pricing.overrides or an upstream's pricing)", shown)
+
+
+_FREE = Quote(cost=Decimal(0), tier="standard")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _search_size(request: dict[str, object]) -> str | None:
+    """The web search context size a request asked for: Responses ``tools[]`` of type
+    ``web_search*``, or Chat Completions ``web_search_options``; None: the default."""
+    tools = request.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
+            return _text(tool.get("search_context_size"))
+    options = request.get("web_search_options")
+    return _text(options.get("search_context_size")) if isinstance(options, dict) else None
 
 
 class _TooLarge(Exception):

@@ -23,7 +23,10 @@ looks like::
 Usage mapping: Anthropic's ``input_tokens`` excludes cache tokens, so
 ``input = input_tokens + cache_creation_input_tokens + cache_read_input_tokens``;
 ``cached_input = cache_read_input_tokens``; ``cache_write = cache_creation_input_tokens``;
-``output = output_tokens``; ``reasoning = output_tokens_details.thinking_tokens``. A cache
+``output = output_tokens``; ``reasoning = output_tokens_details.thinking_tokens``;
+``cache_write_1h = cache_creation.ephemeral_1h_input_tokens`` (the rest of the writes are the
+5-minute cache; without ``cache_creation_input_tokens`` the two TTLs add up to cache_write);
+``web_search``/``web_fetch = server_tool_use.web_search_requests``/``web_fetch_requests``. A
 field the upstream did not send stays None (input is then ``input_tokens`` alone); without
 ``input_tokens`` the total is unknown, so input stays None.
 
@@ -32,7 +35,8 @@ Streamed output is taken only from ``message_delta`` (cumulative; the last one w
 stream cut off before ``message_delta`` reports output None, so the pipeline estimates it
 from the text seen instead of billing a placeholder. Input and cache counts come from
 ``message_start``; any of them repeated in ``message_delta`` (newer API versions, server
-tools) win, as in Anthropic's own SDK.
+tools) win, as in Anthropic's own SDK: ``message_delta`` usage is cumulative, so a field in it
+replaces the one held (never added to it).
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ _OPENS_OBJECT = re.compile(rb"[ \t\n\r]*\{")
 # Bounded by jsonread.LIMIT_MAX: over it, the request is invalid (400, never forwarded).
 _LIMITS = ("max_tokens",)
 # Input-side fields of ``usage``: from message_start, overridden by message_delta.
-_INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+_INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                 "cache_creation")
 # Only these events carry anything we read; ping, content_block_start/stop, message_stop
 # and error are forwarded without parsing.
 _WANTED = frozenset({"message_start", "content_block_delta", "message_delta"})
@@ -75,15 +80,24 @@ _DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking",
 def anthropic_usage(raw: dict[str, Any]) -> Usage:
     """Normalise Anthropic usage fields (see the module docstring) into ``Usage``."""
     base = count(raw.get("input_tokens"))
+    ttl = as_dict(raw.get("cache_creation"))
+    five, hour = count(ttl.get("ephemeral_5m_input_tokens")), count(
+        ttl.get("ephemeral_1h_input_tokens"))
     cache_write = count(raw.get("cache_creation_input_tokens"))
+    if cache_write is None and (five is not None or hour is not None):
+        cache_write = (five or 0) + (hour or 0)
     cache_read = count(raw.get("cache_read_input_tokens"))
     total = None if base is None else base + (cache_write or 0) + (cache_read or 0)
+    tools = as_dict(raw.get("server_tool_use"))
     return Usage(
         input=total,
         output=count(raw.get("output_tokens")),
         cached_input=cache_read,
         cache_write=cache_write,
         reasoning=count(as_dict(raw.get("output_tokens_details")).get("thinking_tokens")),
+        cache_write_1h=hour,
+        web_search=count(tools.get("web_search_requests")),
+        web_fetch=count(tools.get("web_fetch_requests")),
     )
 
 
@@ -183,7 +197,7 @@ class AnthropicStreamTracker:
             self._tier = as_str(usage.get("service_tier")) or self._tier
             # Input side only: message_start's output_tokens is a provisional placeholder.
             for name in _INPUT_FIELDS:
-                if count(usage.get(name)) is not None:
+                if count(usage.get(name)) is not None or isinstance(usage.get(name), dict):
                     self._usage[name] = usage[name]
         elif kind == "message_delta":
             self._stop = as_str(as_dict(data.get("delta")).get("stop_reason")) or self._stop

@@ -30,8 +30,12 @@ object) and the tracker hides the extra usage-only chunk the caller did not ask 
 
 Usage: ``prompt_tokens``/``input_tokens`` -> input (cached included, as OpenAI reports it),
 ``*_details.cached_tokens`` -> cached_input, ``cache_write_tokens`` (only if an upstream
-reports it) -> cache_write, ``completion_tokens``/``output_tokens`` -> output,
-``reasoning_tokens`` -> reasoning. Unreported fields stay None. Nothing here raises.
+reports it) -> cache_write, ``audio_tokens``/``image_tokens`` -> input_audio/input_image,
+``completion_tokens``/``output_tokens`` -> output, ``reasoning_tokens`` -> reasoning, the
+output details' ``audio_tokens`` -> output_audio; a Responses ``output`` list's
+``web_search_call`` items -> web_search (0 when it has none). ``service_tier`` is the tier
+served (the final Responses event's, not ``response.created``'s, which echoes the request).
+Unreported fields stay None. Nothing here raises.
 """
 
 from __future__ import annotations
@@ -94,7 +98,21 @@ def openai_usage(raw: Any) -> Usage:
         cached_input=count(details.get("cached_tokens")),
         cache_write=count(details.get("cache_write_tokens")),
         reasoning=count(out_details.get("reasoning_tokens")),
+        input_audio=count(details.get("audio_tokens")),
+        input_image=count(details.get("image_tokens")),
+        output_audio=count(out_details.get("audio_tokens")),
     )
+
+
+def responses_usage(response: dict[str, Any]) -> Usage:
+    """A Responses API ``response`` object's usage, with its ``web_search_call`` output items
+    counted as web searches (each is billed per call)."""
+    usage = openai_usage(response.get("usage"))
+    output = response.get("output")
+    if not isinstance(output, list):
+        return usage
+    searches = sum(as_dict(item).get("type") == "web_search_call" for item in output)
+    return replace(usage, web_search=searches)
 
 
 def _operation(path: str) -> str:
@@ -189,7 +207,7 @@ class OpenAIProvider:
         if parsed is None:
             return ResponseSummary()
         summary = ResponseSummary(
-            usage=openai_usage(parsed.get("usage")),
+            usage=responses_usage(parsed),
             response_model=as_str(parsed.get("model")),
             response_id=as_str(parsed.get("id")),
             service_tier=as_str(parsed.get("service_tier")),
@@ -315,7 +333,7 @@ class ResponsesStreamTracker:
             summary.response_id = as_str(response.get("id")) or summary.response_id
             if kind != "response.created":  # created has the tier asked for, not the one used
                 summary.service_tier = as_str(response.get("service_tier"))
-                summary.usage = openai_usage(response.get("usage"))
+                summary.usage = responses_usage(response)
                 status = as_str(response.get("status"))
                 summary.finish_reasons = (status,) if status else ()
         return True

@@ -135,8 +135,9 @@ class PrometheusSink(RecordSink):
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
         exemplar = trace_exemplar(r) if self.exemplars else None
-        self.duration.labels(*latency).observe(r.duration_s, exemplar)
-        self.overhead.labels(*latency).observe(r.overhead_s)
+        if r.operation != "batch":  # a batch's result lines have no latency of their own
+            self.duration.labels(*latency).observe(r.duration_s, exemplar)
+            self.overhead.labels(*latency).observe(r.overhead_s)
         if r.ttft_s is not None:
             self.ttft.labels(*latency).observe(r.ttft_s, exemplar)
         if r.tpot_s is not None:

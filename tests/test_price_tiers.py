@@ -232,3 +232,79 @@ def test_audio_on_a_model_without_audio_rates_falls_back(tiered: Tiered,
                                reason="modality") == 1
 
 
+
+
+# ---- batches -------------------------------------------------------------------------------
+
+def log_lines(t: Tiered, project: str) -> list[dict[str, Any]]:
+    lines = [orjson.loads(line) for line in t.usage_log.read_bytes().splitlines()]
+    return [line for line in lines if line["project"] == project]
+
+
+def t_sample(t: Tiered, name: str, project: str) -> float | None:
+    return t.proxy.sample(name, project=project)
+
+
+def test_openai_batch_results_at_batch_prices_for_the_creator_once(
+        tiered: Tiered, upstream: FakeUpstream) -> None:
+    output = fixture("openai_batch_output.jsonl")
+    upstream.queue(Reply(body=fixture("openai_batch_created.json")),
+                   Reply(body=fixture("openai_batch_completed.json")),
+                   Reply(body=output, content_type="application/octet-stream"),
+                   Reply(body=output, content_type="application/octet-stream"))
+    owner = client(tiered.proxy, "batch-owner")
+    batch = owner.batches.create(input_file_id="file-3Qk8Lm2Np9Rs4Tu7Vw1Xy5",
+                                 endpoint="/v1/chat/completions", completion_window="24h")
+    reader = client(tiered.proxy, "batch-reader")  # someone else polls and downloads
+    done = reader.batches.retrieve(batch.id)
+    assert done.output_file_id == "file-7Bn4Cx9Dz2Fv6Gh1Jk3Lm8"
+    for _ in range(2):  # downloaded twice: counted once
+        assert reader.files.content(done.output_file_id).content == output
+    assert upstream.requests[-1].raw_path == "/v1/files/file-7Bn4Cx9Dz2Fv6Gh1Jk3Lm8/content"
+    # gpt-5 batch: input 0.625, cached 0.0625, output 5 per Mtok
+    # line 1: 800 x 0.625 + 200 x 0.0625 + 500 x 5 = 500 + 12.5 + 2500 = 3012.5 micro-USD
+    # line 2: 2000 x 0.625 + 100 x 5 = 1250 + 500 = 1750 micro-USD; total 4762.5
+    expected = Decimal("0.0047625")
+    assert wait_for(lambda: t_sample(tiered, "spendgate_cost_usd_total", "batch-owner")) == float(
+        expected)
+    lines = wait_for(lambda: len(log_lines(tiered, "batch-owner")) >= 3 and log_lines(
+        tiered, "batch-owner"))
+    batch_lines = [line for line in lines if line["operation"] == "batch"]
+    assert len(batch_lines) == 2
+    assert sum(Decimal(line["cost_usd"]) for line in batch_lines) == expected
+    assert {(line["price_tier"], line["model"], line["status"]) for line in batch_lines} == {
+        ("batch", "gpt-5-2025-08-07", 200)}
+    assert wait_for(lambda: ledger_nano(tiered, "batch-owner")) == 4_762_500
+    assert tiered.proxy.sample("spendgate_cost_usd_total", project="batch-reader") is None
+    assert tiered.proxy.sample("spendgate_requests_total", project="batch-owner",
+                               model="gpt-5-2025-08-07") == 2
+
+
+def test_anthropic_batch_results_at_batch_prices_for_the_creator_once(
+        tiered: Tiered, upstream: FakeUpstream) -> None:
+    ended = fixture("anthropic_batch_ended.json").replace(
+        b"https://api.anthropic.com", tiered.proxy.url.encode() + b"/anthropic")
+    results = fixture("anthropic_batch_results.jsonl")
+    upstream.queue(Reply(body=fixture("anthropic_batch_created.json")),
+                   Reply(body=ended), Reply(body=results, content_type="application/binary"),
+                   Reply(body=ended), Reply(body=results, content_type="application/binary"))
+    owner = anthropic_client(tiered, "mbatch-owner")
+    batch = owner.messages.batches.create(requests=[
+        {"custom_id": f"ticket-{i}", "params": {"model": "claude-sonnet-4-6",
+                                                 "max_tokens": 256, "messages": USER}}
+        for i in (1, 2, 3)])
+    reader = anthropic_client(tiered, "mbatch-reader")
+    for _ in range(2):  # downloaded twice: counted once
+        got = list(reader.messages.batches.results(batch.id))
+        assert [r.result.type for r in got] == ["succeeded", "succeeded", "errored"]
+    # claude-sonnet-4-6 batch: input 1.5, cached 0.15, output 7.5 per Mtok
+    # ticket-1: 1000 x 1.5 + 200 x 7.5 = 1500 + 1500 = 3000 micro-USD
+    # ticket-2: 100 x 1.5 + 500 x 0.15 + 50 x 7.5 = 150 + 75 + 375 = 600 micro-USD
+    # ticket-3 errored: nothing. Total 3600 micro-USD
+    assert wait_for(lambda: t_sample(tiered, "spendgate_cost_usd_total", "mbatch-owner")) == (
+        0.0036)
+    assert wait_for(lambda: ledger_nano(tiered, "mbatch-owner")) == 3_600_000
+    lines = [line for line in log_lines(tiered, "mbatch-owner") if line["operation"] == "batch"]
+    assert sorted((line["status"], line["cost_usd"] != "0") for line in lines) == [
+        (200, True), (200, True), (500, False)]
+    assert tiered.proxy.sample("spendgate_cost_usd_total", project="mbatch-reader") is None

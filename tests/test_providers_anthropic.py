@@ -34,7 +34,9 @@ def test_registered() -> None:
     ("POST", "/v1/messages", "chat"),
     ("POST", "/anthropic/v1/messages/", "chat"),
     ("POST", "/v1/messages/count_tokens", "other"),
-    ("POST", "/v1/messages/batches", "other"),
+    ("POST", "/v1/messages/batches", "batch_create"),
+    ("GET", "/v1/messages/batches/msgbatch_01/results", "batch_results"),
+    ("GET", "/v1/messages/batches/msgbatch_01", "other"),
     ("GET", "/v1/messages", "other"),
     ("GET", "/v1/models", "other"),
 ])

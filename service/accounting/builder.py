@@ -22,9 +22,10 @@ import zlib
 from collections.abc import Mapping
 from decimal import Decimal
 
+from spendgate.accounting.batches import PARSERS, BatchBook, Owner
 from spendgate.accounting.pricing import PriceCatalog, Quote
 from spendgate.accounting.tokens import EncodingDataError, TokenEstimator
-from spendgate.providers.base import Provider, ResponseSummary
+from spendgate.providers.base import BatchLine, Provider, ResponseSummary
 from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome, UsageRecord
 from spendgate.usage import Usage
 
@@ -49,8 +50,10 @@ class RecordBuilder:
 
     def __init__(self, providers: Mapping[str, Provider], catalog: PriceCatalog,
                  estimator: TokenEstimator, keep_request: bool = False,
-                 keep_output: bool = False, max_decoded: int = DEFAULT_MAX_DECODED) -> None:
+                 keep_output: bool = False, max_decoded: int = DEFAULT_MAX_DECODED,
+                 batches: BatchBook | None = None) -> None:
         self.providers = providers
+        self.batches = batches if batches is not None else BatchBook()
         self.catalog = catalog
         self.estimator = estimator
         self.keep_request = keep_request
@@ -88,6 +91,72 @@ class RecordBuilder:
             log.warning("could not decode a %s response body from upstream %s; its usage "
                         "is estimated", encoding, outcome.upstream)
         return None
+
+    def build_all(self, outcome: CallOutcome) -> list[UsageRecord]:
+        """The records of one call: its own, or, for a batch's results downloaded the first
+        time, one per result line (operation ``batch``, at batch prices, attributed to the
+        batch's creator; see ``batches``). Never raises."""
+        info = outcome.request
+        if info is None or not info.keep_body or not 200 <= outcome.status < 300:
+            return [self.build(outcome)]
+        try:
+            lines = self._batch(outcome)
+        except Exception:
+            log.exception("could not read a batch response from %s", outcome.upstream)
+            lines = []
+        if not lines:
+            return [self.build(outcome)]
+        return [self._line_record(outcome, line, i == 0) for i, line in enumerate(lines)]
+
+    def _batch(self, outcome: CallOutcome) -> list[BatchLine]:
+        """Remember a batch's creator and output file; the result lines to account."""
+        info = outcome.request
+        parsers = PARSERS.get(outcome.protocol)
+        body = self._readable_body(outcome) if outcome.response_body is not None else None
+        if info is None or parsers is None or body is None:
+            return []
+        ids, results = parsers
+        upstream = outcome.upstream
+        if info.operation in ("batch_create", "batch_status"):
+            batch_id, file_id = ids(body)
+            if batch_id and info.operation == "batch_create":
+                self.batches.created(upstream, batch_id, Owner(
+                    outcome.project, outcome.user, outcome.virtual_key))
+            if batch_id and file_id:
+                self.batches.output_file(upstream, file_id, batch_id)
+            return []
+        if info.operation != "batch_results" or not info.batch_ref:
+            return []
+        lines = results(body)
+        if not lines or not self.batches.first_download(upstream, info.batch_ref):
+            return []  # not batch results, or already accounted
+        return lines
+
+    def _line_record(self, outcome: CallOutcome, line: BatchLine, first: bool) -> UsageRecord:
+        info = outcome.request
+        assert info is not None and info.batch_ref is not None
+        owner = self.batches.owner(outcome.upstream, info.batch_ref) or Owner(
+            outcome.project, outcome.user, outcome.virtual_key)
+        model = line.model or "unknown"
+        quote, priced, source = None, True, None
+        if not line.usage.is_empty:
+            quote, priced, source = self._quote(line.usage, (model,), outcome, "batch", None)
+            if not priced:
+                self._log_unpriced(model)
+        quote = quote or _FREE
+        return UsageRecord(
+            start_unix=outcome.start_unix, upstream=outcome.upstream, provider=outcome.provider,
+            protocol=outcome.protocol, operation="batch", model=model,
+            response_model=line.model, project=owner.project, user=owner.user,
+            virtual_key=owner.virtual_key, status=line.status, stream=False, metered=True,
+            usage=line.usage, cost_usd=quote.cost, priced=priced, price_source=source,
+            duration_s=0.0, ttft_s=None, tpot_s=None, overhead_s=0.0,
+            error_type=line.error_type, client_closed=False, response_id=line.response_id,
+            finish_reasons=(), service_tier="batch", request_id=outcome.request_id,
+            max_tokens=None, reservation=outcome.reservation if first else None,
+            budget_decision=outcome.budget_decision if first else None,
+            price_tier=quote.tier if source else None, context_tier=quote.context_tier,
+            fees_usd=quote.fees, price_fallbacks=tuple(sorted(quote.fallbacks)))
 
     def build(self, outcome: CallOutcome) -> UsageRecord:
         """The call's record. Never raises: if reading usage or pricing fails (a bug), the
@@ -141,16 +210,26 @@ class RecordBuilder:
             return usage, None, True, None
         request = (info.json if info is not None else None) or {}
         tier = summary.service_tier or _text(request.get("service_tier"))
-        for candidate in (summary.response_model, model):
+        quote, priced, source = self._quote(usage, (summary.response_model, model), outcome,
+                                            tier, _search_size(request))
+        if not priced:
+            self._log_unpriced(model)
+        return usage, quote, priced, source
+
+    def _quote(self, usage: Usage, models: tuple[str | None, ...], outcome: CallOutcome,
+               tier: str | None, search_size: str | None,
+               ) -> tuple[Quote | None, bool, str | None]:
+        """The price of ``usage`` for the first of ``models`` the catalog knows:
+        (quote, priced, price source); (None, False, None) when none is."""
+        for candidate in models:
             if candidate:
                 resolved = self.catalog.resolve(candidate, upstream=outcome.upstream,
                                                 provider=outcome.provider)
                 if resolved is not None:
-                    quote = resolved.price.quote(usage, tier, _search_size(request),
+                    quote = resolved.price.quote(usage, tier, search_size,
                                                  self.catalog.multiplier(outcome.upstream))
-                    return usage, quote, True, resolved.source
-        self._log_unpriced(model)
-        return usage, None, False, None
+                    return quote, True, resolved.source
+        return None, False, None
 
     def _fill_gaps(self, outcome: CallOutcome, usage: Usage, summary: ResponseSummary) -> Usage:
         """Estimate the types the upstream did not report; a hang-up is billed as generated."""

@@ -236,7 +236,7 @@ class ProxyApp:
             if info.metered and content_type.startswith("text/event-stream"):
                 overhead += await self._stream_events(receive, send, resp, out,
                                                       upstream, outcome)
-            elif info.metered or resp.status >= 400:
+            elif info.metered or info.keep_body or resp.status >= 400:
                 data = await read_body(resp, upstream.target)
                 received = time.perf_counter()
                 outcome.response_body = data

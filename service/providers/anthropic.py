@@ -1,9 +1,10 @@
 """The Anthropic Messages API wire protocol.
 
 ``POST .../v1/messages`` (the path's lenient view, in any case) is the metered ``chat``
-operation; everything else (``/v1/messages/count_tokens``, batches, models) is ``other`` and
-unmetered. Bodies are never rewritten: Anthropic streams always carry usage. A streamed call
-looks like::
+operation; Message Batches creation and results (``batch_create``, ``batch_results``) are
+unmetered calls whose responses the accounting reads (``accounting.batches``); everything else
+(``/v1/messages/count_tokens``, models) is ``other`` and unmetered. Bodies are never
+rewritten: Anthropic streams always carry usage. A streamed call looks like::
 
     event: message_start
     data: {"type":"message_start","message":{"id":"msg_01","model":"claude-sonnet-4-5",
@@ -46,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.base import BatchLine, RequestInfo, ResponseSummary, StreamTracker
 from spendgate.providers.jsonread import (
     append_text,
     as_dict,
@@ -101,6 +102,45 @@ def anthropic_usage(raw: dict[str, Any]) -> Usage:
     )
 
 
+def _batch_request(method: str, path: str) -> tuple[str, str | None] | None:
+    """Message Batches calls the accounting reads: ``POST .../messages/batches``
+    (batch_create) and ``GET .../messages/batches/{id}/results`` (batch_results)."""
+    parts = path.split("/")
+    lower = [p.lower() for p in parts]
+    if method == "POST" and lower[-2:] == ["messages", "batches"]:
+        return "batch_create", None
+    if method == "GET" and len(parts) >= 4 and lower[-4:-2] == ["messages", "batches"] and (
+            lower[-1] == "results"):
+        return "batch_results", parts[-2]
+    return None
+
+
+def batch_ids(body: bytes) -> tuple[str | None, str | None]:
+    """(batch id, None) of a Message Batch object: its results are fetched by batch id."""
+    return as_str((loads_object(body) or {}).get("id")), None
+
+
+def batch_results(body: bytes) -> list[BatchLine]:
+    """The lines of a Message Batch's results (JSONL: ``{"custom_id", "result": {"type":
+    "succeeded", "message": {...}}}``; errored, canceled and expired lines cost nothing)."""
+    lines: list[BatchLine] = []
+    for raw in body.splitlines():
+        line = loads_object(raw) if raw.strip() else None
+        result = as_dict(line.get("result")) if line is not None else {}
+        if line is None or not result:
+            continue
+        kind = as_str(result.get("type")) or "errored"
+        message = as_dict(result.get("message"))
+        lines.append(BatchLine(
+            key=as_str(line.get("custom_id")) or str(len(lines)),
+            model=as_str(message.get("model")),
+            usage=anthropic_usage(as_dict(message.get("usage"))),
+            status=200 if kind == "succeeded" else 500,
+            error_type=None if kind == "succeeded" else kind,
+            response_id=as_str(message.get("id"))))
+    return lines
+
+
 class AnthropicProvider:
     """Anthropic Messages protocol. Stateless; see the module docstring for the contract."""
 
@@ -109,7 +149,11 @@ class AnthropicProvider:
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call; the body is always forwarded unchanged. Never raises."""
-        path = path.partition("?")[0].rstrip("/").lower()
+        path = path.partition("?")[0].rstrip("/")
+        if batch := _batch_request(method.upper(), path):
+            return RequestInfo(operation=batch[0], model=None, stream=False, upstream_body=body,
+                               metered=False, keep_body=True, batch_ref=batch[1])
+        path = path.lower()
         post = method.upper() == "POST"
         metered = post and (path.endswith("/messages") or path == "messages")
         parsed: dict[str, Any] | None = None

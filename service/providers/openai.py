@@ -8,6 +8,10 @@ regard to case, as ASP.NET-style servers route), so any base prefix works (Azure
     POST .../completions      -> text_completion  POST .../responses  -> responses
     anything else             -> other (metered=False, only "model" read from JSON)
 
+Batches: ``POST .../batches`` (batch_create), ``GET .../batches/{id}`` (batch_status) and
+``GET .../files/{id}/content`` (batch_results) are unmetered, but their responses are kept
+for the accounting (``accounting.batches``), which accounts each line of a batch output file.
+
 A streamed chat/completion call reports usage only when asked, so the proxy asks. The body::
 
     {"model":"gpt-4o","stream":true,"messages":[...]}
@@ -46,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.base import BatchLine, RequestInfo, ResponseSummary, StreamTracker
 from spendgate.providers.jsonread import (
     append_text,
     as_dict,
@@ -120,6 +124,49 @@ def _operation(path: str) -> str:
     return next((op for suffix, op in _OPERATIONS if path.endswith(suffix)), "other")
 
 
+def _batch_request(method: str, path: str) -> tuple[str, str | None] | None:
+    """Batch API calls the accounting reads: ``POST .../batches`` (batch_create),
+    ``GET .../batches/{id}`` (batch_status: its ``output_file_id``) and
+    ``GET .../files/{id}/content`` (batch_results, when the file is a batch's output)."""
+    parts = path.split("/")
+    if method == "POST" and parts[-1].lower() == "batches":
+        return "batch_create", None
+    if method == "GET" and len(parts) >= 3 and parts[-2].lower() == "batches" and parts[-1]:
+        return "batch_status", parts[-1]
+    if (method == "GET" and len(parts) >= 4 and parts[-3].lower() == "files"
+            and parts[-1].lower() == "content"):
+        return "batch_results", parts[-2]
+    return None
+
+
+def batch_ids(body: bytes) -> tuple[str | None, str | None]:
+    """(batch id, output file id) of a Batch object (create or retrieve response)."""
+    batch = loads_object(body) or {}
+    return as_str(batch.get("id")), as_str(batch.get("output_file_id"))
+
+
+def batch_results(body: bytes) -> list[BatchLine]:
+    """The result lines of a batch output file (JSONL: ``{"id", "custom_id", "response":
+    {"status_code", "body"}, "error"}``); a line that is not one is skipped."""
+    lines: list[BatchLine] = []
+    for raw in body.splitlines():
+        line = loads_object(raw) if raw.strip() else None
+        if line is None or (not isinstance(line.get("response"), dict)
+                            and not line.get("error")):
+            continue
+        response = as_dict(line.get("response"))
+        result = as_dict(response.get("body"))
+        status = count(response.get("status_code")) or 500
+        usage = (responses_usage(result) if isinstance(result.get("output"), list)
+                 else openai_usage(result.get("usage")))
+        lines.append(BatchLine(
+            key=as_str(line.get("id")) or as_str(line.get("custom_id")) or str(len(lines)),
+            model=as_str(result.get("model")), usage=usage, status=status,
+            error_type=None if 200 <= status < 300 else str(status),
+            response_id=as_str(result.get("id"))))
+    return lines
+
+
 def _azure_deployment(path: str) -> str | None:
     """``my-gpt4o`` from ``/openai/deployments/my-gpt4o/chat/completions``."""
     _, found, rest = path.partition("/deployments/")
@@ -176,8 +223,11 @@ class OpenAIProvider:
         if not model:
             model = _azure_deployment(path)
         if parsed is None or operation == "other":
-            return RequestInfo(operation=operation, model=model, stream=False,
-                               upstream_body=body, json=parsed, metered=operation != "other")
+            batch = _batch_request(method.upper(), path) if operation == "other" else None
+            return RequestInfo(operation=batch[0] if batch else operation, model=model,
+                               stream=False, upstream_body=body, json=parsed,
+                               metered=operation != "other", keep_body=batch is not None,
+                               batch_ref=batch[1] if batch else None)
 
         stream = parsed.get("stream") is True
         if operation == "responses":

@@ -112,6 +112,10 @@ class RecordBuilder:
         """Remember a batch's creator and output file; the result lines to account."""
         info = outcome.request
         parsers = PARSERS.get(outcome.protocol)
+        if info is not None and info.operation == "batch_results" and (
+                outcome.response_body is None):
+            log.warning("batch results from upstream %s were over server.max_decoded_mb: "
+                        "forwarded, but their calls are not accounted", outcome.upstream)
         body = self._readable_body(outcome) if outcome.response_body is not None else None
         if info is None or parsers is None or body is None:
             return []

@@ -440,7 +440,8 @@ def describe_price(catalog: PriceCatalog, model: str, upstream: str | None = Non
     lines += [f"  {_RATE_NAMES[t]} {_fmt(v)}" for t in (*RATE_TYPES[5:], "cache_write_1h")
               if (v := getattr(p, t)) is not None]
     if p.tiers:
-        lines.append("tiers, USD per 1M tokens (a rate not listed: as the base):")
+        lines.append("tiers, USD per 1M tokens (a rate a tier does not list falls back, as "
+                     "README Pricing says):")
         lines += [f"  {key}: {_rates_line(table)}" for key, table in p.tiers]
     if p.web_search:
         lines.append("fee: web search per query, USD: " + ", ".join(

@@ -122,9 +122,21 @@ class Price:
     web_fetch: Decimal | None = None                   # USD per fetch request
     _tables: dict[str, Price] = field(default_factory=dict, init=False, repr=False,
                                       compare=False, hash=False)
+    _services: set[str] = field(default_factory=set, init=False, repr=False, compare=False,
+                                hash=False)
+    _levels: list[int] = field(default_factory=list, init=False, repr=False, compare=False,
+                               hash=False)
 
     def __post_init__(self) -> None:
+        # Derived once, so that pricing a call parses no tier key.
         self._tables.update(self.tiers)
+        for key in self._tables:
+            service, above_k = parse_tier_key(key)
+            if service:
+                self._services.add(service)
+            if above_k and above_k not in self._levels:
+                self._levels.append(above_k)
+        self._levels.sort()
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object], what: str = "price") -> Price:
@@ -170,7 +182,7 @@ class Price:
     @property
     def thresholds(self) -> tuple[int, ...]:
         """The context tiers' N (thousands of prompt tokens), ascending."""
-        return tuple(sorted({k for key in self._tables if (k := parse_tier_key(key)[1])}))
+        return tuple(self._levels)
 
     def cost(self, usage: Usage) -> Decimal:
         """Exact USD cost of ``usage`` at the base tier (``quote``)."""
@@ -218,10 +230,10 @@ class Price:
               reasons: set[str]) -> tuple[str | None, int | None]:
         """The (service tier, context tier) a call is priced at."""
         service = served_tier(tier)
-        if service is not None and all(parse_tier_key(k)[0] != service for k in self._tables):
+        if service is not None and service not in self._services:
             reasons.add("tier")
             service = None
-        context = max((k for k in self.thresholds if prompt > k * 1000), default=None)
+        context = max((k for k in self._levels if prompt > k * 1000), default=None)
         return service, context
 
     def _rate(self, rate_type: str, service: str | None, context: int | None,

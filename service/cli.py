@@ -94,7 +94,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_prices(args: argparse.Namespace) -> int:
-    from spendgate.accounting.pricing import describe_price, matching_models, price_table
+    from spendgate.accounting.describe import describe_price, matching_models, price_table
     from spendgate.app import build_catalog
 
     catalog = build_catalog(_load_or_exit(_config_path(args.config)))

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from spendgate.accounting.describe import describe_price, price_table
 from spendgate.accounting.pricing import (
     Price,
     PriceCatalog,
     ResolvedPrice,
     convert_litellm,
-    describe_price,
     per_mtok,
-    price_table,
 )
 from spendgate.usage import Usage
 

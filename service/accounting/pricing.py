@@ -1,5 +1,5 @@
 """Model prices: the built-in catalog and per-call price resolution (the cost math and tiers
-are in ``rates``; ``Price`` is re-exported here).
+are in ``rates``, re-exported here; ``spendgate prices`` output is in ``describe``).
 
 Prices are USD per million tokens ("Mtok") as ``Decimal``; a cost is exact ``Decimal`` USD,
 never rounded. An unknown model resolves to ``None`` (the caller counts it at cost 0).
@@ -30,7 +30,6 @@ one vendor key that has it (``PriceCatalog.resolve``).
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 from collections.abc import Mapping
@@ -55,8 +54,7 @@ from spendgate.accounting.rates import (
 )
 
 __all__ = ["FALLBACK_REASONS", "RATE_TYPES", "STANDARD", "CatalogEntry", "Price",
-           "PriceCatalog", "Quote", "ResolvedPrice", "convert_litellm", "describe_price",
-           "matching_models", "per_mtok", "price_table"]
+           "PriceCatalog", "Quote", "ResolvedPrice", "convert_litellm", "fmt", "per_mtok"]
 
 PriceSource = Literal["override", "upstream_default", "exact", "snapshot", "provider_prefix"]
 
@@ -97,7 +95,7 @@ def _is_num(value: object) -> TypeGuard[float]:
             and math.isfinite(value) and value >= 0)
 
 
-def _fmt(d: Decimal | None) -> str:
+def fmt(d: Decimal | None) -> str:
     """A price for people and the catalog file: plain notation, no trailing zeros."""
     return "-" if d is None else format(d.normalize(), "f")
 
@@ -121,7 +119,7 @@ def per_mtok(value: float) -> str:
     a 16-17 digit repr lying a few ulps from a decimal of <= 12 digits, the intended price, which
     we take. A genuinely long value (8/7, a currency conversion) has no such neighbour: kept.
     """
-    return _fmt(exact(value).scaleb(6))
+    return fmt(exact(value).scaleb(6))
 
 
 def _note(spec: Mapping[str, Any]) -> str:
@@ -148,7 +146,7 @@ def litellm_rates(spec: Mapping[str, Any]) -> dict[str, Any]:
         row["tiers"] = {k: tiers[k] for k in sorted(tiers)}
     search = spec.get("search_context_cost_per_query")
     search = search if isinstance(search, dict) else {}
-    sizes = {size: _fmt(exact(v)) for size in SEARCH_SIZES
+    sizes = {size: fmt(exact(v)) for size in SEARCH_SIZES
              if _is_num(v := search.get(f"search_context_size_{size}"))}
     if sizes:
         same = len(sizes) == len(SEARCH_SIZES) and len(set(sizes.values())) == 1
@@ -315,6 +313,16 @@ class PriceCatalog:
         """Read-only: alias -> catalog key."""
         return self._aliases
 
+    @property
+    def overrides(self) -> dict[str, Price]:
+        """A copy: ``pricing.overrides``, model name (as configured) -> price."""
+        return dict(self._overrides.values())
+
+    @property
+    def upstream_defaults(self) -> dict[str, Price]:
+        """A copy: upstream name -> its own ``pricing``."""
+        return dict(self._upstream_defaults)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -381,96 +389,3 @@ class PriceCatalog:
             if name in table:
                 return table[name], "snapshot"
         return None
-
-
-_RATE_NAMES = {"input": "input", "cached_input": "cached input", "cache_write": "cache write",
-               "cache_write_1h": "cache write 1h", "output": "output",
-               "input_audio": "input audio", "output_audio": "output audio",
-               "input_image": "input image", "output_image": "output image"}
-_GLOB = re.compile(r"[*?\[]")
-
-
-def matching_models(catalog: PriceCatalog, pattern: str) -> list[str]:
-    """The names a glob (``gpt-5*``, case-insensitive) matches among overrides, catalog keys
-    and aliases, sorted; a pattern without ``*``, ``?`` or ``[`` is returned as it is."""
-    if not _GLOB.search(pattern):
-        return [pattern]
-    names = {k for k, _ in catalog._overrides.values()} | set(catalog.entries) | set(
-        catalog.aliases)
-    return sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), pattern.lower()))
-
-
-def _rates_line(price: Price) -> str:
-    return ", ".join(f"{_RATE_NAMES[t]} {_fmt(v)}" for t in RATE_TYPES
-                     if (v := getattr(price, t)) is not None)
-
-
-def describe_price(catalog: PriceCatalog, model: str, upstream: str | None = None,
-                   provider: str | None = None) -> str:
-    """``spendgate prices MODEL``: the resolved per-Mtok prices, every tier and fee, where they
-    come from (the step and key that matched, the catalog's source and date, or the config
-    key), and the upstream's multiplier. An unknown model (``catalog.resolve`` is None: the CLI
-    exits 1) gets a message saying its calls are counted at cost 0."""
-    footer = f"catalog: {catalog.source}, generated {catalog.generated}\n"
-    hit = catalog.resolve(model, upstream, provider)
-    if hit is None:
-        return (f"unknown model {model!r}: not in the price catalog, so its calls are counted "
-                f"at cost 0; add a price override to price it\n{footer}")
-    p, entry = hit.price, catalog.entries.get(hit.matched)
-    source = f"catalog key {hit.matched!r}"
-    if hit.source == "override":
-        source = f"config pricing.overrides[{hit.matched!r}]"
-    elif hit.source == "upstream_default":
-        source = f"config upstreams.{hit.matched}.pricing"
-    if hit.source in ("override", "upstream_default"):
-        entry = None  # a name that happens to equal a catalog key must not show its metadata
-    lines = [f"model: {model}", f"matched: {hit.matched} ({hit.source})",
-             f"prices from: {source}"]
-    if entry:
-        lines.append(f"provider: {entry.provider}, mode: {entry.mode}" + "".join(
-            f", max {k} tokens {v}" for k, v in (("input", entry.max_input_tokens),
-                                                  ("output", entry.max_output_tokens)) if v))
-
-    def cache_price(d: Decimal | None) -> str:
-        return _fmt(d) if d is not None or p.input is None else "- (charged at the input price)"
-
-    lines += [f"USD per 1M tokens: input {_fmt(p.input)}",
-              f"  cached input {cache_price(p.cached_input)}",
-              f"  cache write {cache_price(p.cache_write)}", f"  output {_fmt(p.output)}"]
-    lines += [f"  {_RATE_NAMES[t]} {_fmt(v)}" for t in (*RATE_TYPES[5:], "cache_write_1h")
-              if (v := getattr(p, t)) is not None]
-    if p.tiers:
-        lines.append("tiers, USD per 1M tokens (a rate a tier does not list falls back, as "
-                     "README Pricing says):")
-        lines += [f"  {key}: {_rates_line(table)}" for key, table in p.tiers]
-    if p.web_search:
-        lines.append("fee: web search per query, USD: " + ", ".join(
-            f"{size} {_fmt(v)}" for size, v in sorted(
-                p.web_search, key=lambda sv: SEARCH_SIZES.index(sv[0]))))
-    if p.web_fetch is not None:
-        lines.append(f"fee: web fetch per request, USD: {_fmt(p.web_fetch)}")
-    if (m := catalog.multiplier(upstream)) != 1:
-        lines.append(f"upstreams.{upstream}.price_multiplier: {_fmt(m)} (on every price above)")
-    if entry and entry.note:
-        lines.append(f"note: {entry.note} (not applied)")
-    return "\n".join(lines) + "\n" + footer
-
-
-def price_table(catalog: PriceCatalog) -> str:
-    """``spendgate prices``: an aligned table of overrides, upstream defaults, then catalog
-    models (sorted), with per-Mtok prices; the last line gives the catalog's source and date."""
-    listed = [(k, "(override)", "", p) for k, p in sorted(catalog._overrides.values())]
-    listed += [(f"upstream:{k}", "(upstream default)", "", p)
-               for k, p in sorted(catalog._upstream_defaults.items())]
-    listed += [(k, e.provider, e.mode, e.price) for k, e in sorted(catalog.entries.items())]
-    rows: list[tuple[str, ...]] = [
-        ("MODEL", "PROVIDER", "MODE", "INPUT", "CACHED", "CACHE_WRITE", "OUTPUT")]
-    rows += [(k, prov, mode, *map(_fmt, (p.input, p.cached_input, p.cache_write, p.output)))
-             for k, prov, mode, p in listed]
-    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-             for row in rows]
-    lines.append(f"{len(catalog)} models, {len(catalog.aliases)} aliases; USD per 1M tokens; "
-                 f"catalog: {catalog.source}, generated {catalog.generated}")
-    return "\n".join(lines) + "\n"

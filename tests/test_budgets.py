@@ -128,6 +128,10 @@ def test_worst_case_uses_the_requested_tier_and_the_prompts_context_tier() -> No
     assert prompt_tokens_bound(priority.request, "openai", est) == 44  # type: ignore[arg-type]
     # gpt-5 priority: input 2.5, output 20 per Mtok: 44 x 2.5 + 1000 x 20 = 20110 micro-USD
     assert worst_case_nano(priority, prices, est) == 20_110_000
+    # through an upstream with price_multiplier 0.8: 20110 x 0.8 = 16088 micro-USD
+    discounted = PriceCatalog.load(multipliers={"openai": Decimal("0.8")})
+    assert priority.upstream == "openai"
+    assert worst_case_nano(priority, discounted, est) == 16_088_000
     standard = outcome_for(orjson.dumps({"model": "gpt-5", "max_tokens": 1000, "messages": msgs}))
     # base: 44 x 1.25 + 1000 x 10 = 10055 micro-USD
     assert worst_case_nano(standard, prices, est) == 10_055_000

@@ -19,6 +19,7 @@ import anthropic
 import orjson
 import pytest
 
+from spendgate.accounting.batches import BatchBook, Owner
 from tests.budget_helpers import wait_for
 from tests.conftest import ProxyProcess, basic_config
 from tests.fake_upstream import FakeUpstream, Reply, fixture
@@ -308,3 +309,17 @@ def test_anthropic_batch_results_at_batch_prices_for_the_creator_once(
     assert sorted((line["status"], line["cost_usd"] != "0") for line in lines) == [
         (200, True), (200, True), (500, False)]
     assert tiered.proxy.sample("spendgate_cost_usd_total", project="mbatch-reader") is None
+
+
+def test_batch_book_is_bounded_and_remembers_each_download_once() -> None:
+    book = BatchBook(limit=2)
+    alice = Owner("alice", None, None)
+    book.created("openai", "batch_1", alice)
+    book.output_file("openai", "file-out-1", "batch_1")
+    assert book.owner("openai", "file-out-1") == book.owner("openai", "batch_1") == alice
+    assert book.owner("other-upstream", "batch_1") is None  # ids are per upstream
+    assert book.first_download("openai", "file-out-1") is True
+    assert book.first_download("openai", "batch_1") is False  # the same results
+    book.created("openai", "batch_2", alice)
+    book.created("openai", "batch_3", alice)  # past the limit: the oldest is forgotten
+    assert book.owner("openai", "batch_1") is None and book.owner("openai", "batch_3") == alice

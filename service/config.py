@@ -11,8 +11,8 @@ Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes,
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
 ``metrics.gen_ai`` (the GenAI convention histograms too; see ``telemetry``),
 ``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
-``budgets[].max_reserve_usd`` (see ``budgets.gate``); issue 9's ``upstreams.NAME.price_multiplier``
-and, in a price, ``tiers``, ``web_search_per_query``, ``web_fetch_per_request`` and the
+``budgets[].max_reserve_usd`` (see ``budgets.gate``); ``upstreams.NAME.price_multiplier`` and,
+in a price, ``tiers``, ``web_search_per_query``, ``web_fetch_per_request`` and the
 ``cache_write_1h``/audio/image ``_per_mtok`` rates (``accounting.rates``).
 
 ``server.allowed_hosts`` has a default that depends on where the proxy listens, which the

@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from spendgate.usage import Usage
 
@@ -52,6 +52,7 @@ TIER_KEY = re.compile(r"above_([1-9]\d*)k(?:_(flex|priority|batch))?|(flex|prior
 # Served-tier names that mean the base price (OpenAI "default"/"auto", Anthropic "standard").
 _BASE_NAMES = frozenset({"", "default", "auto", "standard", "standard_only", "on_demand"})
 _EXACT = Context(prec=100, traps=[Inexact])  # costs are exact or raise, never silently rounded
+_ZERO = Decimal(0)
 
 
 def tier_key(service: str | None, above_k: int | None) -> str:
@@ -91,10 +92,10 @@ def price_value(value: object, what: str) -> Decimal | None:
     raise ValueError(f"{what}: not a price: {value!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class Quote:
+class Quote(NamedTuple):
     """One call priced: ``cost`` (fees included, exact USD), the ``fees`` part, the service
-    tier and context tier the rates came from, and the fallback reasons taken."""
+    tier and context tier the rates came from, and the fallback reasons taken. Immutable (a
+    tuple: built for every call, where a frozen dataclass costs a microsecond more)."""
 
     cost: Decimal
     fees: Decimal = Decimal(0)
@@ -205,13 +206,27 @@ class Price:
         hour = min(usage.cache_write_1h or 0, written)
         audio_in, image_in = usage.input_audio or 0, usage.input_image or 0
         audio_out = min(usage.output_audio or 0, usage.output or 0)
-        counts = {"input": max((usage.input or 0) - cached - written - audio_in - image_in, 0),
-                  "cached_input": cached, "cache_write": written - hour, "cache_write_1h": hour,
-                  "input_audio": audio_in, "input_image": image_in,
-                  "output": (usage.output or 0) - audio_out, "output_audio": audio_out}
+        plain = max((usage.input or 0) - cached - written - audio_in - image_in, 0)
+        output = (usage.output or 0) - audio_out
         with localcontext(_EXACT):
+            if service is None and context is None and not (
+                    hour or audio_in or image_in or audio_out or usage.web_search
+                    or usage.web_fetch):
+                # Most calls: text tokens at the base rates (the types _rate would read).
+                p_in = self.input or _ZERO
+                tokens = plain * p_in + output * (self.output or _ZERO)
+                if cached:
+                    tokens += cached * (p_in if self.cached_input is None else self.cached_input)
+                if written:
+                    tokens += written * (p_in if self.cache_write is None else self.cache_write)
+                return Quote(cost=tokens.scaleb(-6) * multiplier,
+                             fallbacks=frozenset(reasons) if reasons else frozenset())
+            counts = (("input", plain), ("cached_input", cached),
+                      ("cache_write", written - hour), ("cache_write_1h", hour),
+                      ("input_audio", audio_in), ("input_image", image_in),
+                      ("output", output), ("output_audio", audio_out))
             tokens = sum((n * self._rate(t, service, context, reasons)
-                          for t, n in counts.items() if n), Decimal(0)).scaleb(-6)
+                          for t, n in counts if n), _ZERO).scaleb(-6)
             fees = self._fees(usage, search_size, reasons)
             return Quote(cost=(tokens + fees) * multiplier, fees=fees * multiplier,
                          tier=service or STANDARD,
@@ -233,11 +248,18 @@ class Price:
         if service is not None and service not in self._services:
             reasons.add("tier")
             service = None
-        context = max((k for k in self._levels if prompt > k * 1000), default=None)
+        context = None
+        for level in self._levels:  # ascending: the last one the prompt is over
+            if prompt > level * 1000:
+                context = level
         return service, context
 
     def _rate(self, rate_type: str, service: str | None, context: int | None,
               reasons: set[str]) -> Decimal:
+        if service is None and context is None:  # the common case: the base table
+            base: Decimal | None = getattr(self, rate_type)
+            if base is not None:
+                return base
         for s, c in dict.fromkeys(((service, context), (service, None), (None, context),
                                    (None, None))):
             table = self._tables.get(tier_key(s, c)) if s or c else self

@@ -178,7 +178,9 @@ def test_one_hour_cache_writes_and_web_searches(tiered: Tiered, upstream: FakeUp
     # claude-sonnet-4-6: input 3, cache write (5m) 3.75, cache write 1h 6, output 15 per Mtok
     # 10 x 3 + 1000 x 3.75 + 2000 x 6 + 100 x 15 = 30 + 3750 + 12000 + 1500 = 17280 micro-USD
     # + 4 web searches x $0.01 = $0.04 (web fetch: no fee) -> $0.05728
-    assert_cost(tiered, project, "0.05728", fees="0.04")
+    line = assert_cost(tiered, project, "0.05728", fees="0.04")
+    assert (line["tool_calls"], line["service_tier"]) == ({"web_search": 4, "web_fetch": 1},
+                                                          "standard")
     for tool, calls in (("web_search", 4), ("web_fetch", 1)):
         assert tiered.proxy.sample("spendgate_tool_calls_total", project=project,
                                    tool=tool) == calls

@@ -420,27 +420,21 @@ def test_conversion_carries_every_tier_key() -> None:
                      "output_per_mtok": "15", "web_search_per_query": "0.01"}}
 
 
+def text_rates(input_: str, cached: str, output: str) -> dict[str, str]:
+    """A tier of input, cached input and output rates, as the catalog writes it."""
+    return {"input_per_mtok": input_, "cached_input_per_mtok": cached, "output_per_mtok": output}
+
+
 @pytest.mark.parametrize(("model", "row"), [
-    ("gpt-5", {"tiers": {
-        "batch": {"cached_input_per_mtok": "0.0625", "input_per_mtok": "0.625",
-                  "output_per_mtok": "5"},
-        "flex": {"cached_input_per_mtok": "0.0625", "input_per_mtok": "0.625",
-                 "output_per_mtok": "5"},
-        "priority": {"cached_input_per_mtok": "0.25", "input_per_mtok": "2.5",
-                     "output_per_mtok": "20"}}, "web_search_per_query": "0.01"}),
+    ("gpt-5", {"web_search_per_query": "0.01", "tiers": {
+        "batch": text_rates("0.625", "0.0625", "5"), "flex": text_rates("0.625", "0.0625", "5"),
+        "priority": text_rates("2.5", "0.25", "20")}}),
     ("gpt-5.4", {"tiers": {
-        "above_272k": {"cached_input_per_mtok": "0.5", "input_per_mtok": "5",
-                       "output_per_mtok": "22.5"},
-        "above_272k_batch": {"cached_input_per_mtok": "0.25", "input_per_mtok": "2.5",
-                             "output_per_mtok": "11.25"},
-        "above_272k_flex": {"cached_input_per_mtok": "0.25", "input_per_mtok": "2.5",
-                            "output_per_mtok": "11.25"},
-        "batch": {"cached_input_per_mtok": "0.13", "input_per_mtok": "1.25",
-                  "output_per_mtok": "7.5"},
-        "flex": {"cached_input_per_mtok": "0.13", "input_per_mtok": "1.25",
-                 "output_per_mtok": "7.5"},
-        "priority": {"cached_input_per_mtok": "0.5", "input_per_mtok": "5",
-                     "output_per_mtok": "30"}}}),
+        "above_272k": text_rates("5", "0.5", "22.5"),
+        "above_272k_batch": text_rates("2.5", "0.25", "11.25"),
+        "above_272k_flex": text_rates("2.5", "0.25", "11.25"),
+        "batch": text_rates("1.25", "0.13", "7.5"), "flex": text_rates("1.25", "0.13", "7.5"),
+        "priority": text_rates("5", "0.5", "30")}}),
     ("claude-sonnet-4-6", {"cache_write_1h_per_mtok": "6", "cache_write_per_mtok": "3.75",
                            "web_search_per_query": "0.01", "tiers": {"batch": {
                                "cache_write_per_mtok": "1.875", "cached_input_per_mtok": "0.15",

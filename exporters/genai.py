@@ -153,6 +153,12 @@ def span_attributes(record: UsageRecord, server: Server | None) -> dict[str, Att
         if record.priced:
             # A double for the backends to sum; the exact Decimal lives in /metrics.
             a[sc.SPENDGATE_COST_USD] = float(record.cost_usd)
+            if record.price_tier:
+                a[sc.SPENDGATE_PRICE_TIER] = record.price_tier
+            if record.context_tier:
+                a[sc.SPENDGATE_PRICE_CONTEXT_TIER] = record.context_tier
+            if record.fees_usd:
+                a[sc.SPENDGATE_COST_FEES_USD] = float(record.fees_usd)
         else:
             a[sc.SPENDGATE_PRICED] = False
     if record.budget_decision is not None:  # "allowed" | "blocked" by a block budget

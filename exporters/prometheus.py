@@ -108,6 +108,13 @@ class PrometheusSink(RecordSink):
                                ("upstream",), registry=registry)
         self.unpriced = Counter("spendgate_unpriced_requests", "Calls whose model has no price "
                                 "(costed at 0).", ("model",), registry=registry)
+        self.price_fallbacks = Counter(
+            "spendgate_price_fallbacks", "Calls priced with a base rate because the price has "
+            "no rate for what was served (reason: tier, context, cache_ttl, fee, modality).",
+            ("model", "reason"), registry=registry)
+        self.tool_calls = Counter("spendgate_tool_calls", "Server-side tool calls the "
+                                  "provider charges per request (web_search, web_fetch).",
+                                  ("upstream", "model", "project", "tool"), registry=registry)
         self.usage_missing = Counter("spendgate_usage_missing", "Calls whose usage had to be "
                                      "estimated, wholly or in part.", LATENCY_LABELS,
                                      registry=registry)
@@ -128,8 +135,9 @@ class PrometheusSink(RecordSink):
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
         exemplar = trace_exemplar(r) if self.exemplars else None
-        self.duration.labels(*latency).observe(r.duration_s, exemplar)
-        self.overhead.labels(*latency).observe(r.overhead_s)
+        if r.operation != "batch":  # a batch's result lines have no latency of their own
+            self.duration.labels(*latency).observe(r.duration_s, exemplar)
+            self.overhead.labels(*latency).observe(r.overhead_s)
         if r.ttft_s is not None:
             self.ttft.labels(*latency).observe(r.ttft_s, exemplar)
         if r.tpot_s is not None:
@@ -146,3 +154,8 @@ class PrometheusSink(RecordSink):
             self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
         if not r.priced and not r.usage.is_empty:
             self.unpriced.labels(model_value).inc()  # no project: no pair to fold
+        for reason in r.price_fallbacks:
+            self.price_fallbacks.labels(model_value, reason).inc()
+        for tool in ("web_search", "web_fetch"):
+            if calls := r.usage.get(tool):
+                self.tool_calls.labels(r.upstream, model, project, tool).inc(calls)

@@ -81,6 +81,9 @@ TOKEN_TYPE_OUTPUT: Final = "output"
 # ---- ours ----------------------------------------------------------------------------------
 SPENDGATE_COST_USD: Final = "spendgate.cost_usd"
 SPENDGATE_PRICED: Final = "spendgate.priced"                  # set (false) when unpriced
+SPENDGATE_PRICE_TIER: Final = "spendgate.price.tier"           # flex, priority, batch, standard
+SPENDGATE_PRICE_CONTEXT_TIER: Final = "spendgate.price.context_tier"  # above_272k; absent: none
+SPENDGATE_COST_FEES_USD: Final = "spendgate.cost.fees_usd"     # per-request fees in cost_usd
 SPENDGATE_PROJECT: Final = "spendgate.project"
 SPENDGATE_USER: Final = "spendgate.user"
 SPENDGATE_UPSTREAM: Final = "spendgate.upstream"

@@ -9,11 +9,19 @@ Each line (UTF-8, ``\\n``-terminated, keys stable)::
      "client_closed": false, "budget_decision": null, "stream": true,
      "tokens": {"input": {"count": 12, "source": "reported"}, "output": {...}, ...},
      "cost_usd": "0.000123", "priced": true, "price_source": "builtin",
+     "price_tier": "flex", "context_tier": null, "fees_usd": "0", "price_fallbacks": [],
+     "service_tier": "flex", "tool_calls": {"web_search": 2},
      "duration_s": 1.234, "ttft_s": 0.2, "tpot_s": 0.01, "overhead_s": 0.0002}
 
 ``cost_usd`` is the exact Decimal as a plain decimal string (never a float, never
-exponent notation), so sums over the log are exact. Token types are those of
-``usage``; a type absent from ``tokens`` was neither reported nor estimated.
+exponent notation), so sums over the log are exact; ``fees_usd`` (per-request fees such as web
+searches) is the part of it that is not tokens. ``price_tier`` (``standard``, ``flex``,
+``priority``, ``batch``; null when unpriced) and ``context_tier`` (``above_272k``; null: none)
+say which rates priced the call, ``price_fallbacks`` the base rates it fell back to (the span
+attributes ``spendgate.price.tier``, ``spendgate.price.context_tier``,
+``spendgate.cost.fees_usd``); ``service_tier`` is the tier the upstream says it served.
+Token types are those of ``usage``; a type absent from ``tokens`` was neither reported nor
+estimated.
 
 Written by the record pipeline's thread (never the hot path), one write and flush per batch.
 ``path: "-"`` is standard output; a file is appended to and rotated by size: past ``max_mb``
@@ -64,6 +72,12 @@ def usage_line(record: UsageRecord) -> dict[str, Any]:
         "cost_usd": format(record.cost_usd, "f"),
         "priced": record.priced,
         "price_source": record.price_source,
+        "price_tier": record.price_tier,
+        "context_tier": record.context_tier,
+        "fees_usd": format(record.fees_usd, "f"),
+        "price_fallbacks": list(record.price_fallbacks),
+        "service_tier": record.service_tier,
+        "tool_calls": {t: n for t in ("web_search", "web_fetch") if (n := record.usage.get(t))},
         "duration_s": record.duration_s,
         "ttft_s": record.ttft_s,
         "tpot_s": record.tpot_s,

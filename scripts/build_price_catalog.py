@@ -8,7 +8,11 @@ the copy committed in ``scripts/data/`` (see its README). The result is committe
 ``service/accounting/data/prices.json``, which the package ships; nothing reads INPUT at
 run time. The conversion is ``spendgate.accounting.pricing.convert_litellm``, the very code
 ``PriceCatalog.load`` runs on a user's own LiteLLM file; the format is documented in
-``service/accounting/pricing.py``.
+``service/accounting/pricing.py``. Every tier of the map is carried (``litellm_rates``):
+service tiers (``_flex``, ``_priority``, ``_batches``), context thresholds (``_above_<N>k_tokens``,
+per token type, also with a service tier), 1-hour cache writes
+(``cache_creation_input_token_cost_above_1hr``), audio and image token rates (input and
+output) and the web search fee (``search_context_cost_per_query``, by context size).
 
 The output is deterministic (sorted, one model per line). ``generated`` is ``--date``, else
 the existing file's date when its models and source are unchanged (so a re-run gives no
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     aliases = sum("alias_of" in row for row in models.values())
-    print(f"{args.output}: {len(models) - aliases} models, {aliases} aliases, "
+    tiers = sum(len(row.get("tiers", ())) for row in models.values())
+    print(f"{args.output}: {len(models) - aliases} models, {aliases} aliases, {tiers} tiers, "
           f"{len(text.encode()) / 1024:.0f} KB, generated {generated}")
     return 0
 

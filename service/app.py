@@ -53,16 +53,16 @@ _MISDIRECTED = orjson.dumps({"detail": "this proxy does not serve that Host name
 
 
 def build_catalog(config: Config) -> PriceCatalog:
-    def price(spec: Any) -> Price:
-        return Price(input=spec.input_per_mtok, output=spec.output_per_mtok,
-                     cached_input=spec.cached_input_per_mtok,
-                     cache_write=spec.cache_write_per_mtok)
+    def price(spec: Any, what: str) -> Price:
+        return Price.from_row(spec.model_dump(exclude_none=True), what)
 
     return PriceCatalog.load(
         config.pricing.catalog,
-        overrides={model: price(spec) for model, spec in config.pricing.overrides.items()},
-        upstream_defaults={name: price(up.pricing) for name, up in config.upstreams.items()
-                           if up.pricing is not None})
+        overrides={model: price(spec, model) for model, spec in config.pricing.overrides.items()},
+        upstream_defaults={name: price(up.pricing, name) for name, up in config.upstreams.items()
+                           if up.pricing is not None},
+        multipliers={name: up.price_multiplier for name, up in config.upstreams.items()
+                     if up.price_multiplier is not None})
 
 
 class Spendgate:

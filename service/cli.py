@@ -94,17 +94,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_prices(args: argparse.Namespace) -> int:
-    from spendgate.accounting.pricing import describe_price, price_table
+    from spendgate.accounting.describe import describe_price, matching_models, price_table
     from spendgate.app import build_catalog
 
     catalog = build_catalog(_load_or_exit(_config_path(args.config)))
     if args.model is None:
         print(price_table(catalog))
         return 0
-    if catalog.resolve(args.model, upstream=args.upstream) is None:
+    names = matching_models(catalog, args.model)  # a glob ('gpt-5*') gives every match
+    if not names or catalog.resolve(names[0], upstream=args.upstream) is None:
         print(describe_price(catalog, args.model, upstream=args.upstream), file=sys.stderr)
         return 1
-    print(describe_price(catalog, args.model, upstream=args.upstream))
+    print("\n".join(describe_price(catalog, name, upstream=args.upstream) for name in names))
     return 0
 
 
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     prices = sub.add_parser("prices", help="the resolved price of a model, or the catalog")
-    prices.add_argument("model", nargs="?")
+    prices.add_argument("model", nargs="?", help="a model name, or a glob: 'gpt-5*'")
     prices.add_argument("--upstream", help="resolve as a call through this upstream")
     prices.add_argument("--config", help="config whose overrides and catalog apply")
     prices.set_defaults(func=cmd_prices)

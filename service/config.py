@@ -11,7 +11,9 @@ Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes,
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
 ``metrics.gen_ai`` (the GenAI convention histograms too; see ``telemetry``),
 ``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
-``budgets[].max_reserve_usd`` (see ``budgets.gate``).
+``budgets[].max_reserve_usd`` (see ``budgets.gate``); ``upstreams.NAME.price_multiplier`` and,
+in a price, ``tiers``, ``web_search_per_query``, ``web_fetch_per_request`` and the
+``cache_write_1h``/audio/image ``_per_mtok`` rates (``accounting.rates``).
 
 ``server.allowed_hosts`` has a default that depends on where the proxy listens, which the
 ``--host`` flag may change: ``allowed_hosts(server, bind_host)`` resolves it (the loopback
@@ -81,19 +83,55 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PriceConfig(_Strict):
-    """USD per million tokens; ``None`` falls back as ``accounting.pricing.Price`` documents."""
+# A price tier's key, as ``accounting.rates.parse_tier_key`` reads it.
+_TIER_KEY = re.compile(r"above_[1-9]\d*k(?:_(?:flex|priority|batch))?|flex|priority|batch")
 
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal = Decimal(0)
+
+def _not_negative(value: object) -> None:
+    for amount in value.values() if isinstance(value, dict) else (value,):
+        if isinstance(amount, Decimal) and amount < 0:
+            raise ValueError("must not be negative")
+
+
+class RatesConfig(_Strict):
+    """USD per million tokens per rate type; ``None`` falls back as ``accounting.rates``
+    documents (cache prices to input, 1-hour cache writes to cache writes, audio and image
+    tokens to text)."""
+
+    input_per_mtok: Decimal | None = None
+    output_per_mtok: Decimal | None = None
     cached_input_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
+    input_audio_per_mtok: Decimal | None = None
+    output_audio_per_mtok: Decimal | None = None
+    input_image_per_mtok: Decimal | None = None
+    output_image_per_mtok: Decimal | None = None
 
     @field_validator("*")
     @classmethod
-    def _not_negative(cls, value: Decimal | None) -> Decimal | None:
-        if value is not None and value < 0:
-            raise ValueError("must not be negative")
+    def _not_negative(cls, value: object) -> object:
+        _not_negative(value)
+        return value
+
+
+class PriceConfig(RatesConfig):
+    """A model's price: base rates, ``tiers`` (``flex``, ``priority``, ``batch``,
+    ``above_<N>k``, ``above_<N>k_<service tier>`` -> rates) and per-request fees in USD."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal = Decimal(0)
+    tiers: dict[str, RatesConfig] = Field(default_factory=dict)
+    web_search_per_query: Decimal | dict[Literal["low", "medium", "high"], Decimal] | None = None
+    web_fetch_per_request: Decimal | None = None
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_keys(cls, value: dict[str, RatesConfig]) -> dict[str, RatesConfig]:
+        for key in value:
+            if not _TIER_KEY.fullmatch(key):
+                raise ValueError(f"{key!r} is not a price tier: flex, priority, batch, "
+                                 "above_<N>k, or above_<N>k_<service tier>")
         return value
 
 
@@ -144,6 +182,7 @@ class UpstreamConfig(_Strict):
     timeout_s: float = Field(default=600, gt=0)
     connect_timeout_s: float = Field(default=10, gt=0)
     pricing: PriceConfig | None = None
+    price_multiplier: Decimal | None = Field(default=None, ge=0)  # on every price, exactly
 
     @field_validator("url")
     @classmethod

@@ -121,6 +121,13 @@ class UsageRecord:
     # and the admission decision: "allowed", "blocked", or None when no block budget covers it.
     reservation: Any = None
     budget_decision: str | None = None
+    # The price's detail (accounting.rates.Quote): the service tier and context tier its rates
+    # came from ("standard" and None for the base), the per-request fees inside cost_usd, and
+    # the fallback reasons taken (tier, context, cache_ttl, fee, modality).
+    price_tier: str | None = None
+    context_tier: str | None = None
+    fees_usd: Decimal = Decimal(0)
+    price_fallbacks: tuple[str, ...] = ()
 
     @property
     def usage_estimated(self) -> bool:

@@ -8,6 +8,12 @@ Token types (``TOKEN_TYPES``):
 * ``output``       every generated token, reasoning included
 * ``reasoning``    the reasoning part of ``output``
 
+Details the price depends on (``DETAIL_FIELDS``; parts of the counts above, never added to
+them, and not token types of the metrics): ``cache_write_1h`` (the part of ``cache_write``
+kept one hour; the rest is the 5-minute cache), ``input_audio`` and ``input_image`` (parts of
+``input``), ``output_audio`` (part of ``output``), and the server-side tool calls the provider
+charges per request, ``web_search`` and ``web_fetch``.
+
 ``None`` means "not reported", which is not the same as ``0``. Every count also says where it
 came from: a type listed in ``Usage.estimated`` was counted by spendgate's tokenizer, not
 reported by the upstream.
@@ -20,6 +26,8 @@ from typing import Literal
 
 TokenType = Literal["input", "output", "cached_input", "cache_write", "reasoning"]
 TOKEN_TYPES: tuple[TokenType, ...] = ("input", "output", "cached_input", "cache_write", "reasoning")
+DETAIL_FIELDS = ("cache_write_1h", "input_audio", "input_image", "output_audio", "web_search",
+                 "web_fetch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,12 @@ class Usage:
     cache_write: int | None = None
     reasoning: int | None = None
     estimated: frozenset[str] = field(default=frozenset())
+    cache_write_1h: int | None = None
+    input_audio: int | None = None
+    input_image: int | None = None
+    output_audio: int | None = None
+    web_search: int | None = None
+    web_fetch: int | None = None
 
     def get(self, token_type: str) -> int | None:
         value: int | None = getattr(self, token_type)
@@ -56,7 +70,7 @@ class Usage:
     def merged(self, newer: Usage) -> Usage:
         """Fields of ``newer`` that are reported (not None) win over ours."""
         values = {t: getattr(newer, t) if getattr(newer, t) is not None else getattr(self, t)
-                  for t in TOKEN_TYPES}
+                  for t in (*TOKEN_TYPES, *DETAIL_FIELDS)}
         return Usage(**values, estimated=self.estimated | newer.estimated)
 
     def with_estimates(self, **counts: int | None) -> Usage:

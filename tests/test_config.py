@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from spendgate.config import ConfigError, load_config, parse_config
 from tests.conftest import spendgate_command
@@ -99,3 +100,52 @@ def test_prices_cli() -> None:
     assert unknown.returncode == 1
     table = subprocess.run(run, capture_output=True, text=True)
     assert table.returncode == 0 and len(table.stdout.splitlines()) > 300
+    tiers = subprocess.run([*run, "gpt-5.4"], capture_output=True, text=True)
+    assert tiers.returncode == 0, tiers.stderr
+    assert "  above_272k: input 5, cached input 0.5, output 22.5\n" in tiers.stdout
+    assert "  priority: input 5, cached input 0.5, output 30\n" in tiers.stdout
+    assert "prices from: catalog key 'gpt-5.4'" in tiers.stdout
+    claude = subprocess.run([*run, "claude-sonnet-4-6"], capture_output=True, text=True)
+    assert "  cache write 1h 6\n" in claude.stdout
+    assert "fee: web search per query, USD: low 0.01, medium 0.01, high 0.01" in claude.stdout
+    glob = subprocess.run([*run, "GPT-5.4-m*"], capture_output=True, text=True)
+    assert glob.returncode == 0
+    assert [line for line in glob.stdout.splitlines() if line.startswith("model: ")] == [
+        "model: gpt-5.4-mini", "model: gpt-5.4-mini-2026-03-17"]
+    none = subprocess.run([*run, "no-such-*"], capture_output=True, text=True)
+    assert none.returncode == 1 and "unknown model 'no-such-*'" in none.stderr
+
+
+def test_prices_with_tiers_fees_and_multiplier_in_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "spendgate.yaml"
+    config.write_text(yaml.safe_dump({
+        "upstreams": {"enterprise": {"url": "https://api.openai.com", "price_multiplier": "0.8",
+                                     "pricing": {"input_per_mtok": 2, "output_per_mtok": 8,
+                                                 "tiers": {"flex": {"input_per_mtok": 1}},
+                                                 "web_search_per_query": {"low": "0.03"}}}},
+        "pricing": {"overrides": {"house": {"input_per_mtok": 1, "cache_write_1h_per_mtok": 2,
+                                            "tiers": {"above_128k_priority": {
+                                                "output_per_mtok": 9}},
+                                            "web_fetch_per_request": "0.001"}}}}))
+    run = spendgate_command("prices", "--config", str(config))
+    up = subprocess.run([*run, "anything", "--upstream", "enterprise"], capture_output=True,
+                        text=True)
+    assert up.returncode == 0, up.stderr
+    assert "prices from: config upstreams.enterprise.pricing" in up.stdout
+    assert "  flex: input 1\n" in up.stdout and "web search per query, USD: low 0.03" in up.stdout
+    assert "upstreams.enterprise.price_multiplier: 0.8" in up.stdout
+    house = subprocess.run([*run, "house"], capture_output=True, text=True)
+    assert "  above_128k_priority: output 9\n" in house.stdout
+    assert "cache write 1h 2" in house.stdout and "web fetch per request, USD: 0.001" in house.stdout
+    for bad in ({"tiers": {"turbo": {"input_per_mtok": 1}}}, {"web_search_per_query": -1},
+                {"tiers": {"flex": {"input_per_mtok": -1}}}, {"web_search_per_query": {"xl": 1}}):
+        config.write_text(yaml.safe_dump({"upstreams": {"a": {"url": "https://x.example"}},
+                                          "pricing": {"overrides": {"m": {
+                                              "input_per_mtok": 1, **bad}}}}))
+        checked = subprocess.run(spendgate_command("check-config", str(config)),
+                                 capture_output=True, text=True)
+        assert checked.returncode != 0, bad
+    config.write_text(yaml.safe_dump({"upstreams": {"a": {"url": "https://x.example",
+                                                          "price_multiplier": -1}}}))
+    assert subprocess.run(spendgate_command("check-config", str(config)),
+                          capture_output=True, text=True).returncode != 0

@@ -53,8 +53,9 @@ TRAFFIC_TIMEOUT_S = 10.0
 
 
 def _drive_main_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
-    """Priced calls streamed and not (OpenAI and Anthropic), an unpriced model, a self-hosted
-    stream without usage, and a call refused by a block budget."""
+    """Priced calls streamed and not (OpenAI and Anthropic), a web search priced with a
+    fallback, an unpriced model, a self-hosted stream without usage, and a call refused by a
+    block budget."""
     project = {"x-spendgate-project": "contract"}
     gpt = openai.OpenAI(base_url=proxy.url + "/openai/v1", api_key="sk-caller", max_retries=0,
                         default_headers=project)
@@ -83,6 +84,10 @@ def _drive_main_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
                           % MODEL_MYSTERY.encode()))
     gpt.chat.completions.create(model=MODEL_MYSTERY,
                                 messages=[{"role": "user", "content": "Hi"}])
+    # A web search on a model without a search price: a tool call and a fee fallback.
+    fake.queue(sse_reply("openai_responses_stream_long_context.sse"))
+    with gpt.responses.stream(model="gpt-5.4", input="Hi") as responses:
+        responses.until_done()
     fake.queue(sse_reply("openai_chat_stream_ollama_no_usage.sse"))  # no usage: estimated
     for _ in local.chat.completions.create(
             model="llama3.1:8b", messages=[{"role": "user", "content": "Hi"}], stream=True):

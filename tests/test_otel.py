@@ -143,6 +143,30 @@ def test_chat_span_continues_the_callers_trace_and_the_upstream_joins_it(
     assert span.resource[sc.SERVICE_NAME] == "spendgate"
 
 
+def test_spans_carry_the_price_tier_context_tier_and_fees(
+        traced: ProxyProcess, upstream: FakeUpstream, receiver: OTLPReceiver) -> None:
+    upstream.queue(Reply(body=fixture("openai_chat_response_flex.json")),
+                   Reply(body=fixture("openai_chat_response_long_context.json")),
+                   Reply(body=fixture("anthropic_messages_response_cache_ttl_web_search.json")))
+    for request_id, path, model in (("otel-flex", "/openai/v1/chat/completions", "gpt-5"),
+                                    ("otel-long", "/openai/v1/chat/completions", "gpt-5.4"),
+                                    ("otel-fees", "/anthropic/v1/messages", "claude-sonnet-4-6")):
+        httpx.post(traced.url + path, headers={"x-request-id": request_id},
+                   content=orjson.dumps({"model": model, "max_tokens": 100, "messages": []}))
+    flex = receiver.span("otel-flex").attributes
+    assert (flex[sc.SPENDGATE_PRICE_TIER], flex[sc.OPENAI_RESPONSE_SERVICE_TIER]) == ("flex",
+                                                                                      "flex")
+    assert sc.SPENDGATE_PRICE_CONTEXT_TIER not in flex and sc.SPENDGATE_COST_FEES_USD not in flex
+    assert flex[sc.SPENDGATE_COST_USD] == 0.0030125  # 800 x 0.625 + 200 x 0.0625 + 500 x 5
+    long = receiver.span("otel-long").attributes
+    assert (long[sc.SPENDGATE_PRICE_TIER], long[sc.SPENDGATE_PRICE_CONTEXT_TIER]) == (
+        "standard", "above_272k")
+    fees = receiver.span("otel-fees").attributes
+    assert fees[sc.SPENDGATE_COST_FEES_USD] == 0.04  # 4 web searches x $0.01
+    assert fees[sc.SPENDGATE_COST_USD] == 0.05728
+    assert sc.OPENAI_RESPONSE_SERVICE_TIER not in fees  # the convention's key is OpenAI's
+
+
 def test_a_call_without_traceparent_starts_a_sampled_trace(
         traced: ProxyProcess, upstream: FakeUpstream, receiver: OTLPReceiver) -> None:
     upstream.queue(Reply(body=fixture("openai_embeddings_response.json")))

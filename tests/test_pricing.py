@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from spendgate.accounting.describe import describe_price, price_table
 from spendgate.accounting.pricing import (
     Price,
     PriceCatalog,
     ResolvedPrice,
     convert_litellm,
-    describe_price,
     per_mtok,
-    price_table,
 )
 from spendgate.usage import Usage
 
@@ -284,9 +283,11 @@ def test_loading_a_litellm_format_file(tmp_path: Path) -> None:
     assert sorted(cat.entries) == ["gemini/gemini-9-pro", "gpt-7"]
     assert dict(cat.aliases) == {"gpt-7-latest": "gpt-7"}
     gpt7 = cat.entries["gpt-7"]
-    assert gpt7.price == Price(input=Decimal(2), output=Decimal(8), cached_input=Decimal("0.2"))
+    assert gpt7.price == Price(input=Decimal(2), output=Decimal(8), cached_input=Decimal("0.2"),
+                               tiers=(("batch", Price(output=Decimal(4))),))
     assert gpt7.max_output_tokens == 100000
-    assert cat.entries["gemini/gemini-9-pro"].note == "above 200k input tokens: input 2 per Mtok"
+    assert cat.entries["gemini/gemini-9-pro"].price.tiers == (
+        ("above_200k", Price(input=Decimal(2))),)
     assert resolved(cat, "gpt-7-latest").matched == "gpt-7"
     assert resolved(cat, "gemini-9-pro").source == "provider_prefix"
     for skipped in ("ft:gpt-7", "gpt-7-image", "dashscope/qwen-9", "sample_spec"):
@@ -296,14 +297,14 @@ def test_loading_a_litellm_format_file(tmp_path: Path) -> None:
     assert str(path) in cat.source and len(cat.generated) == 10
     # The conversion itself, field for field: exact decimal strings per Mtok (the float
     # artefact 2.0000000000000002e-07 is read as the 0.2 the maintainers typed), the batch
-    # variant and the skipped entries absent, the long-context tier kept as a note.
+    # and long-context tiers kept, the skipped entries absent.
     assert convert_litellm(raw) == {
         "gpt-7": {"provider": "openai", "mode": "chat", "input_per_mtok": "2",
                   "output_per_mtok": "8", "cached_input_per_mtok": "0.2",
-                  "max_output_tokens": 100000},
+                  "tiers": {"batch": {"output_per_mtok": "4"}}, "max_output_tokens": 100000},
         "gemini/gemini-9-pro": {"provider": "gemini", "mode": "chat", "input_per_mtok": "1",
                                 "output_per_mtok": "4",
-                                "note": "above 200k input tokens: input 2 per Mtok"},
+                                "tiers": {"above_200k": {"input_per_mtok": "2"}}},
         "gpt-7-latest": {"alias_of": "gpt-7"},
     }
 
@@ -339,7 +340,7 @@ def test_describe_price(catalog: PriceCatalog) -> None:
     assert "cache write 3.75" in claude and "output 15\n" in claude
     gemini = describe_price(catalog, "gemini-2.5-pro")
     assert "matched: gemini/gemini-2.5-pro (provider_prefix)" in gemini
-    assert "note: above 200k input tokens: input 2.5, cached 0.25, output 15 per Mtok" in gemini
+    assert "above_200k: input 2.5, cached input 0.25, output 15" in gemini
 
 
 def test_describe_unknown_and_override() -> None:
@@ -371,3 +372,185 @@ def test_price_table(catalog: PriceCatalog) -> None:
     assert row.endswith("0.6") and len(row) == output_end
     assert len(lines) == 1 + 2 + len(catalog) + 1
     assert lines[-1].startswith(f"{len(catalog)} models") and catalog.generated in lines[-1]
+
+
+# --- tiers: conversion of every tier key, literal values ---------------------------------
+
+def test_conversion_carries_every_tier_key() -> None:
+    raw = {"gpt-9": {
+        "litellm_provider": "openai", "mode": "chat",
+        "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1.5e-05,
+        "cache_read_input_token_cost": 2.5e-07,
+        "input_cost_per_token_flex": 1.25e-06, "output_cost_per_token_priority": 3e-05,
+        "cache_read_input_token_cost_batches": 1.3e-07,
+        "input_cost_per_token_above_272k_tokens": 5e-06,
+        "output_cost_per_token_above_272k_tokens_flex": 1.125e-05,
+        "cache_creation_input_token_cost": 3.75e-06,
+        "cache_creation_input_token_cost_above_1hr": 6e-06,
+        "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 1.2e-05,
+        "input_cost_per_audio_token": 4e-05, "output_cost_per_audio_token": 8e-05,
+        "input_cost_per_image_token": 5e-06, "output_cost_per_image_token": 4e-05,
+        "input_cost_per_audio_token_priority": 7e-05,
+        "search_context_cost_per_query": {"search_context_size_low": 0.03,
+                                          "search_context_size_medium": 0.035,
+                                          "search_context_size_high": 0.05},
+        # not tiers we price: left out
+        "cache_creation_input_token_cost_above_12hr": 9e-06,
+        "input_cost_per_token_ultrafast": 1e-05, "input_cost_per_character": 1e-06},
+        "claude-9": {"litellm_provider": "anthropic", "mode": "chat",
+                     "input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+                     "search_context_cost_per_query": {"search_context_size_low": 0.01,
+                                                       "search_context_size_medium": 0.01,
+                                                       "search_context_size_high": 0.01}}}
+    assert convert_litellm(raw) == {
+        "gpt-9": {
+            "provider": "openai", "mode": "chat",
+            "input_per_mtok": "2.5", "output_per_mtok": "15", "cached_input_per_mtok": "0.25",
+            "cache_write_per_mtok": "3.75", "cache_write_1h_per_mtok": "6",
+            "input_audio_per_mtok": "40", "output_audio_per_mtok": "80",
+            "input_image_per_mtok": "5", "output_image_per_mtok": "40",
+            "tiers": {"above_200k": {"cache_write_1h_per_mtok": "12"},
+                      "above_272k": {"input_per_mtok": "5"},
+                      "above_272k_flex": {"output_per_mtok": "11.25"},
+                      "batch": {"cached_input_per_mtok": "0.13"},
+                      "flex": {"input_per_mtok": "1.25"},
+                      "priority": {"output_per_mtok": "30", "input_audio_per_mtok": "70"}},
+            "web_search_per_query": {"low": "0.03", "medium": "0.035", "high": "0.05"}},
+        "claude-9": {"provider": "anthropic", "mode": "chat", "input_per_mtok": "3",
+                     "output_per_mtok": "15", "web_search_per_query": "0.01"}}
+
+
+def text_rates(input_: str, cached: str, output: str) -> dict[str, str]:
+    """A tier of input, cached input and output rates, as the catalog writes it."""
+    return {"input_per_mtok": input_, "cached_input_per_mtok": cached, "output_per_mtok": output}
+
+
+@pytest.mark.parametrize(("model", "row"), [
+    ("gpt-5", {"web_search_per_query": "0.01", "tiers": {
+        "batch": text_rates("0.625", "0.0625", "5"), "flex": text_rates("0.625", "0.0625", "5"),
+        "priority": text_rates("2.5", "0.25", "20")}}),
+    ("gpt-5.4", {"tiers": {
+        "above_272k": text_rates("5", "0.5", "22.5"),
+        "above_272k_batch": text_rates("2.5", "0.25", "11.25"),
+        "above_272k_flex": text_rates("2.5", "0.25", "11.25"),
+        "batch": text_rates("1.25", "0.13", "7.5"), "flex": text_rates("1.25", "0.13", "7.5"),
+        "priority": text_rates("5", "0.5", "30")}}),
+    ("claude-sonnet-4-6", {"cache_write_1h_per_mtok": "6", "cache_write_per_mtok": "3.75",
+                           "web_search_per_query": "0.01", "tiers": {"batch": {
+                               "cache_write_per_mtok": "1.875", "cached_input_per_mtok": "0.15",
+                               "input_per_mtok": "1.5", "output_per_mtok": "7.5"}}}),
+    ("gemini/gemini-2.5-pro", {"web_search_per_query": "0.035"}),
+    ("gpt-4o-audio-preview-2025-06-03", {"input_audio_per_mtok": "40",
+                                         "output_audio_per_mtok": "80"}),
+])
+def test_committed_catalog_rows_carry_the_maps_tiers(model: str, row: dict[str, object]) -> None:
+    # Literal values read off scripts/data/litellm_model_prices.json (per token x 1e6).
+    committed = json.loads(CATALOG_FILE.read_text(encoding="utf-8"))["models"][model]
+    assert {k: committed.get(k) for k in row} == row
+    assert "note" not in committed or "above" not in committed["note"]
+
+
+def test_gemini_long_context_tiers_in_the_catalog(catalog: PriceCatalog) -> None:
+    tiers = dict(catalog.entries["gemini/gemini-2.5-pro"].price.tiers)
+    assert tiers["above_200k"] == Price(input=Decimal("2.5"), cached_input=Decimal("0.25"),
+                                        output=Decimal(15))
+    assert tiers["above_200k_priority"] == Price(input=Decimal("4.5"),
+                                                 cached_input=Decimal("0.45"),
+                                                 output=Decimal(27))
+
+
+# --- tiers: cost per tier kind, literal arithmetic from the map's rates ------------------
+
+def quote(model: str, usage: Usage, tier: str | None = None) -> object:
+    return resolved(PriceCatalog.load(), model).price.quote(usage, tier)
+
+
+def test_service_tiers_price_the_issue_rows() -> None:
+    usage = Usage(input=1000, cached_input=200, output=500)
+    gpt5 = resolved(PriceCatalog.load(), "gpt-5").price
+    # base: 800 x 1.25 + 200 x 0.125 + 500 x 10 = 6025 micro-USD
+    assert gpt5.quote(usage, "default").cost == Decimal("0.006025")
+    # flex: 800 x 0.625 + 200 x 0.0625 + 500 x 5 = 3012.5 micro-USD
+    flex = gpt5.quote(usage, "flex")
+    assert (flex.cost, flex.tier, flex.fallbacks) == (Decimal("0.0030125"), "flex", frozenset())
+    # priority: 800 x 2.5 + 200 x 0.25 + 500 x 20 = 12050 micro-USD
+    assert gpt5.quote(usage, "priority").cost == Decimal("0.01205")
+    # a tier gpt-5 has no price for: the base price, counted as a fallback
+    scale = gpt5.quote(usage, "scale")
+    assert (scale.cost, scale.tier, scale.fallbacks) == (Decimal("0.006025"), "standard",
+                                                         frozenset({"tier"}))
+
+
+def test_cache_ttl_and_web_search_fee() -> None:
+    sonnet = resolved(PriceCatalog.load(), "claude-sonnet-4-6").price
+    usage = Usage(input=3010, cache_write=3000, cache_write_1h=2000, output=100, web_search=4)
+    # 10 x 3 + 1000 x 3.75 + 2000 x 6 + 100 x 15 = 17280 micro-USD; + 4 x $0.01
+    q = sonnet.quote(usage)
+    assert (q.cost, q.fees, q.fallbacks) == (Decimal("0.05728"), Decimal("0.04"), frozenset())
+    # a model without a 1-hour price: 1h writes at the cache-write price, counted
+    gpt = Price(input=Decimal(3), cache_write=Decimal("3.75"))
+    no_ttl = gpt.quote(Usage(input=2000, cache_write=2000, cache_write_1h=2000, web_search=1))
+    # 2000 x 3.75 = 7500 micro-USD, no search price: no fee, counted
+    assert no_ttl.cost == Decimal("0.0075")
+    assert no_ttl.fallbacks == frozenset({"cache_ttl", "fee"})
+
+
+def test_context_tiers_reprice_every_token_type() -> None:
+    cat = PriceCatalog.load()
+    gemini = resolved(cat, "gemini-2.5-pro").price
+    # 250,000 prompt (50,000 cached) > 200k: 200000 x 2.5 + 50000 x 0.25 + 1000 x 15
+    q = gemini.quote(Usage(input=250_000, cached_input=50_000, output=1000))
+    assert (q.cost, q.context_tier) == (Decimal("0.5275"), "above_200k")
+    # exactly 200,000 is not above: 150000 x 1.25 + 50000 x 0.125 + 1000 x 10 = 203750
+    assert gemini.quote(Usage(input=200_000, cached_input=50_000, output=1000)).cost == Decimal(
+        "0.20375")
+    gpt54 = resolved(cat, "gpt-5.4").price
+    # 300,000 prompt > 272k: 300000 x 5 + 1000 x 22.5 = 1,522,500 micro-USD
+    q = gpt54.quote(Usage(input=300_000, output=1000))
+    assert (q.cost, q.context_tier) == (Decimal("1.5225"), "above_272k")
+    # flex above 272k: 300000 x 2.5 + 1000 x 11.25
+    assert gpt54.quote(Usage(input=300_000, output=1000), "flex").cost == Decimal("0.76125")
+    # priority above 272k is not in the map: priority rates, counted as a context fallback
+    # 300000 x 5 + 1000 x 30
+    q = gpt54.quote(Usage(input=300_000, output=1000), "priority")
+    assert (q.cost, q.fallbacks) == (Decimal("1.53"), frozenset({"context"}))
+
+
+def test_modalities() -> None:
+    audio = resolved(PriceCatalog.load(), "gpt-4o-audio-preview-2025-06-03").price
+    usage = Usage(input=300, input_audio=100, output=1000, output_audio=400)
+    # 200 x 2.5 + 100 x 40 + 600 x 10 + 400 x 80 = 42500 micro-USD
+    q = audio.quote(usage)
+    assert (q.cost, q.fallbacks) == (Decimal("0.0425"), frozenset())
+    # gpt-4o has no audio price: audio tokens at the text rates, counted
+    # 300 x 2.5 + 1000 x 10 = 10750 micro-USD
+    q = resolved(PriceCatalog.load(), "gpt-4o").price.quote(usage)
+    assert (q.cost, q.fallbacks) == (Decimal("0.01075"), frozenset({"modality"}))
+
+
+def test_multiplier_and_worst_rates() -> None:
+    gpt5 = resolved(PriceCatalog.load(), "gpt-5").price
+    usage = Usage(input=1000, cached_input=200, output=500)
+    # 6025 micro-USD x 0.8 = 4820
+    assert gpt5.quote(usage, multiplier=Decimal("0.8")).cost == Decimal("0.00482")
+    gpt54 = resolved(PriceCatalog.load(), "gpt-5.4").price
+    assert gpt54.worst_rates("priority", 1000) == (Decimal(5), Decimal(30))
+    assert gpt54.worst_rates(None, 300_000) == (Decimal(5), Decimal("22.5"))
+    assert gpt54.worst_rates("flex", 1000) == (Decimal("1.25"), Decimal("7.5"))
+
+
+def test_config_style_prices_with_tiers() -> None:
+    price = Price.from_row({"input_per_mtok": "1", "output_per_mtok": 2,
+                            "tiers": {"flex": {"input_per_mtok": "0.5"},
+                                      "above_128k": {"output_per_mtok": "4"}},
+                            "web_search_per_query": {"low": "0.02", "medium": "0.03"},
+                            "web_fetch_per_request": "0.001"})
+    usage = Usage(input=200_000, output=1000, web_search=2, web_fetch=3)
+    # above 128k: 200000 x 1 + 1000 x 4 = 204000 micro-USD; 2 x 0.02 (low) + 3 x 0.001
+    q = price.quote(usage, search_size="low")
+    assert (q.cost, q.fees, q.context_tier) == (Decimal("0.247"), Decimal("0.043"), "above_128k")
+    for bad in ({"tiers": {"turbo": {}}}, {"tiers": {"above_0k": {}}},
+                {"web_search_per_query": {"huge": 1}}, {"tiers": {"flex": {"tiers": {"batch": {}}}}},
+                {"tiers": {"flex": {"web_fetch_per_request": 1}}}):
+        with pytest.raises(ValueError):
+            Price.from_row(bad)

@@ -16,7 +16,8 @@ from tests.sse_feed import feed_transcript
 
 P = AnthropicProvider()
 INFO = P.parse_request("POST", "/v1/messages", b'{"model":"claude-sonnet-4-5","stream":true}')
-CACHED = Usage(input=21 + 188 + 3072, output=57, cached_input=3072, cache_write=188)
+CACHED = Usage(input=21 + 188 + 3072, output=57, cached_input=3072, cache_write=188,
+               cache_write_1h=0)
 
 
 
@@ -33,7 +34,9 @@ def test_registered() -> None:
     ("POST", "/v1/messages", "chat"),
     ("POST", "/anthropic/v1/messages/", "chat"),
     ("POST", "/v1/messages/count_tokens", "other"),
-    ("POST", "/v1/messages/batches", "other"),
+    ("POST", "/v1/messages/batches", "batch_create"),
+    ("GET", "/v1/messages/batches/msgbatch_01/results", "batch_results"),
+    ("GET", "/v1/messages/batches/msgbatch_01", "other"),
     ("GET", "/v1/messages", "other"),
     ("GET", "/v1/models", "other"),
 ])
@@ -131,7 +134,8 @@ def test_stream_with_tool_use_and_output_only_message_delta() -> None:
 def test_stream_cut_before_message_delta_reports_input_only() -> None:
     raw = fixture("anthropic_messages_stream_cached.sse")
     summary, _ = run(raw[:raw.index(b"event: message_delta")])
-    assert summary.usage == Usage(input=3281, cached_input=3072, cache_write=188)
+    assert summary.usage == Usage(input=3281, cached_input=3072, cache_write=188,
+                                  cache_write_1h=0)
     assert summary.usage.output is None  # message_start's provisional 1 is not billed
     assert summary.output_text.endswith("is Paris.") and summary.finish_reasons == ()
 
@@ -143,7 +147,18 @@ def test_message_delta_values_win_and_nulls_do_not_erase() -> None:
         b'"cache_read_input_tokens":64,"output_tokens":89,"server_tool_use":'
         b'{"web_search_requests":1}}')
     summary, _ = run(raw)
-    assert summary.usage == Usage(input=1503 + 64, output=89, cached_input=64)
+    assert summary.usage == Usage(input=1503 + 64, output=89, cached_input=64, web_search=1)
+
+
+def test_cache_ttls_and_server_tools_streamed_and_not() -> None:
+    # message_start has the TTL split; message_delta's usage is cumulative: it replaces.
+    raw = fixture("anthropic_messages_stream_cache_ttl_web_search.sse")
+    streamed, _ = run(raw)
+    whole = P.parse_response(INFO, fixture("anthropic_messages_response_cache_ttl_web_search.json"))
+    expected = Usage(input=10 + 3000, output=100, cached_input=0, cache_write=3000,
+                     cache_write_1h=2000, web_search=4, web_fetch=1)
+    assert streamed.usage == expected and whole.usage == expected
+    assert streamed.service_tier == whole.service_tier == "standard"
 
 
 GARBAGE = [

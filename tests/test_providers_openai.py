@@ -228,7 +228,8 @@ def test_lenient_stream_bodies_get_usage_only_by_inserted_bytes() -> None:
 def test_chat_response_usage() -> None:
     info = P.parse_request("POST", "/v1/chat/completions", b'{"model":"o4-mini"}')
     s = P.parse_response(info, fixture("openai_chat_response.json"))
-    assert s.usage == Usage(input=1236, output=201, cached_input=1152, reasoning=192)
+    assert s.usage == Usage(input=1236, output=201, cached_input=1152, reasoning=192,
+                            input_audio=0, output_audio=0)
     assert s.usage.cache_write is None  # OpenAI reports no cache writes
     assert (s.response_model, s.response_id) == ("o4-mini-2025-04-16",
                                                  "chatcmpl-BxT3a8Lm2Qp9Rs4Tu5Vw6Xy7Za1Bc")
@@ -239,7 +240,7 @@ def test_chat_response_usage() -> None:
 def test_responses_response_usage() -> None:
     info = P.parse_request("POST", "/v1/responses", b'{"model":"gpt-4.1"}')
     s = P.parse_response(info, fixture("openai_responses_response.json"))
-    assert s.usage == Usage(input=3110, output=27, cached_input=2944, reasoning=0)
+    assert s.usage == Usage(input=3110, output=27, cached_input=2944, reasoning=0, web_search=0)
     assert (s.finish_reasons, s.service_tier) == (("completed",), "default")
     assert s.output_text == '{"location":"Paris, France"}Checking the weather in Paris.'
 
@@ -291,7 +292,8 @@ def test_chat_stream_usage_chunk_is_dropped_only_when_stripping() -> None:
     assert b'"choices":[]' in usage_chunk
     summary, kept = run(chat_info(strip=True), raw)
     assert kept == raw.replace(usage_chunk, b"")
-    assert summary.usage == Usage(input=1236, output=201, cached_input=1152, reasoning=192)
+    assert summary.usage == Usage(input=1236, output=201, cached_input=1152, reasoning=192,
+                                  input_audio=0, output_audio=0)
     assert (summary.response_model, summary.service_tier) == ("o4-mini-2025-04-16", "default")
     assert summary.response_id == "chatcmpl-BxT1q9u7Zr2mKc4Yy0vHn5eQw3LpA"
     assert (summary.output_text, summary.finish_reasons) == ("The capital of France is Paris.",
@@ -318,7 +320,8 @@ def test_azure_prompt_filter_chunk_is_kept_and_empty_ids_ignored() -> None:
     assert kept == raw.replace(events(raw)[-2].raw, b"")
     assert (summary.response_model, summary.response_id) == (
         "gpt-4o-2024-11-20", "chatcmpl-BxV2kLq8Zt5Yw3Nm1Rp7Hs9Gd4Fa")
-    assert summary.usage == Usage(input=1580, output=9, cached_input=1408, reasoning=0)
+    assert summary.usage == Usage(input=1580, output=9, cached_input=1408, reasoning=0,
+                                  input_audio=0, output_audio=0)
     assert summary.output_text == "Hello! How can I help?"
 
 
@@ -348,7 +351,8 @@ def test_responses_stream() -> None:
     raw = fixture("openai_responses_stream.sse")
     summary, kept = run(info, raw)
     assert kept == raw
-    assert summary.usage == Usage(input=2059, output=330, cached_input=1920, reasoning=320)
+    assert summary.usage == Usage(input=2059, output=330, cached_input=1920, reasoning=320,
+                                  web_search=0)
     assert (summary.response_model, summary.finish_reasons) == ("o4-mini-2025-04-16",
                                                                 ("completed",))
     assert summary.service_tier == "default"  # the tier used, not "auto" from response.created

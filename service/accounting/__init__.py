@@ -3,7 +3,9 @@ every sink.
 
 ``pipeline.py`` is the queue and worker thread; ``builder.py`` reads usage (through
 ``providers``), estimates what the upstream did not report (``tokens.py``) and prices the
-call (``pricing.py``, catalog in ``data/``). Nothing here runs on the event loop.
+call (``pricing.py``: catalog in ``data/`` and resolution; ``rates.py``: tiers, fees and the
+exact cost); ``batches.py`` remembers who created each batch, so its results are accounted
+once, per line, for its creator. Nothing here runs on the event loop.
 May import: ``providers``, ``exporters.base`` (the sink interface), and the shared top-level
 modules. Never ``hotpath`` or ``budgets``.
 """

@@ -22,9 +22,10 @@ import zlib
 from collections.abc import Mapping
 from decimal import Decimal
 
-from spendgate.accounting.pricing import PriceCatalog
+from spendgate.accounting.batches import PARSERS, BatchBook, Owner
+from spendgate.accounting.pricing import PriceCatalog, Quote
 from spendgate.accounting.tokens import EncodingDataError, TokenEstimator
-from spendgate.providers.base import Provider, ResponseSummary
+from spendgate.providers.base import BatchLine, Provider, ResponseSummary
 from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome, UsageRecord
 from spendgate.usage import Usage
 
@@ -49,8 +50,10 @@ class RecordBuilder:
 
     def __init__(self, providers: Mapping[str, Provider], catalog: PriceCatalog,
                  estimator: TokenEstimator, keep_request: bool = False,
-                 keep_output: bool = False, max_decoded: int = DEFAULT_MAX_DECODED) -> None:
+                 keep_output: bool = False, max_decoded: int = DEFAULT_MAX_DECODED,
+                 batches: BatchBook | None = None) -> None:
         self.providers = providers
+        self.batches = batches if batches is not None else BatchBook()
         self.catalog = catalog
         self.estimator = estimator
         self.keep_request = keep_request
@@ -89,6 +92,76 @@ class RecordBuilder:
                         "is estimated", encoding, outcome.upstream)
         return None
 
+    def build_all(self, outcome: CallOutcome) -> list[UsageRecord]:
+        """The records of one call: its own, or, for a batch's results downloaded the first
+        time, one per result line (operation ``batch``, at batch prices, attributed to the
+        batch's creator; see ``batches``). Never raises."""
+        info = outcome.request
+        if info is None or not info.keep_body or not 200 <= outcome.status < 300:
+            return [self.build(outcome)]
+        try:
+            lines = self._batch(outcome)
+        except Exception:
+            log.exception("could not read a batch response from %s", outcome.upstream)
+            lines = []
+        if not lines:
+            return [self.build(outcome)]
+        return [self._line_record(outcome, line, i == 0) for i, line in enumerate(lines)]
+
+    def _batch(self, outcome: CallOutcome) -> list[BatchLine]:
+        """Remember a batch's creator and output file; the result lines to account."""
+        info = outcome.request
+        parsers = PARSERS.get(outcome.protocol)
+        if info is not None and info.operation == "batch_results" and (
+                outcome.response_body is None):
+            log.warning("batch results from upstream %s were over server.max_decoded_mb: "
+                        "forwarded, but their calls are not accounted", outcome.upstream)
+        body = self._readable_body(outcome) if outcome.response_body is not None else None
+        if info is None or parsers is None or body is None:
+            return []
+        ids, results = parsers
+        upstream = outcome.upstream
+        if info.operation in ("batch_create", "batch_status"):
+            batch_id, file_id = ids(body)
+            if batch_id and info.operation == "batch_create":
+                self.batches.created(upstream, batch_id, Owner(
+                    outcome.project, outcome.user, outcome.virtual_key))
+            if batch_id and file_id:
+                self.batches.output_file(upstream, file_id, batch_id)
+            return []
+        if info.operation != "batch_results" or not info.batch_ref:
+            return []
+        lines = results(body)
+        if not lines or not self.batches.first_download(upstream, info.batch_ref):
+            return []  # not batch results, or already accounted
+        return lines
+
+    def _line_record(self, outcome: CallOutcome, line: BatchLine, first: bool) -> UsageRecord:
+        info = outcome.request
+        assert info is not None and info.batch_ref is not None
+        owner = self.batches.owner(outcome.upstream, info.batch_ref) or Owner(
+            outcome.project, outcome.user, outcome.virtual_key)
+        model = line.model or "unknown"
+        quote, priced, source = None, True, None
+        if not line.usage.is_empty:
+            quote, priced, source = self._quote(line.usage, (model,), outcome, "batch", None)
+            if not priced:
+                self._log_unpriced(model)
+        quote = quote or _FREE
+        return UsageRecord(
+            start_unix=outcome.start_unix, upstream=outcome.upstream, provider=outcome.provider,
+            protocol=outcome.protocol, operation="batch", model=model,
+            response_model=line.model, project=owner.project, user=owner.user,
+            virtual_key=owner.virtual_key, status=line.status, stream=False, metered=True,
+            usage=line.usage, cost_usd=quote.cost, priced=priced, price_source=source,
+            duration_s=0.0, ttft_s=None, tpot_s=None, overhead_s=0.0,
+            error_type=line.error_type, client_closed=False, response_id=line.response_id,
+            finish_reasons=(), service_tier="batch", request_id=outcome.request_id,
+            max_tokens=None, reservation=outcome.reservation if first else None,
+            budget_decision=outcome.budget_decision if first else None,
+            price_tier=quote.tier if source else None, context_tier=quote.context_tier,
+            fees_usd=quote.fees, price_fallbacks=tuple(sorted(quote.fallbacks)))
+
     def build(self, outcome: CallOutcome) -> UsageRecord:
         """The call's record. Never raises: if reading usage or pricing fails (a bug), the
         call is still recorded, with no usage and ``error_type`` ``record_build_failed``, so
@@ -99,18 +172,20 @@ class RecordBuilder:
         error_type = outcome.error_type
         try:
             summary = self.summary(outcome)
-            usage, cost, priced, price_source = self._account(outcome, summary, model)
+            usage, quote, priced, price_source = self._account(outcome, summary, model)
         except Exception:
             log.exception("could not read the usage of a call to %s", outcome.upstream)
             summary, usage = ResponseSummary(), Usage()
-            cost, priced, price_source = Decimal(0), True, None
+            quote, priced, price_source = None, True, None
             error_type = "record_build_failed"
+        quote = quote or _FREE
         return UsageRecord(
             start_unix=outcome.start_unix, upstream=outcome.upstream, provider=outcome.provider,
             protocol=outcome.protocol, operation=info.operation if info else "other",
             model=model, response_model=summary.response_model, project=outcome.project,
             user=outcome.user, virtual_key=outcome.virtual_key, status=outcome.status,
-            stream=bool(info and info.stream), metered=metered, usage=usage, cost_usd=cost,
+            stream=bool(info and info.stream), metered=metered, usage=usage,
+            cost_usd=quote.cost,
             priced=priced, price_source=price_source, duration_s=outcome.duration_s,
             ttft_s=outcome.ttft_s, tpot_s=_time_per_output_token(outcome, usage),
             overhead_s=outcome.overhead_s, error_type=error_type,
@@ -121,11 +196,14 @@ class RecordBuilder:
             request_json=info.json if self.keep_request and info is not None else None,
             output_text=summary.output_text if self.keep_output else None,
             reservation=outcome.reservation, budget_decision=outcome.budget_decision,
+            price_tier=quote.tier if price_source else None, context_tier=quote.context_tier,
+            fees_usd=quote.fees, price_fallbacks=tuple(sorted(quote.fallbacks)),
         )
 
     def _account(self, outcome: CallOutcome, summary: ResponseSummary, model: str,
-                 ) -> tuple[Usage, Decimal, bool, str | None]:
-        """Usage (gaps estimated) and its price: (usage, cost, priced, price source)."""
+                 ) -> tuple[Usage, Quote | None, bool, str | None]:
+        """Usage (gaps estimated) and its price: (usage, quote, priced, price source). The
+        tier is the one the upstream says it served, else the one asked for."""
         info = outcome.request
         usage = summary.usage
         metered = info is not None and info.metered
@@ -133,15 +211,29 @@ class RecordBuilder:
         if metered and info is not None and generated:
             usage = self._fill_gaps(outcome, usage, summary)
         if not metered or usage.is_empty:
-            return usage, Decimal(0), True, None
-        for candidate in (summary.response_model, model):
+            return usage, None, True, None
+        request = (info.json if info is not None else None) or {}
+        tier = summary.service_tier or _text(request.get("service_tier"))
+        quote, priced, source = self._quote(usage, (summary.response_model, model), outcome,
+                                            tier, _search_size(request))
+        if not priced:
+            self._log_unpriced(model)
+        return usage, quote, priced, source
+
+    def _quote(self, usage: Usage, models: tuple[str | None, ...], outcome: CallOutcome,
+               tier: str | None, search_size: str | None,
+               ) -> tuple[Quote | None, bool, str | None]:
+        """The price of ``usage`` for the first of ``models`` the catalog knows:
+        (quote, priced, price source); (None, False, None) when none is."""
+        for candidate in models:
             if candidate:
                 resolved = self.catalog.resolve(candidate, upstream=outcome.upstream,
                                                 provider=outcome.provider)
                 if resolved is not None:
-                    return usage, resolved.price.cost(usage), True, resolved.source
-        self._log_unpriced(model)
-        return usage, Decimal(0), False, None
+                    quote = resolved.price.quote(usage, tier, search_size,
+                                                 self.catalog.multiplier(outcome.upstream))
+                    return quote, True, resolved.source
+        return None, False, None
 
     def _fill_gaps(self, outcome: CallOutcome, usage: Usage, summary: ResponseSummary) -> Usage:
         """Estimate the types the upstream did not report; a hang-up is billed as generated."""
@@ -178,6 +270,24 @@ class RecordBuilder:
         shown = name if len(model) <= LOGGED_NAME_CHARS else f"{name}... ({len(model)} chars)"
         log.warning("no price for model %r: its calls cost 0 until it is priced "
                     "(pricing.overrides or an upstream's pricing)", shown)
+
+
+_FREE = Quote(cost=Decimal(0), tier="standard")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _search_size(request: dict[str, object]) -> str | None:
+    """The web search context size a request asked for: Responses ``tools[]`` of type
+    ``web_search*``, or Chat Completions ``web_search_options``; None: the default."""
+    tools = request.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
+            return _text(tool.get("search_context_size"))
+    options = request.get("web_search_options")
+    return _text(options.get("search_context_size")) if isinstance(options, dict) else None
 
 
 class _TooLarge(Exception):

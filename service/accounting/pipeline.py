@@ -98,14 +98,15 @@ class RecordPipeline:
         records: list[UsageRecord] = []
         for outcome in batch:
             try:
-                record = self.builder.build(outcome)
+                built = self.builder.build_all(outcome)  # a batch's results: one per line
             except Exception:  # build() falls back on its own; this guards the thread itself
                 log.exception("could not record a call to %s", outcome.upstream)
                 self._sink_failed("pipeline", "build")
                 continue
-            if record.error_type == "record_build_failed":
-                self._sink_failed("pipeline", "build")
-            records.append(record)
+            for record in built:
+                if record.error_type == "record_build_failed":
+                    self._sink_failed("pipeline", "build")
+                records.append(record)
         for sink in self.sinks:
             try:
                 sink.export(records)

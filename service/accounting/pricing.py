@@ -1,4 +1,5 @@
-"""Model prices: the built-in catalog, per-call price resolution and exact cost math.
+"""Model prices: the built-in catalog and per-call price resolution (the cost math and tiers
+are in ``rates``, re-exported here; ``spendgate prices`` output is in ``describe``).
 
 Prices are USD per million tokens ("Mtok") as ``Decimal``; a cost is exact ``Decimal`` USD,
 never rounded. An unknown model resolves to ``None`` (the caller counts it at cost 0).
@@ -15,12 +16,16 @@ on a user's newer LiteLLM file. Format (keys sorted, one model per line)::
                       "output_per_mtok": "0.6", "provider": "openai"}, ...}}
 
 A row has ``provider`` (LiteLLM's ``litellm_provider``), ``mode`` (chat, completion,
-responses, embedding), exact decimal-string prices ``input_per_mtok``, ``cached_input_per_mtok``,
-``cache_write_per_mtok``, ``output_per_mtok`` (absent = unpublished), and optionally
-``max_input_tokens``, ``max_output_tokens`` and ``note`` (long-context or reasoning surcharges
-``Price`` does not model); or it is ``alias_of`` (LiteLLM's own aliases). Keys are the names
-users send: bare for OpenAI/Anthropic/Cohere, ``provider/model`` otherwise; a bare first-party
-name (``gemini-2.5-pro``) resolves to the one vendor key that has it (``PriceCatalog.resolve``).
+responses, embedding), exact decimal-string prices ``<type>_per_mtok`` for each rate type of
+``rates.RATE_TYPES`` (``input``, ``cached_input``, ``cache_write``, ``cache_write_1h``,
+``output``, ``input_audio``, ``output_audio``, ``input_image``, ``output_image``; absent =
+unpublished), optionally ``tiers`` (tier key -> such rates: ``flex``, ``priority``, ``batch``,
+``above_200k``, ``above_272k_flex``, ...; see ``rates``), ``web_search_per_query`` (USD, or
+``{"low": .., "medium": .., "high": ..}``), ``max_input_tokens``, ``max_output_tokens`` and
+``note`` (a reasoning surcharge ``Price`` does not model); or it is ``alias_of`` (LiteLLM's
+own aliases). Keys are the names users send: bare for OpenAI/Anthropic/Cohere,
+``provider/model`` otherwise; a bare first-party name (``gemini-2.5-pro``) resolves to the
+one vendor key that has it (``PriceCatalog.resolve``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -38,7 +43,18 @@ from typing import Any, Literal, TypeGuard
 
 import orjson
 
-from spendgate.usage import Usage
+from spendgate.accounting.rates import (
+    FALLBACK_REASONS,
+    RATE_TYPES,
+    SEARCH_SIZES,
+    STANDARD,
+    Price,
+    Quote,
+    tier_key,
+)
+
+__all__ = ["FALLBACK_REASONS", "RATE_TYPES", "STANDARD", "CatalogEntry", "Price",
+           "PriceCatalog", "Quote", "ResolvedPrice", "convert_litellm", "fmt", "per_mtok"]
 
 PriceSource = Literal["override", "upstream_default", "exact", "snapshot", "provider_prefix"]
 
@@ -52,18 +68,26 @@ VENDOR_PROVIDERS = frozenset({
 HOST_PROVIDERS = frozenset({"groq", "together_ai", "cerebras"})
 KEPT_MODES = frozenset({"chat", "completion", "responses", "embedding"})
 
-_PRICE_FIELDS = {"input": "input_cost_per_token", "output": "output_cost_per_token",
-                 "cached_input": "cache_read_input_token_cost",
-                 "cache_write": "cache_creation_input_token_cost"}
-_ABOVE = re.compile(r"(input|output)_cost_per_token_above_(\d+)k_tokens"
-                    r"|cache_read_input_token_cost_above_(\d+)k_tokens")
+# LiteLLM's per-token price fields -> our rate types; each may carry a context threshold
+# (``_above_200k_tokens``) and a service tier (``_flex``, ``_priority``, ``_batches``).
+_LITELLM_RATES = {
+    "input_cost_per_token": "input", "output_cost_per_token": "output",
+    "cache_read_input_token_cost": "cached_input",
+    "cache_creation_input_token_cost": "cache_write",
+    "cache_creation_input_token_cost_above_1hr": "cache_write_1h",
+    "input_cost_per_audio_token": "input_audio", "output_cost_per_audio_token": "output_audio",
+    "input_cost_per_image_token": "input_image", "output_cost_per_image_token": "output_image"}
+_LITELLM_KEY = re.compile(
+    "(" + "|".join(sorted(_LITELLM_RATES, key=len, reverse=True)) + ")"
+    r"(?:_above_(\d+)k_tokens)?(?:_(flex|priority|batches))?")
+_LITELLM_SERVICE = {"flex": "flex", "priority": "priority", "batches": "batch"}
 # Snapshot/version suffixes, one stripped per step: vertex "@20240620", OpenAI "-2024-07-18"
 # and "-0613", Anthropic "-20241022", Gemini "-09-2025", and "-latest" / "-preview" tags.
 _SUFFIX = re.compile(r"(?:@[^@/]*|-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{2}-\d{4}|-\d{4}|-latest|-preview)$")
 _DATED = re.compile(r"(.+?)-(\d{4}-\d{2}-\d{2}|\d{8})$")
 _CACHE_MAX = 4096
-_EXACT = Context(prec=100, traps=[Inexact])  # costs are exact or raise, never silently rounded
 _EMPTY: Mapping[str, Price] = MappingProxyType({})
+_NO_MULTIPLIERS: Mapping[str, Decimal] = MappingProxyType({})
 
 
 def _is_num(value: object) -> TypeGuard[float]:
@@ -71,9 +95,20 @@ def _is_num(value: object) -> TypeGuard[float]:
             and math.isfinite(value) and value >= 0)
 
 
-def _fmt(d: Decimal | None) -> str:
+def fmt(d: Decimal | None) -> str:
     """A price for people and the catalog file: plain notation, no trailing zeros."""
     return "-" if d is None else format(d.normalize(), "f")
+
+
+def exact(value: float) -> Decimal:
+    """A LiteLLM float price as the exact decimal its maintainers typed (see ``per_mtok``)."""
+    d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    if isinstance(value, float) and len(d.as_tuple().digits) > 15:
+        for sig in range(1, 13):
+            q = d.quantize(Decimal(1).scaleb(d.adjusted() - sig + 1))
+            if abs(float(q) - value) <= 4 * math.ulp(value):
+                return q
+    return d
 
 
 def per_mtok(value: float) -> str:
@@ -84,36 +119,46 @@ def per_mtok(value: float) -> str:
     a 16-17 digit repr lying a few ulps from a decimal of <= 12 digits, the intended price, which
     we take. A genuinely long value (8/7, a currency conversion) has no such neighbour: kept.
     """
-    d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
-    if isinstance(value, float) and len(d.as_tuple().digits) > 15:
-        for sig in range(1, 13):
-            q = d.quantize(Decimal(1).scaleb(d.adjusted() - sig + 1))
-            if abs(float(q) - value) <= 4 * math.ulp(value):
-                d = q
-                break
-    return _fmt(d.scaleb(6))
+    return fmt(exact(value).scaleb(6))
 
 
 def _note(spec: Mapping[str, Any]) -> str:
-    """Surcharges ``Price`` does not model: long-context tiers and a distinct reasoning price."""
-    tiers: dict[int, dict[str, str]] = {}
-    for field, value in spec.items():
-        if (m := _ABOVE.fullmatch(field)) and _is_num(value):
-            tiers.setdefault(int(m[2] or m[3]), {})[m[1] or "cached"] = per_mtok(value)
-    parts = [f"above {t}k input tokens: " + ", ".join(
-        f"{n} {tiers[t][n]}" for n in ("input", "cached", "output") if n in tiers[t]) + " per Mtok"
-        for t in sorted(tiers)]
+    """A surcharge ``Price`` does not model: a distinct reasoning price."""
     reasoning = spec.get("output_cost_per_reasoning_token")
     if _is_num(reasoning) and reasoning != spec.get("output_cost_per_token"):
-        parts.append(f"reasoning output {per_mtok(reasoning)} per Mtok")
-    return "; ".join(parts)
+        return f"reasoning output {per_mtok(reasoning)} per Mtok"
+    return ""
+
+
+def litellm_rates(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A LiteLLM entry's prices as catalog row fields: base ``<type>_per_mtok`` rates,
+    ``tiers`` (key -> rates: service tiers, ``above_<N>k`` context tiers and both, 1-hour cache
+    writes and audio/image rates included) and ``web_search_per_query`` (one USD value when
+    every search context size costs the same, else ``{size: USD}``)."""
+    row: dict[str, Any] = {}
+    tiers: dict[str, dict[str, str]] = {}
+    for field, value in spec.items():
+        if (m := _LITELLM_KEY.fullmatch(field)) and _is_num(value):
+            key = tier_key(_LITELLM_SERVICE.get(m[3] or ""), int(m[2]) if m[2] else None)
+            (tiers.setdefault(key, {}) if key else row)[
+                f"{_LITELLM_RATES[m[1]]}_per_mtok"] = per_mtok(value)
+    if tiers:
+        row["tiers"] = {k: tiers[k] for k in sorted(tiers)}
+    search = spec.get("search_context_cost_per_query")
+    search = search if isinstance(search, dict) else {}
+    sizes = {size: fmt(exact(v)) for size in SEARCH_SIZES
+             if _is_num(v := search.get(f"search_context_size_{size}"))}
+    if sizes:
+        same = len(sizes) == len(SEARCH_SIZES) and len(set(sizes.values())) == 1
+        row["web_search_per_query"] = sizes["medium"] if same else sizes
+    return row
 
 
 def convert_litellm(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """LiteLLM's price map -> our ``models`` rows. Kept: chat/completion/responses/embedding
     entries of ``VENDOR_PROVIDERS`` and ``HOST_PROVIDERS`` with a flat input or output price
     (``Price`` cannot express tiered-only pricing), except ``ft:`` fine-tune templates; and
-    LiteLLM ``alias_of`` entries of kept models. Batch/priority/flex variants are ignored."""
+    LiteLLM ``alias_of`` entries of kept models. Prices as ``litellm_rates`` reads them."""
     models: dict[str, dict[str, Any]] = {}
     for key, spec in raw.items():
         if (not isinstance(spec, dict) or key.startswith("ft:")
@@ -121,8 +166,7 @@ def convert_litellm(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
                 or spec.get("litellm_provider") not in VENDOR_PROVIDERS | HOST_PROVIDERS):
             continue
         row: dict[str, Any] = {"provider": spec["litellm_provider"], "mode": spec["mode"]}
-        row.update({f"{ours}_per_mtok": per_mtok(spec[theirs])
-                    for ours, theirs in _PRICE_FIELDS.items() if _is_num(spec.get(theirs))})
+        row.update(litellm_rates(spec))
         if "input_per_mtok" not in row and "output_per_mtok" not in row:
             continue
         row.update({f: spec[f] for f in ("max_input_tokens", "max_output_tokens")
@@ -135,53 +179,6 @@ def convert_litellm(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if isinstance(target, str) and key not in models and "provider" in models.get(target, {}):
             models[key] = {"alias_of": target}
     return models
-
-
-def _price_value(value: object, what: str) -> Decimal | None:
-    if value is None:
-        return None
-    try:  # a float converts through its repr: 0.15 -> Decimal("0.15"), not its binary value
-        d = Decimal(repr(value) if isinstance(value, float) else value)  # type: ignore[arg-type]
-        if not isinstance(value, bool) and d.is_finite() and d >= 0:
-            return d
-    except (InvalidOperation, TypeError, ValueError):
-        pass
-    raise ValueError(f"{what}: not a price: {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """USD per million tokens of each type; ``None`` = not published."""
-
-    input: Decimal | None = None
-    output: Decimal | None = None
-    cached_input: Decimal | None = None
-    cache_write: Decimal | None = None
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, object], what: str = "price") -> Price:
-        """From ``{"input": "0.15", "output": 0.6, ...}``: str, int, float or Decimal per Mtok.
-        Raises ``ValueError`` on unknown keys and negative or non-numeric values."""
-        if unknown := set(values) - set(_PRICE_FIELDS):
-            raise ValueError(f"{what}: unknown price fields {sorted(unknown)}")
-        return cls(**{k: _price_value(v, f"{what}.{k}") for k, v in values.items()})
-
-    def cost(self, usage: Usage) -> Decimal:
-        """Exact USD cost of ``usage``; ``None`` token counts and missing prices count 0.
-
-        ``usage.input`` includes cached and cache-written tokens (``usage``): the plain
-        part is ``input - cached_input - cache_write``, floored at 0 so a cost is never negative.
-        Cached and written tokens cost ``cached_input``/``cache_write``, each falling back to
-        ``input`` when unpublished. Reasoning is inside ``output``: not counted again.
-        """
-        cached, written = usage.cached_input or 0, usage.cache_write or 0
-        plain = max((usage.input or 0) - cached - written, 0)
-        p_in = self.input or Decimal(0)
-        p_cached = self.cached_input if self.cached_input is not None else p_in
-        p_write = self.cache_write if self.cache_write is not None else p_in
-        with localcontext(_EXACT):
-            total = plain * p_in + cached * p_cached + written * p_write
-            return (total + (usage.output or 0) * (self.output or Decimal(0))).scaleb(-6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,13 +212,16 @@ class PriceCatalog:
     """
 
     __slots__ = ("_aliases", "_bare", "_cache", "_dated", "_entries", "_exact", "_generated",
-                 "_overrides", "_source", "_upstream_defaults")
+                 "_multipliers", "_overrides", "_source", "_upstream_defaults")
 
     def __init__(self, models: Mapping[str, Mapping[str, Any]], *, source: str, generated: str,
                  overrides: Mapping[str, Price] = _EMPTY,
-                 upstream_defaults: Mapping[str, Price] = _EMPTY) -> None:
-        """Build from catalog ``models`` rows (our format). Raises ``ValueError`` if invalid."""
+                 upstream_defaults: Mapping[str, Price] = _EMPTY,
+                 multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS) -> None:
+        """Build from catalog ``models`` rows (our format). Raises ``ValueError`` if invalid.
+        ``multipliers``: upstream -> the factor every price of its calls is multiplied by."""
         self._source, self._generated = source, generated
+        self._multipliers = dict(multipliers)
         entries: dict[str, CatalogEntry] = {}
         aliases: dict[str, str] = {}
         for key, row in models.items():
@@ -230,8 +230,7 @@ class PriceCatalog:
             if "alias_of" in row:
                 aliases[key] = str(row["alias_of"])
                 continue
-            price = Price(**{f: _price_value(row.get(f"{f}_per_mtok"), f"{key}.{f}")
-                             for f in _PRICE_FIELDS})
+            price = Price.from_row(row, key)
             entries[key] = CatalogEntry(key, str(row.get("provider", "")), str(row.get("mode", "")),
                                         price, row.get("max_input_tokens"),
                                         row.get("max_output_tokens"), str(row.get("note", "")))
@@ -260,31 +259,39 @@ class PriceCatalog:
 
     @classmethod
     def load(cls, catalog: str = "builtin", overrides: Mapping[str, Price] = _EMPTY,
-             upstream_defaults: Mapping[str, Price] = _EMPTY) -> PriceCatalog:
+             upstream_defaults: Mapping[str, Price] = _EMPTY,
+             multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS) -> PriceCatalog:
         """The built-in catalog, or a JSON file: LiteLLM's price map (converted with
         ``convert_litellm``) or a catalog in our format. Raises ``OSError``/``ValueError``."""
         if catalog == "builtin":
             data = (resources.files("spendgate.accounting") / "data" / "prices.json").read_bytes()
-            return cls.from_catalog_json(orjson.loads(data), overrides, upstream_defaults)
+            return cls.from_catalog_json(orjson.loads(data), overrides, upstream_defaults,
+                                         multipliers)
         path = Path(catalog)
         raw = orjson.loads(path.read_bytes())
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: not a JSON object")
         if isinstance(raw.get("models"), dict) and "format" in raw:
-            return cls.from_catalog_json(raw, overrides, upstream_defaults)
+            return cls.from_catalog_json(raw, overrides, upstream_defaults, multipliers)
         mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC).date().isoformat()
         return cls(convert_litellm(raw), source=f"LiteLLM-format file {path}", generated=mtime,
-                   overrides=overrides, upstream_defaults=upstream_defaults)
+                   overrides=overrides, upstream_defaults=upstream_defaults,
+                   multipliers=multipliers)
 
     @classmethod
     def from_catalog_json(cls, data: Mapping[str, Any], overrides: Mapping[str, Price] = _EMPTY,
-                          upstream_defaults: Mapping[str, Price] = _EMPTY) -> PriceCatalog:
+                          upstream_defaults: Mapping[str, Price] = _EMPTY,
+                          multipliers: Mapping[str, Decimal] = _NO_MULTIPLIERS) -> PriceCatalog:
         """From a parsed catalog document in our format (``format`` 1)."""
         if data.get("format") != 1 or not isinstance(data.get("models"), dict):
             raise ValueError("not a spendgate price catalog (format 1)")
         return cls(data["models"], source=str(data.get("source", "")),
                    generated=str(data.get("generated", "")), overrides=overrides,
-                   upstream_defaults=upstream_defaults)
+                   upstream_defaults=upstream_defaults, multipliers=multipliers)
+
+    def multiplier(self, upstream: str | None) -> Decimal:
+        """The factor on every price of calls through ``upstream`` (1 unless configured)."""
+        return self._multipliers.get(upstream or "", Decimal(1))
 
     @property
     def source(self) -> str:
@@ -305,6 +312,16 @@ class PriceCatalog:
     def aliases(self) -> Mapping[str, str]:
         """Read-only: alias -> catalog key."""
         return self._aliases
+
+    @property
+    def overrides(self) -> dict[str, Price]:
+        """A copy: ``pricing.overrides``, model name (as configured) -> price."""
+        return dict(self._overrides.values())
+
+    @property
+    def upstream_defaults(self) -> dict[str, Price]:
+        """A copy: upstream name -> its own ``pricing``."""
+        return dict(self._upstream_defaults)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -372,53 +389,3 @@ class PriceCatalog:
             if name in table:
                 return table[name], "snapshot"
         return None
-
-
-def describe_price(catalog: PriceCatalog, model: str, upstream: str | None = None,
-                   provider: str | None = None) -> str:
-    """``spendgate prices MODEL``: the resolved per-Mtok prices, the step and key that matched,
-    and the catalog's source and date. An unknown model (``catalog.resolve`` is None: the CLI
-    exits 1) gets a message saying its calls are counted at cost 0."""
-    footer = f"catalog: {catalog.source}, generated {catalog.generated}\n"
-    hit = catalog.resolve(model, upstream, provider)
-    if hit is None:
-        return (f"unknown model {model!r}: not in the price catalog, so its calls are counted "
-                f"at cost 0; add a price override to price it\n{footer}")
-    p, entry = hit.price, catalog.entries.get(hit.matched)
-    if hit.source in ("override", "upstream_default"):
-        entry = None  # a name that happens to equal a catalog key must not show its metadata
-    lines = [f"model: {model}", f"matched: {hit.matched} ({hit.source})"]
-    if entry:
-        lines.append(f"provider: {entry.provider}, mode: {entry.mode}" + "".join(
-            f", max {k} tokens {v}" for k, v in (("input", entry.max_input_tokens),
-                                                  ("output", entry.max_output_tokens)) if v))
-
-    def cache_price(d: Decimal | None) -> str:
-        return _fmt(d) if d is not None or p.input is None else "- (charged at the input price)"
-
-    lines += [f"USD per 1M tokens: input {_fmt(p.input)}",
-              f"  cached input {cache_price(p.cached_input)}",
-              f"  cache write {cache_price(p.cache_write)}", f"  output {_fmt(p.output)}"]
-    if entry and entry.note:
-        lines.append(f"note: {entry.note} (not applied)")
-    return "\n".join(lines) + "\n" + footer
-
-
-def price_table(catalog: PriceCatalog) -> str:
-    """``spendgate prices``: an aligned table of overrides, upstream defaults, then catalog
-    models (sorted), with per-Mtok prices; the last line gives the catalog's source and date."""
-    listed = [(k, "(override)", "", p) for k, p in sorted(catalog._overrides.values())]
-    listed += [(f"upstream:{k}", "(upstream default)", "", p)
-               for k, p in sorted(catalog._upstream_defaults.items())]
-    listed += [(k, e.provider, e.mode, e.price) for k, e in sorted(catalog.entries.items())]
-    rows: list[tuple[str, ...]] = [
-        ("MODEL", "PROVIDER", "MODE", "INPUT", "CACHED", "CACHE_WRITE", "OUTPUT")]
-    rows += [(k, prov, mode, *map(_fmt, (p.input, p.cached_input, p.cache_write, p.output)))
-             for k, prov, mode, p in listed]
-    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-             for row in rows]
-    lines.append(f"{len(catalog)} models, {len(catalog.aliases)} aliases; USD per 1M tokens; "
-                 f"catalog: {catalog.source}, generated {catalog.generated}")
-    return "\n".join(lines) + "\n"

@@ -9,7 +9,9 @@ every such budget at once, atomically in the store, and refuses the call with
               body bytes (a token is at least one byte of text), + 1600 per image part
     output  = max_tokens (x n), else the catalog's max_output_tokens, else 32768;
               0 for embeddings
-    cost    = prompt x max(input, cached_input, cache_write price) + output x output price
+    cost    = prompt x the highest input-side rate + output x the highest output-side rate,
+              at the service tier the request asks for (``service_tier``) and the context
+              tier ``prompt`` falls in (``Price.worst_rates``), x the upstream's multiplier
 
 capped per budget by ``max_reserve_usd``; a model without a price reserves 0 (it is counted at
 0). The reservation is settled to the exact cost by ``budgets.settlement`` once the call ends.
@@ -32,7 +34,6 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Literal, NoReturn
 
 from spendgate.accounting.pricing import PriceCatalog
@@ -85,7 +86,6 @@ def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
     resolved = catalog.resolve(info.model, upstream=outcome.upstream, provider=outcome.provider)
     if resolved is None:
         return 0
-    price = resolved.price
     output = 0
     if info.operation != "embeddings":
         output = info.max_tokens or 0
@@ -94,9 +94,9 @@ def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
             output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
         output *= info.choices
     prompt = prompt_tokens_bound(info, outcome.protocol, estimator)
-    p_in = max(p for p in (price.input, price.cached_input, price.cache_write, Decimal(0))
-               if p is not None)
-    per_mtok = prompt * p_in + output * (price.output or Decimal(0))
+    tier = (info.json or {}).get("service_tier")
+    p_in, p_out = resolved.price.worst_rates(tier if isinstance(tier, str) else None, prompt)
+    per_mtok = (prompt * p_in + output * p_out) * catalog.multiplier(outcome.upstream)
     return to_nano(per_mtok.scaleb(-6))
 
 

@@ -139,6 +139,8 @@ class ProxyApp:
                         for name, upstream in self.upstreams.items()}
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.max_event = int(config.server.max_event_kb * 1024)
+        # A batch's results are streamed through and a copy kept up to this many bytes.
+        self.max_kept = int(config.server.max_decoded_mb * 1024 * 1024)
         self.client = client
         self.outcomes = outcomes
         self.hosts = hosts
@@ -249,7 +251,11 @@ class ProxyApp:
                 overhead += time.perf_counter() - received
             else:
                 outcome.status = resp.status
-                await _pass_through(send, resp, out, upstream.target)
+                kept = await _pass_through(send, resp, out, upstream.target,
+                                           self.max_kept if info.keep_body else 0)
+                if kept is not None:  # a batch's response, for the accounting to read
+                    outcome.response_body = kept
+                    outcome.response_encoding = resp.headers.get("content-encoding")
         outcome.overhead_s = overhead
 
     async def _stream_events(self, receive: Receive, send: Send, resp: Any,
@@ -302,15 +308,26 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 
 async def _pass_through(send: Send, resp: Any, headers: list[tuple[bytes, bytes]],
-                        target: UpstreamTarget) -> None:
-    """Unmetered paths (files, audio, models): bytes straight through, nothing buffered."""
+                        target: UpstreamTarget, keep: int = 0) -> bytes | None:
+    """Unmetered paths (files, audio, models): bytes straight through, nothing buffered.
+    With ``keep``, a copy of the body is returned if it is at most ``keep`` bytes (else None):
+    batch results, which the accounting reads after the caller has them."""
     length = resp.headers.get("content-length")
     if length is not None:
         headers.append((b"content-length", length.encode()))
     await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    kept: list[bytes] | None = [] if keep else None
+    size = 0
     async for chunk in iter_body(resp, target):
+        if kept is not None:
+            size += len(chunk)
+            if size <= keep:
+                kept.append(chunk)
+            else:  # too large to read: forwarded all the same, not accounted
+                kept = None
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return b"".join(kept) if kept is not None else None
 
 
 async def _read_request(receive: Receive, limit: int, declared: bytes | None) -> bytes:

@@ -39,6 +39,11 @@ class RequestInfo:
     strip_usage_chunk: bool = False
     metered: bool = True                # False: a path that never carries usage (models, files)
     invalid: str | None = None          # set: refuse with 400, saying this (never forwarded)
+    # Batches (operation batch_create, batch_status, batch_results): unmetered, but the
+    # response is kept for the accounting, which remembers who created a batch and accounts
+    # each result line; ``batch_ref`` is the batch or results file id in the path.
+    keep_body: bool = False
+    batch_ref: str | None = None
 
 
 @dataclass(slots=True)
@@ -51,6 +56,18 @@ class ResponseSummary:
     finish_reasons: tuple[str, ...] = ()
     service_tier: str | None = None
     output_text: str = ""               # generated text seen, for estimating unreported output
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One result of a downloaded batch: one call, accounted at batch prices."""
+
+    key: str                            # the line's id (or custom_id) within its results
+    model: str | None
+    usage: Usage
+    status: int                         # the call's HTTP status (200: it succeeded)
+    error_type: str | None = None
+    response_id: str | None = None
 
 
 class StreamTracker(Protocol):

@@ -8,6 +8,10 @@ regard to case, as ASP.NET-style servers route), so any base prefix works (Azure
     POST .../completions      -> text_completion  POST .../responses  -> responses
     anything else             -> other (metered=False, only "model" read from JSON)
 
+Batches: ``POST .../batches`` (batch_create), ``GET .../batches/{id}`` (batch_status) and
+``GET .../files/{id}/content`` (batch_results) are unmetered, but their responses are kept
+for the accounting (``accounting.batches``), which accounts each line of a batch output file.
+
 A streamed chat/completion call reports usage only when asked, so the proxy asks. The body::
 
     {"model":"gpt-4o","stream":true,"messages":[...]}
@@ -30,8 +34,12 @@ object) and the tracker hides the extra usage-only chunk the caller did not ask 
 
 Usage: ``prompt_tokens``/``input_tokens`` -> input (cached included, as OpenAI reports it),
 ``*_details.cached_tokens`` -> cached_input, ``cache_write_tokens`` (only if an upstream
-reports it) -> cache_write, ``completion_tokens``/``output_tokens`` -> output,
-``reasoning_tokens`` -> reasoning. Unreported fields stay None. Nothing here raises.
+reports it) -> cache_write, ``audio_tokens``/``image_tokens`` -> input_audio/input_image,
+``completion_tokens``/``output_tokens`` -> output, ``reasoning_tokens`` -> reasoning, the
+output details' ``audio_tokens`` -> output_audio; a Responses ``output`` list's
+``web_search_call`` items -> web_search (0 when it has none). ``service_tier`` is the tier
+served (the final Responses event's, not ``response.created``'s, which echoes the request).
+Unreported fields stay None. Nothing here raises.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.base import BatchLine, RequestInfo, ResponseSummary, StreamTracker
 from spendgate.providers.jsonread import (
     append_text,
     as_dict,
@@ -94,12 +102,69 @@ def openai_usage(raw: Any) -> Usage:
         cached_input=count(details.get("cached_tokens")),
         cache_write=count(details.get("cache_write_tokens")),
         reasoning=count(out_details.get("reasoning_tokens")),
+        input_audio=count(details.get("audio_tokens")),
+        input_image=count(details.get("image_tokens")),
+        output_audio=count(out_details.get("audio_tokens")),
     )
+
+
+def responses_usage(response: dict[str, Any]) -> Usage:
+    """A Responses API ``response`` object's usage, with its ``web_search_call`` output items
+    counted as web searches (each is billed per call)."""
+    usage = openai_usage(response.get("usage"))
+    output = response.get("output")
+    if not isinstance(output, list):
+        return usage
+    searches = sum(as_dict(item).get("type") == "web_search_call" for item in output)
+    return replace(usage, web_search=searches)
 
 
 def _operation(path: str) -> str:
     """The operation named by ``path`` (one leading slash, no trailing one, lower case)."""
     return next((op for suffix, op in _OPERATIONS if path.endswith(suffix)), "other")
+
+
+def _batch_request(method: str, path: str) -> tuple[str, str | None] | None:
+    """Batch API calls the accounting reads: ``POST .../batches`` (batch_create),
+    ``GET .../batches/{id}`` (batch_status: its ``output_file_id``) and
+    ``GET .../files/{id}/content`` (batch_results, when the file is a batch's output)."""
+    parts = path.split("/")
+    if method == "POST" and parts[-1].lower() == "batches":
+        return "batch_create", None
+    if method == "GET" and len(parts) >= 3 and parts[-2].lower() == "batches" and parts[-1]:
+        return "batch_status", parts[-1]
+    if (method == "GET" and len(parts) >= 4 and parts[-3].lower() == "files"
+            and parts[-1].lower() == "content"):
+        return "batch_results", parts[-2]
+    return None
+
+
+def batch_ids(body: bytes) -> tuple[str | None, str | None]:
+    """(batch id, output file id) of a Batch object (create or retrieve response)."""
+    batch = loads_object(body) or {}
+    return as_str(batch.get("id")), as_str(batch.get("output_file_id"))
+
+
+def batch_results(body: bytes) -> list[BatchLine]:
+    """The result lines of a batch output file (JSONL: ``{"id", "custom_id", "response":
+    {"status_code", "body"}, "error"}``); a line that is not one is skipped."""
+    lines: list[BatchLine] = []
+    for raw in body.splitlines():
+        line = loads_object(raw) if raw.strip() else None
+        if line is None or (not isinstance(line.get("response"), dict)
+                            and not line.get("error")):
+            continue
+        response = as_dict(line.get("response"))
+        result = as_dict(response.get("body"))
+        status = count(response.get("status_code")) or 500
+        usage = (responses_usage(result) if isinstance(result.get("output"), list)
+                 else openai_usage(result.get("usage")))
+        lines.append(BatchLine(
+            key=as_str(line.get("id")) or as_str(line.get("custom_id")) or str(len(lines)),
+            model=as_str(result.get("model")), usage=usage, status=status,
+            error_type=None if 200 <= status < 300 else str(status),
+            response_id=as_str(result.get("id"))))
+    return lines
 
 
 def _azure_deployment(path: str) -> str | None:
@@ -158,8 +223,11 @@ class OpenAIProvider:
         if not model:
             model = _azure_deployment(path)
         if parsed is None or operation == "other":
-            return RequestInfo(operation=operation, model=model, stream=False,
-                               upstream_body=body, json=parsed, metered=operation != "other")
+            batch = _batch_request(method.upper(), path) if operation == "other" else None
+            return RequestInfo(operation=batch[0] if batch else operation, model=model,
+                               stream=False, upstream_body=body, json=parsed,
+                               metered=operation != "other", keep_body=batch is not None,
+                               batch_ref=batch[1] if batch else None)
 
         stream = parsed.get("stream") is True
         if operation == "responses":
@@ -189,7 +257,7 @@ class OpenAIProvider:
         if parsed is None:
             return ResponseSummary()
         summary = ResponseSummary(
-            usage=openai_usage(parsed.get("usage")),
+            usage=responses_usage(parsed),
             response_model=as_str(parsed.get("model")),
             response_id=as_str(parsed.get("id")),
             service_tier=as_str(parsed.get("service_tier")),
@@ -315,7 +383,7 @@ class ResponsesStreamTracker:
             summary.response_id = as_str(response.get("id")) or summary.response_id
             if kind != "response.created":  # created has the tier asked for, not the one used
                 summary.service_tier = as_str(response.get("service_tier"))
-                summary.usage = openai_usage(response.get("usage"))
+                summary.usage = responses_usage(response)
                 status = as_str(response.get("status"))
                 summary.finish_reasons = (status,) if status else ()
         return True

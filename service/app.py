@@ -41,6 +41,7 @@ from spendgate.hotpath.attribution import KeyRing
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.proxy import ProxyApp
 from spendgate.providers import PROVIDERS
+from spendgate.reconcile.job import ReconcileJob, build_sources
 from spendgate.telemetry import build_telemetry
 from spendgate.upstream.client import UpstreamClient
 
@@ -108,6 +109,10 @@ class Spendgate:
         self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
                              self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
                              lambda: self.config.metrics_key)
+        sources = build_sources(config)
+        # Admin-API reconciliation (reconcile/): a thread of its own, never on a call's path.
+        self.reconcile = (ReconcileJob(sources, self.budgets.history, config.reconcile,
+                                       self.registry) if sources else None)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
 
@@ -130,6 +135,8 @@ class Spendgate:
     async def startup(self) -> None:
         self.pipeline.start()
         await self.budgets.start()
+        if self.reconcile is not None:
+            self.reconcile.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
         for problem in self.config.empty_keys():
@@ -144,6 +151,8 @@ class Spendgate:
         await self.client.close()
         self._handle_sighup(False)
         self.pipeline.close()
+        if self.reconcile is not None:
+            await asyncio.to_thread(self.reconcile.close)
         await self.budgets.close()  # after the pipeline: its last records are settled
 
     def reload(self, config: Config | None = None) -> bool:

@@ -1,7 +1,8 @@
-"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``, ``budgets``, ``demo``,
-``simulate``.
+"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``, ``budgets``,
+``reconcile``, ``demo``, ``simulate``.
 
-Exit codes: 0 success; 1 a problem the user can fix (bad config, unknown model); 2 usage.
+Exit codes: 0 success; 1 a problem the user can fix (bad config, unknown model); 2 usage;
+3 ``reconcile`` found a day past ``reconcile.drift_warn_ratio``.
 """
 
 from __future__ import annotations
@@ -120,6 +121,12 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from spendgate.reconcile.command import main as reconcile
+
+    return reconcile(_load_or_exit(_config_path(args.config)), args.days, args.format)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from spendgate.demo.runner import DemoOptions
     from spendgate.demo.runner import main as run_demo
@@ -182,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     budgets.add_argument("--admin-key", default=None,
                          help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY)")
     budgets.set_defaults(func=cmd_budgets)
+
+    reconcile = sub.add_parser("reconcile", help="the ledger against the providers' own usage "
+                               "and cost APIs (upstreams.NAME.admin_key)")
+    reconcile.add_argument("--config", help="YAML config file (default: $SPENDGATE_CONFIG)")
+    reconcile.add_argument("--days", type=int, choices=range(1, 32), metavar="N", default=None,
+                           help="complete UTC days before today (default "
+                                "reconcile.lookback_days)")
+    reconcile.add_argument("--format", choices=["table", "json"], default="table")
+    reconcile.set_defaults(func=cmd_reconcile)
 
     demo = sub.add_parser("demo", help="simulated provider + proxy + traffic, with a live "
                           "summary: no API key, no network")

@@ -31,6 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "spendgate.exporters": set(),
     "spendgate.admin": {"spendgate.budgets"},
     "spendgate.demo": {"spendgate.providers", "spendgate.accounting"},
+    # Beside the flow: the provider's bill against the ledger (its command opens the store).
+    "spendgate.reconcile": {"spendgate.budgets"},
 }
 
 

@@ -78,6 +78,8 @@ _UNPRICED = f"{UNPRICED}{{{MODEL}}}"
 UNPRICED_IN_RANGE = (f"sort_desc(sum by (model) (({_UNPRICED} unless {_UNPRICED} offset $__range)"
                      f" or {increase(UNPRICED, MODEL)}))")
 FIRING = 'ALERTS{alertname=~"Spendgate.*", alertstate="firing"}'
+DRIFT = f"max by (upstream) (spendgate_reconciliation_drift_ratio{{{UP}}})"
+DRIFT_RATIO = 0.02  # keep in line with spendgate:alert_threshold:provider_cost_drift_ratio
 
 
 # --------------------------------------------------------------------------- panels
@@ -288,6 +290,22 @@ def overview() -> dict:
                  f"sort_desc(sum by (project) ({increase(COST)}))", "{{project}}"),
         bargauge("Spend by model in range", "currencyUSD",
                  f"sort_desc(sum by (model) ({increase(COST)}))", "{{model}}"),
+        row("Provider bill"),
+        with_thresholds(timeseries(
+            "Drift from the provider's bill", "percentunit", target(DRIFT, "{{upstream}}"),
+            min0=False,
+            description="(provider - spendgate) / provider cost for the last complete UTC "
+                        "day, from the providers' own usage and cost APIs (spendgate "
+                        "reconcile). Above 0: the provider bills more than spendgate saw."),
+            (None, "green"), (DRIFT_RATIO, "red"), line=True),
+        table("Provider bill, last complete UTC day", {
+            "Provider cost": ("currencyUSD",
+                              f"sum by (upstream, model) (spendgate_provider_cost_usd{{{UP}, "
+                              f"{MODEL}}})"),
+            "Read ago": ("s", "time() - max by (upstream) (spendgate_reconciliation_last_"
+                              f"success_timestamp_seconds{{{UP}}})"),
+        }, description="What each provider reports for yesterday, and how long ago it was "
+                       "read (reconcile.interval_s)."),
         row("Tokens"),
         timeseries("Tokens per second by type", "short",
                    target(f"sum by (type) ({rate(TOKENS)})", "{{type}}"),

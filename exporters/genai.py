@@ -153,6 +153,8 @@ def span_attributes(record: UsageRecord, server: Server | None) -> dict[str, Att
         if record.priced:
             # A double for the backends to sum; the exact Decimal lives in /metrics.
             a[sc.SPENDGATE_COST_USD] = float(record.cost_usd)
+            if record.price_source == "gpu_allocation":  # a share of a GPU bill
+                a[sc.SPENDGATE_PRICE_SOURCE] = record.price_source
         else:
             a[sc.SPENDGATE_PRICED] = False
     if record.budget_decision is not None:  # "allowed" | "blocked" by a block budget

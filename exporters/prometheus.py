@@ -73,6 +73,7 @@ class PrometheusSink(RecordSink):
     """The ``spendgate_*`` metrics. ``export`` runs on the pipeline thread only."""
 
     name = "prometheus"
+    takes_charges = True    # spendgate_cost_usd_total counts a GPU's idle cost too
 
     def __init__(self, registry: CollectorRegistry, label_limit: int = 200,
                  pair_limit: int = 1000, exemplars: bool = False) -> None:
@@ -125,6 +126,9 @@ class PrometheusSink(RecordSink):
     def _export_one(self, r: UsageRecord) -> None:
         model_value = self._model(r.model)
         project, model = self._pairs(self._project(r.project), model_value)
+        if r.charge_only:
+            self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
+            return
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
         exemplar = trace_exemplar(r) if self.exemplars else None

@@ -81,6 +81,7 @@ TOKEN_TYPE_OUTPUT: Final = "output"
 # ---- ours ----------------------------------------------------------------------------------
 SPENDGATE_COST_USD: Final = "spendgate.cost_usd"
 SPENDGATE_PRICED: Final = "spendgate.priced"                  # set (false) when unpriced
+SPENDGATE_PRICE_SOURCE: Final = "spendgate.price.source"      # set when not a list price
 SPENDGATE_PROJECT: Final = "spendgate.project"
 SPENDGATE_USER: Final = "spendgate.user"
 SPENDGATE_UPSTREAM: Final = "spendgate.upstream"

@@ -26,6 +26,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from spendgate.accounting.builder import RecordBuilder
+from spendgate.accounting.gpu import GpuCosts
 from spendgate.accounting.pipeline import RecordPipeline
 from spendgate.accounting.pricing import Price, PriceCatalog
 from spendgate.accounting.tokens import TokenEstimator
@@ -97,8 +98,11 @@ class Spendgate:
                                      max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
         sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
                                    *(extra_sinks or [])]
+        # Self-hosted GPU upstreams: their calls are priced by allocation (accounting/gpu.py).
+        self.gpu = GpuCosts.build(config, self.catalog, self.registry)
         self.pipeline = RecordPipeline(self.builder, sinks,
-                                       on_sink_error=self.metrics.count_sink_error)
+                                       on_sink_error=self.metrics.count_sink_error,
+                                       repricer=self.gpu)
         self.client = UpstreamClient()
         self.proxy = ProxyApp(config, self.client, self.pipeline, self.metrics.in_flight.labels,
                               hosts=self.hosts,

@@ -121,6 +121,9 @@ class UsageRecord:
     # and the admission decision: "allowed", "blocked", or None when no block budget covers it.
     reservation: Any = None
     budget_decision: str | None = None
+    # No call behind it: a self-hosted GPU's cost no call carries (an idle interval, traffic
+    # that bypassed the proxy; accounting.gpu). Only sinks with ``takes_charges`` get it.
+    charge_only: bool = False
 
     @property
     def usage_estimated(self) -> bool:

@@ -56,6 +56,7 @@ def wants_ledger(config: Config) -> bool:
 
 class BudgetManager(RecordSink):
     name = "ledger"
+    takes_charges = True    # a GPU upstream's idle cost is spend of that upstream
 
     def __init__(self, config: Config, catalog: PriceCatalog, registry: CollectorRegistry,
                  estimator: TokenEstimator, clock: Clock | None = None) -> None:

@@ -79,6 +79,8 @@ UNPRICED_IN_RANGE = (f"sort_desc(sum by (model) (({_UNPRICED} unless {_UNPRICED}
                      f" or {increase(UNPRICED, MODEL)}))")
 FIRING = 'ALERTS{alertname=~"Spendgate.*", alertstate="firing"}'
 DRIFT = f"max by (upstream) (spendgate_reconciliation_drift_ratio{{{UP}}})"
+# Spend of self-hosted GPU upstreams only (those that export spendgate_gpu_cost_usd_total).
+GPU_UPSTREAMS = f"sum by (upstream) (spendgate_gpu_cost_usd_total{{{UP}}})"
 DRIFT_RATIO = 0.02  # keep in line with spendgate:alert_threshold:provider_cost_drift_ratio
 
 
@@ -306,6 +308,25 @@ def overview() -> dict:
                               f"success_timestamp_seconds{{{UP}}})"),
         }, description="What each provider reports for yesterday, and how long ago it was "
                        "read (reconcile.interval_s)."),
+        row("Self-hosted GPUs"),
+        timeseries(
+            "Self-hosted vs API (USD/h)", usd_h,
+            target(f"sum by (upstream) ({rate(COST)}) * 3600 and on (upstream) "
+                   f"{GPU_UPSTREAMS}", "{{upstream}} self-hosted"),
+            target(f"sum by (upstream) ({rate('spendgate_api_equivalent_cost_usd_total')})"
+                   " * 3600", "{{upstream}} at API prices"),
+            target("sum by (upstream) (rate(spendgate_gpu_cost_usd_total"
+                   f'{{{UP}, kind="idle"}}[$__rate_interval])) * 3600', "{{upstream}} idle"),
+            description="What self-hosted upstreams cost (their GPUs' hourly bill, allocated "
+                        "to calls by weighted tokens; idle intervals included) against what "
+                        "the same calls would have cost at the API price of gpu.compare_to. "
+                        "Below the API line, self-hosting is cheaper at this traffic; the idle "
+                        "line is what more traffic would absorb."),
+        timeseries("Effective price per million tokens (last hour)", "currencyUSD",
+                   target("max by (upstream, model, type) (spendgate_effective_price_usd_"
+                          f"per_mtok{{{UP}, {MODEL}}})", "{{upstream}} {{model}} {{type}}"),
+                   description="Allocated GPU cost per million tokens of each type, realised "
+                               "over the last hour: compare with an API's list price."),
         row("Tokens"),
         timeseries("Tokens per second by type", "short",
                    target(f"sum by (type) ({rate(TOKENS)})", "{{type}}"),

@@ -106,13 +106,21 @@ def _drive_store_down_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
 
 def _reconciling_proxy(spawn: Any, admin: FakeAdminAPI, workdir: Path) -> ProxyProcess:
     """A proxy whose upstreams have admin keys: the reconcile job's metrics, read from the
-    literal-shape admin API (``tests/fake_admin.py``) at start."""
+    literal-shape admin API (``tests/fake_admin.py``) at start; and a self-hosted GPU
+    upstream (its server's /metrics unreachable: spendgate_gpu_metrics_errors_total)."""
     proxy: ProxyProcess = spawn({
         "upstreams": {"openai": {"url": admin.url, "provider": "openai",
                                  "admin_key": "sk-admin-contract"},
                       "anthropic": {"url": admin.url, "provider": "anthropic",
-                                    "admin_key": "sk-ant-admin-contract"}},
+                                    "admin_key": "sk-ant-admin-contract"},
+                      "gpu": {"url": admin.url, "provider": "openai",
+                              "gpu": {"hourly_usd": 2.49, "count": 8, "interval_s": 1,
+                                      "compare_to": "gpt-4o-mini",
+                                      "metrics_url": f"http://127.0.0.1:{free_port()}/"}}},
         "store": {"url": f"sqlite:///{workdir}/ledger.sqlite3"}})
+    local = openai.OpenAI(base_url=proxy.url + "/gpu/v1", api_key="none", max_retries=0)
+    local.chat.completions.create(model="llama3.1:8b",
+                                  messages=[{"role": "user", "content": "Hi"}])
     return proxy
 
 

@@ -75,10 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
+        from prometheus_client import CollectorRegistry
+
+        from spendgate.accounting.gpu import GpuCosts
         from spendgate.app import build_catalog
         from spendgate.telemetry import check_telemetry
 
-        build_catalog(config)
+        GpuCosts.build(config, build_catalog(config), CollectorRegistry())  # gpu.compare_to
         check_telemetry(config)
         allowed_hosts(config.server, fallback=os.environ.get(ALLOWED_HOSTS_ENV))
     except ConfigError as error:

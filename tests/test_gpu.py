@@ -9,6 +9,7 @@ bypasses the proxy.
 from __future__ import annotations
 
 import random
+import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -27,8 +28,9 @@ from spendgate.config import parse_config
 from spendgate.money import NANO
 from spendgate.records import UsageRecord
 from spendgate.usage import Usage
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, spendgate_command
 from tests.fake_upstream import FakeUpstream, Reply, fixture
+from tests.otlp_receiver import OTLPReceiver
 from tests.threaded_app import ThreadedApp
 
 ADMIN = "gpu-admin-key"
@@ -280,3 +282,43 @@ def test_traffic_bypassing_the_proxy_takes_its_share(upstream: FakeUpstream,
     # carries $0.005 and the bypassing traffic $0.015.
     assert search == pytest.approx(0.005)
     assert bypass == pytest.approx(0.015)
+
+
+def test_the_span_carries_the_allocated_cost_and_its_source(upstream: FakeUpstream,
+                                                           tmp_path: Path) -> None:
+    receiver = OTLPReceiver().start()
+    proxy = ProxyProcess(gpu_config(upstream, tmp_path), tmp_path,
+                         env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                              "OTEL_BSP_SCHEDULE_DELAY": "50"}).start()
+    try:
+        upstream.queue(Reply(body=fixture("openai_chat_response.json")))
+        client = openai.OpenAI(base_url=proxy.url + "/local/v1", api_key="none",
+                               max_retries=0)
+        client.chat.completions.create(model="llama3.1:8b", extra_headers={
+            "x-request-id": "gpu-span"}, messages=[{"role": "user", "content": "Hi"}])
+        span = receiver.span("gpu-span")
+    finally:
+        proxy.stop()
+        receiver.stop()
+    log = [orjson.loads(line) for line in (tmp_path / "usage.jsonl").read_bytes().splitlines()]
+    assert span.attributes["spendgate.price.source"] == SOURCE
+    # Alone in its interval, the call carries the whole $0.01 (36 USD/h x 1 s).
+    assert span.attributes["spendgate.cost_usd"] == float(Decimal(log[0]["cost_usd"])) == 0.01
+
+
+def test_gpu_config_defaults_and_an_unknown_compare_to(tmp_path: Path) -> None:
+    config = parse_config({"upstreams": {"local": {"url": "http://vllm:8000",
+                                                   "gpu": {"hourly_usd": "2.49"}}}})
+    gpu = config.upstreams["local"].gpu
+    assert gpu is not None
+    assert (gpu.hourly_usd, gpu.count, gpu.interval_s) == (Decimal("2.49"), 1, 60)
+    assert (gpu.weights.input, gpu.weights.output) == (1, 4)
+    assert gpu.metrics_url is None and gpu.compare_to is None
+    path = tmp_path / "c.yaml"
+    path.write_text("upstreams:\n  local: {url: 'http://vllm:8000', gpu: {hourly_usd: 2, "
+                    "compare_to: no-such-model}}\n")
+    result = subprocess.run(spendgate_command("check-config", str(path)), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.strip() == ("upstreams.local.gpu.compare_to: 'no-such-model' is not "
+                                     "in the price catalog")

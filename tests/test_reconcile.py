@@ -134,11 +134,40 @@ def config(admin: FakeAdminAPI, workdir: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+def seeded_config(admin: FakeAdminAPI, workdir: Path) -> dict[str, Any]:
+    """``config``, its SQLite ledger holding ``seed_history``."""
+    cfg = config(admin, workdir)
+    store = open_store(cfg["store"]["url"], 2.0, 60)
+    seed_history(store)
+    store.close()
+    return cfg
+
+
 def reconcile(workdir: Path, cfg: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     path = workdir / "reconcile.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run(spendgate_command("reconcile", "--config", str(path), *args),
                           capture_output=True, text=True, timeout=60, cwd=workdir)
+
+
+def test_reconcile_config_keys_and_defaults() -> None:
+    from spendgate.config import parse_config
+    from spendgate.errors import ConfigError
+
+    config = parse_config({"upstreams": {"openai": {
+        "url": "https://api.openai.com", "admin_key": "${ADMIN}", "provider_key_id": "key_1"}}},
+        {"ADMIN": OPENAI_KEY})
+    up = config.upstreams["openai"]
+    assert (up.admin_key, up.provider_key_id) == (OPENAI_KEY, "key_1")
+    assert (config.reconcile.interval_s, config.reconcile.lookback_days,
+            config.reconcile.drift_warn_ratio) == (21600, 7, 0.02)
+    assert config.store.history_days == 35
+    unset = parse_config({"upstreams": {"openai": {"url": "https://api.openai.com",
+                                                   "admin_key": "${ADMIN}"}}}, {})
+    assert unset.upstreams["openai"].admin_key is None   # unset: no reconciliation
+    with pytest.raises(ConfigError) as error:
+        parse_config({"reconcile": {"interval": 60}})
+    assert error.value.problems == ["reconcile.interval: unknown key"]
 
 
 # ---- the ledger's daily history, on both backends -----------------------------------------
@@ -222,10 +251,7 @@ def test_proxy_calls_write_the_daily_history(backend: str, admin: FakeAdminAPI, 
 
 def test_reconcile_compares_both_providers_pages_and_flags_the_drifting_day(
         admin: FakeAdminAPI, tmp_path: Path) -> None:
-    cfg = config(admin, tmp_path)
-    seeded = open_store(cfg["store"]["url"], 2.0, 60)
-    seed_history(seeded)
-    seeded.close()
+    cfg = seeded_config(admin, tmp_path)
     result = reconcile(tmp_path, cfg, "--days", "2", "--format", "json")
     assert result.returncode == 3, result.stderr
     out = orjson.loads(result.stdout)
@@ -287,10 +313,7 @@ def test_reconcile_admin_api_failure_exits_1_without_the_key(admin: FakeAdminAPI
 
 def test_serve_exports_the_last_day_and_counts_admin_api_failures(
         admin: FakeAdminAPI, tmp_path: Path) -> None:
-    cfg = config(admin, tmp_path)
-    seeded = open_store(cfg["store"]["url"], 2.0, 60)
-    seed_history(seeded)
-    seeded.close()
+    cfg = seeded_config(admin, tmp_path)
     admin.fail["/v1/organizations/usage_report/messages"] = 500
     proxy = ProxyProcess(cfg, tmp_path).start()
     try:

@@ -24,34 +24,13 @@ from decimal import Decimal
 from fractions import Fraction
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from spendgate.exporters.exact import ExactCounter
 from spendgate.money import NANO
 
 WINDOW_S = 3600.0
-
-
-class ExactCounter(Collector):
-    """A counter family summed in ``Decimal`` per label set, a float only when scraped."""
-
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self._family = (name, documentation, tuple(labels))
-        self._totals: dict[tuple[str, ...], Decimal] = {}
-        self._lock = threading.Lock()
-
-    def add(self, labels: tuple[str, ...], amount: Decimal) -> None:
-        with self._lock:
-            self._totals[labels] = self._totals.get(labels, Decimal(0)) + amount
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        name, documentation, labels = self._family
-        family = CounterMetricFamily(name, documentation, labels=labels)
-        with self._lock:
-            items = list(self._totals.items())
-        for values, total in items:
-            family.add_metric(list(values), float(total))
-        yield family
 
 
 class EffectivePrice(Collector):

@@ -22,15 +22,8 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 
 from spendgate.errors import ReconcileError
-from spendgate.reconcile.base import (
-    ModelDay,
-    ProviderReport,
-    UsageSource,
-    count,
-    day_of,
-    midnight,
-    results,
-)
+from spendgate.reconcile import base
+from spendgate.reconcile.base import ModelDay, ProviderReport, UsageSource
 
 USAGE_PATH = "/v1/organizations/usage_report/messages"
 COST_PATH = "/v1/organizations/cost_report"
@@ -44,8 +37,8 @@ class AnthropicUsage(UsageSource):
                 "accept": "application/json"}
 
     def _range(self, first: date, last: date) -> list[tuple[str, str]]:
-        end = midnight(last + timedelta(days=1))
-        return [("starting_at", midnight(first).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        end = base.midnight(last + timedelta(days=1))
+        return [("starting_at", base.midnight(first).strftime("%Y-%m-%dT%H:%M:%SZ")),
                 ("ending_at", end.strftime("%Y-%m-%dT%H:%M:%SZ")), ("bucket_width", "1d"),
                 ("limit", "31")]
 
@@ -55,22 +48,22 @@ class AnthropicUsage(UsageSource):
         if self.key_id:
             params += [("group_by[]", "api_key_id"), ("api_key_ids[]", self.key_id)]
         for bucket in self.pages(USAGE_PATH, params):
-            day = day_of(str(bucket.get("starting_at", "")))
-            for item in results(bucket):
+            day = base.day_of(str(bucket.get("starting_at", "")))
+            for item in base.results(bucket):
                 if self.key_id and item.get("api_key_id") not in (None, self.key_id):
                     continue
                 row = report.setdefault((day, str(item.get("model") or "unknown")), ModelDay())
-                read = count(item, "cache_read_input_tokens")
-                written = (count(item, "cache_creation", "ephemeral_5m_input_tokens")
-                           + count(item, "cache_creation", "ephemeral_1h_input_tokens"))
-                row.add_tokens("input", count(item, "uncached_input_tokens") + read + written)
+                read = base.count(item, "cache_read_input_tokens")
+                written = (base.count(item, "cache_creation", "ephemeral_5m_input_tokens")
+                           + base.count(item, "cache_creation", "ephemeral_1h_input_tokens"))
+                row.add_tokens("input", base.count(item, "uncached_input_tokens") + read + written)
                 row.add_tokens("cached_input", read)
                 row.add_tokens("cache_write", written)
-                row.add_tokens("output", count(item, "output_tokens"))
+                row.add_tokens("output", base.count(item, "output_tokens"))
         for bucket in self.pages(COST_PATH, [*self._range(first, last),
                                              ("group_by[]", "description")]):
-            day = day_of(str(bucket.get("starting_at", "")))
-            for item in results(bucket):
+            day = base.day_of(str(bucket.get("starting_at", "")))
+            for item in base.results(bucket):
                 model = str(item.get("model") or NON_TOKEN)
                 report.setdefault((day, model), ModelDay()).cost += _usd(item)
         return report

@@ -34,17 +34,22 @@ WINDOW_S = 3600.0
 
 
 class EffectivePrice(Collector):
-    """Allocated cost and tokens per (upstream, model, type) over the last ``WINDOW_S``."""
+    """Allocated cost and tokens per (upstream, model, type) over the last ``WINDOW_S``,
+    summed per interval close: memory grows with intervals and label sets, not calls."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._parts: deque[tuple[float, tuple[str, str, str], Fraction, int]] = deque()
+        self._closes: deque[tuple[float, dict[tuple[str, str, str], list[Fraction]]]] = deque()
         self._lock = threading.Lock()
 
     def add(self, when: float, labels: tuple[str, str, str], nano: Fraction,
             tokens: int) -> None:
         with self._lock:
-            self._parts.append((when, labels, nano, tokens))
+            if not self._closes or self._closes[-1][0] != when:
+                self._closes.append((when, {}))
+            entry = self._closes[-1][1].setdefault(labels, [Fraction(0), Fraction(0)])
+            entry[0] += nano
+            entry[1] += tokens
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily("spendgate_effective_price_usd_per_mtok",
@@ -52,18 +57,18 @@ class EffectivePrice(Collector):
                                    "realised over the last hour.",
                                    labels=("upstream", "model", "type"))
         since = self._clock() - WINDOW_S
-        costs: dict[tuple[str, str, str], Fraction] = {}
-        counts: dict[tuple[str, str, str], int] = {}
+        sums: dict[tuple[str, str, str], list[Fraction]] = {}
         with self._lock:
-            while self._parts and self._parts[0][0] < since:
-                self._parts.popleft()
-            for _, labels, nano, tokens in self._parts:
-                costs[labels] = costs.get(labels, Fraction(0)) + nano
-                counts[labels] = counts.get(labels, 0) + tokens
-        for labels, nano in costs.items():
-            if counts[labels]:
-                family.add_metric(list(labels), float(nano * 1_000_000
-                                                      / (NANO * counts[labels])))
+            while self._closes and self._closes[0][0] < since:
+                self._closes.popleft()
+            for _, parts in self._closes:
+                for labels, (nano, tokens) in parts.items():
+                    entry = sums.setdefault(labels, [Fraction(0), Fraction(0)])
+                    entry[0] += nano
+                    entry[1] += tokens
+        for labels, (nano, tokens) in sums.items():
+            if tokens:
+                family.add_metric(list(labels), float(nano * 1_000_000 / (NANO * tokens)))
         yield family
 
 

@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 from spendgate.config import Config, ReconcileConfig
 from spendgate.reconcile.anthropic import AnthropicUsage
 from spendgate.reconcile.base import HistoryReader, UsageSource
-from spendgate.reconcile.compare import Comparison, compare, merge
+from spendgate.reconcile.compare import Comparison, compare
 from spendgate.reconcile.openai import OpenAIUsage
 
 log = logging.getLogger("spendgate.reconcile")
@@ -145,7 +145,7 @@ class ReconcileJob:
                       message, self.settings.interval_s)
         for name, comparison in done.items():
             self.snapshot.put(name, comparison, now)
-            for day in merge([comparison]).days:
+            for day in comparison.days:
                 if day.drifted:
                     log.warning("reconcile %s %s: the provider reports $%s, spendgate counted "
                                 "$%s (drift %+.2f%%)", name, day.day, day.provider_cost,

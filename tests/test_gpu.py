@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from spendgate.accounting.gpu import BYPASS, IDLE, SOURCE, GpuCosts, apportion
+from spendgate.accounting.gpu_server import read_tokens
 from spendgate.app import build_catalog
 from spendgate.config import parse_config
 from spendgate.money import NANO
@@ -235,12 +236,14 @@ def test_allocated_cost_metrics_add_up_to_the_bill(upstream: FakeUpstream, spawn
 
 
 class FakeVLLM(ThreadedApp):
-    """vLLM's /metrics: counters that the test moves (tokens served to anyone)."""
+    """vLLM's /metrics: counters that the test moves (tokens served to anyone); or, given
+    ``text``, that page as it is (TGI's, llama.cpp's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str | None = None) -> None:
         super().__init__()
         self.prompt = 0
         self.generated = 0
+        self.text = text
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -248,6 +251,8 @@ class FakeVLLM(ThreadedApp):
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.text is not None:
+            return web.Response(text=self.text, content_type="text/plain")
         text = (
             "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
             "# TYPE vllm:prompt_tokens_total counter\n"
@@ -322,3 +327,40 @@ def test_gpu_config_defaults_and_an_unknown_compare_to(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout.strip() == ("upstreams.local.gpu.compare_to: 'no-such-model' is not "
                                      "in the price catalog")
+
+
+TGI_METRICS = """# HELP tgi_request_input_length Input token count per request
+# TYPE tgi_request_input_length histogram
+tgi_request_input_length_bucket{le="1000"} 2
+tgi_request_input_length_bucket{le="+Inf"} 3
+tgi_request_input_length_sum 4321
+tgi_request_input_length_count 3
+# HELP tgi_request_generated_tokens Generated tokens per request
+# TYPE tgi_request_generated_tokens histogram
+tgi_request_generated_tokens_bucket{le="1000"} 3
+tgi_request_generated_tokens_bucket{le="+Inf"} 3
+tgi_request_generated_tokens_sum 765
+tgi_request_generated_tokens_count 3
+"""
+LLAMA_CPP_METRICS = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 4321
+# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 765
+# HELP llamacpp:requests_processing Number of requests processing.
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 0
+"""
+
+
+@pytest.mark.parametrize("text", [TGI_METRICS, LLAMA_CPP_METRICS], ids=["tgi", "llama.cpp"])
+def test_tgi_and_llama_cpp_counters_are_read(text: str) -> None:
+    server = FakeVLLM(text).start()
+    try:
+        assert read_tokens(server.url + "/metrics", 2.0) == (4321, 765)
+        server.text = "# TYPE other_total counter\nother_total 1\n"
+        with pytest.raises(ValueError, match=r"no vLLM, TGI or llama\.cpp token counters"):
+            read_tokens(server.url + "/metrics", 2.0)
+    finally:
+        server.stop()

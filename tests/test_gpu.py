@@ -130,6 +130,25 @@ def test_a_rate_that_is_not_whole_nano_dollars_per_interval_carries_the_remainde
     assert nano(out) == 70_000_000              # 36 x 7 = 252 s = 0.07 h x 1 USD
 
 
+def test_effective_price_is_realised_over_the_last_hour() -> None:
+    clock = FakeClock()
+    registry = CollectorRegistry()
+    gpu = costs(GPU, clock, registry)
+    # One call alone in its interval: 1000 input, 250 output, weights 1 and 4: its $0.332
+    # splits 1000 / 2000 to input and 1000 / 2000 to output: $0.166 per 1000 input tokens
+    # = $166 per Mtok, $0.166 per 250 output tokens = $664 per Mtok.
+    gpu.take([call("a", 1000, 250)])
+    clock.now += 60
+    gpu.due()
+    labels = {"upstream": "local", "model": "llama3.1:8b"}
+    price = "spendgate_effective_price_usd_per_mtok"
+    assert registry.get_sample_value(price, {**labels, "type": "input"}) == pytest.approx(166)
+    assert registry.get_sample_value(price, {**labels, "type": "output"}) == pytest.approx(664)
+    clock.now += 3601                           # over an hour later, with no call since
+    gpu.due()
+    assert registry.get_sample_value(price, {**labels, "type": "input"}) is None
+
+
 def test_apportion_sums_to_the_total_by_largest_remainder() -> None:
     from fractions import Fraction
     total = 100

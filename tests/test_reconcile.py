@@ -298,6 +298,21 @@ def test_reconcile_compares_both_providers_pages_and_flags_the_drifting_day(
     assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
 
 
+def test_reconcile_reads_the_history_from_redis_too(admin: FakeAdminAPI, tmp_path: Path,
+                                                    redis_prefix: str) -> None:  # noqa: F811
+    cfg = config(admin, tmp_path)
+    cfg["store"] = {"url": SHARED_REDIS, "key_prefix": redis_prefix}
+    store = open_store(SHARED_REDIS, 2.0, 60, redis_prefix)
+    seed_history(store)
+    store.close()
+    result = reconcile(tmp_path, cfg, "--days", "1", "--format", "json")
+    assert result.returncode == 3, result.stderr
+    days = {d["upstream"]: d for d in orjson.loads(result.stdout)["days"]}
+    assert days["openai"]["our_cost_usd"] == "0.012936000"     # 10 x $0.0012936
+    assert days["openai"]["ratio"] == pytest.approx(1 / 6)
+    assert days["anthropic"]["ratio"] == 0
+
+
 def test_reconcile_admin_api_failure_exits_1_without_the_key(admin: FakeAdminAPI,
                                                               tmp_path: Path) -> None:
     admin.fail["/v1/organizations/cost_report"] = 401

@@ -358,3 +358,26 @@ def test_serve_exports_the_last_day_and_counts_admin_api_failures(
     assert "reconcile anthropic: ReconcileError: GET /v1/organizations/usage_report/messages: " \
            "HTTP 500" in log
     assert ANTHROPIC_KEY not in log and OPENAI_KEY not in log
+
+
+def test_a_ledger_that_cannot_be_read_is_an_error_of_every_upstream(admin: FakeAdminAPI) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from spendgate.config import ReconcileConfig, parse_config
+    from spendgate.reconcile.job import ReconcileJob, build_sources
+    from tests.conftest import free_port
+
+    dead = open_store(f"redis://127.0.0.1:{free_port()}/0", 0.2, 60)
+    registry = CollectorRegistry()
+    sources = build_sources(parse_config(config(admin, Path("/nonexistent"))))
+    job = ReconcileJob(sources, dead.history, ReconcileConfig(), registry)
+    try:
+        assert job.run_once() == {}
+    finally:
+        dead.close()
+    for upstream in ("openai", "anthropic"):
+        assert registry.get_sample_value("spendgate_reconciliation_errors_total",
+                                         {"upstream": upstream}) == 1
+        assert registry.get_sample_value("spendgate_reconciliation_drift_ratio",
+                                         {"upstream": upstream}) is None
+    assert admin.requests == []          # the admin APIs are not asked for nothing to compare

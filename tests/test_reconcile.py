@@ -175,9 +175,9 @@ def test_reconcile_config_keys_and_defaults() -> None:
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
-        opened = open_store(f"sqlite:///{tmp_path}/ledger.sqlite3", 2.0, 60)
+        opened = open_store(f"sqlite:///{tmp_path}/ledger.sqlite3", 10.0, 60)
     else:
-        opened = open_store(SHARED_REDIS, 2.0, 60, request.getfixturevalue("redis_prefix"))
+        opened = open_store(SHARED_REDIS, 10.0, 60, request.getfixturevalue("redis_prefix"))
     yield opened
     opened.close()
 

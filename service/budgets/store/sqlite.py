@@ -190,8 +190,9 @@ class SQLiteStore(Store):
                            (c.budget, c.window, c.amount, _expires(now, c.ttl_s)))
             for d in batch.dims:
                 self._add_dim(db, d, now)
+            day_rows: dict[str, int] = {}   # rows per day, counted once per transaction
             for h in batch.days:
-                self._add_day(db, h, now)
+                self._add_day(db, h, now, day_rows)
         if now - self._pruned > _PRUNE_EVERY_S:
             self._pruned = now
             for table in ("budget_spend", "dim_spend", "day_usage", "claims", "settled"):
@@ -213,13 +214,22 @@ class SQLiteStore(Store):
                    (d.window, *dims, d.amount, _expires(now, d.ttl_s)))
 
     @staticmethod
-    def _add_day(db: sqlite3.Connection, h: DayCharge, now: float) -> None:
+    def _add_day(db: sqlite3.Connection, h: DayCharge, now: float,
+                 day_rows: dict[str, int]) -> None:
         upstream, model = h.upstream, h.model
         known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND model=? "
                            "AND kind=?", (h.day, upstream, model, h.kind)).fetchone()
-        if not known and db.execute("SELECT count(*) FROM day_usage WHERE day=?",
-                                    (h.day,)).fetchone()[0] >= HISTORY_CAP:
-            upstream, model = OTHER, OTHER
+        if not known:
+            if h.day not in day_rows:
+                day_rows[h.day] = db.execute("SELECT count(*) FROM day_usage WHERE day=?",
+                                             (h.day,)).fetchone()[0]
+            if day_rows[h.day] >= HISTORY_CAP:
+                upstream, model = OTHER, OTHER
+                known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND "
+                                   "model=? AND kind=?", (h.day, upstream, model, h.kind)
+                                   ).fetchone()
+            if not known:
+                day_rows[h.day] += 1
         db.execute("INSERT INTO day_usage VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
                    "(day, upstream, model, kind) DO UPDATE SET "
                    "amount=amount+excluded.amount, expires=excluded.expires",

@@ -20,6 +20,9 @@ class RecordSink(ABC):
     """Base of every sink. ``name`` labels its failures in ``spendgate_sink_errors_total``."""
 
     name: str
+    # Whether the sink also gets ``charge_only`` records: costs with no call behind them (a
+    # self-hosted GPU's idle intervals). Cost sinks take them; sinks that describe calls not.
+    takes_charges: bool = False
 
     @abstractmethod
     def export(self, records: Sequence[UsageRecord]) -> None:

@@ -159,6 +159,8 @@ def span_attributes(record: UsageRecord, server: Server | None) -> dict[str, Att
                 a[sc.SPENDGATE_PRICE_CONTEXT_TIER] = record.context_tier
             if record.fees_usd:
                 a[sc.SPENDGATE_COST_FEES_USD] = float(record.fees_usd)
+            if record.price_source == "gpu_allocation":  # a share of a GPU bill
+                a[sc.SPENDGATE_PRICE_SOURCE] = record.price_source
         else:
             a[sc.SPENDGATE_PRICED] = False
     if record.budget_decision is not None:  # "allowed" | "blocked" by a block budget

@@ -16,15 +16,12 @@ alike). A caller cannot explode the series count, nor the size of a scrape.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Sequence
-from decimal import Decimal
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 from spendgate.exporters.base import RecordSink
+from spendgate.exporters.exact import ExactCounter
 from spendgate.labels import LabelCap, PairCap
 from spendgate.records import UsageRecord
 
@@ -43,36 +40,11 @@ def trace_exemplar(record: UsageRecord) -> dict[str, str] | None:
     return {"trace_id": trace.trace_id} if trace is not None and trace.sampled else None
 
 
-class _ExactCostCollector(Collector):
-    """``spendgate_cost_usd_total`` summed in Decimal, exposed as a counter."""
-
-    def __init__(self) -> None:
-        self._totals: dict[tuple[str, ...], Decimal] = {}
-        self._lock = threading.Lock()
-
-    def add(self, labels: tuple[str, ...], amount: Decimal) -> None:
-        with self._lock:
-            self._totals[labels] = self._totals.get(labels, Decimal(0)) + amount
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        family = CounterMetricFamily("spendgate_cost_usd",
-                                     "Spend in USD, exact sum of priced calls.",
-                                     labels=COST_LABELS)
-        with self._lock:
-            items = list(self._totals.items())
-        for labels, total in items:
-            family.add_metric(list(labels), float(total))
-        yield family
-
-    def total(self, labels: tuple[str, ...]) -> Decimal:
-        with self._lock:
-            return self._totals.get(labels, Decimal(0))
-
-
 class PrometheusSink(RecordSink):
     """The ``spendgate_*`` metrics. ``export`` runs on the pipeline thread only."""
 
     name = "prometheus"
+    takes_charges = True    # spendgate_cost_usd_total counts a GPU's idle cost too
 
     def __init__(self, registry: CollectorRegistry, label_limit: int = 200,
                  pair_limit: int = 1000, exemplars: bool = False) -> None:
@@ -90,7 +62,8 @@ class PrometheusSink(RecordSink):
                               "(reported by the upstream, or estimated by spendgate).",
                               ("upstream", "provider", "model", "project", "type", "source"),
                               registry=registry)
-        self.cost = _ExactCostCollector()
+        self.cost = ExactCounter("spendgate_cost_usd", "Spend in USD, exact sum of priced calls.",
+                                 COST_LABELS)
         registry.register(self.cost)
         self.duration = Histogram("spendgate_request_duration_seconds",
                                   "Whole call, arrival to last byte.", LATENCY_LABELS,
@@ -132,6 +105,9 @@ class PrometheusSink(RecordSink):
     def _export_one(self, r: UsageRecord) -> None:
         model_value = self._model(r.model)
         project, model = self._pairs(self._project(r.project), model_value)
+        if r.charge_only:
+            self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
+            return
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
         exemplar = trace_exemplar(r) if self.exemplars else None

@@ -84,6 +84,7 @@ SPENDGATE_PRICED: Final = "spendgate.priced"                  # set (false) when
 SPENDGATE_PRICE_TIER: Final = "spendgate.price.tier"           # flex, priority, batch, standard
 SPENDGATE_PRICE_CONTEXT_TIER: Final = "spendgate.price.context_tier"  # above_272k; absent: none
 SPENDGATE_COST_FEES_USD: Final = "spendgate.cost.fees_usd"     # per-request fees in cost_usd
+SPENDGATE_PRICE_SOURCE: Final = "spendgate.price.source"      # set when not a list price
 SPENDGATE_PROJECT: Final = "spendgate.project"
 SPENDGATE_USER: Final = "spendgate.user"
 SPENDGATE_UPSTREAM: Final = "spendgate.upstream"

@@ -78,6 +78,10 @@ _UNPRICED = f"{UNPRICED}{{{MODEL}}}"
 UNPRICED_IN_RANGE = (f"sort_desc(sum by (model) (({_UNPRICED} unless {_UNPRICED} offset $__range)"
                      f" or {increase(UNPRICED, MODEL)}))")
 FIRING = 'ALERTS{alertname=~"Spendgate.*", alertstate="firing"}'
+DRIFT = f"max by (upstream) (spendgate_reconciliation_drift_ratio{{{UP}}})"
+# Spend of self-hosted GPU upstreams only (those that export spendgate_gpu_cost_usd_total).
+GPU_UPSTREAMS = f"sum by (upstream) (spendgate_gpu_cost_usd_total{{{UP}}})"
+DRIFT_RATIO = 0.02  # keep in line with spendgate:alert_threshold:provider_cost_drift_ratio
 
 
 # --------------------------------------------------------------------------- panels
@@ -288,6 +292,41 @@ def overview() -> dict:
                  f"sort_desc(sum by (project) ({increase(COST)}))", "{{project}}"),
         bargauge("Spend by model in range", "currencyUSD",
                  f"sort_desc(sum by (model) ({increase(COST)}))", "{{model}}"),
+        row("Provider bill"),
+        with_thresholds(timeseries(
+            "Drift from the provider's bill", "percentunit", target(DRIFT, "{{upstream}}"),
+            min0=False,
+            description="(provider - spendgate) / provider cost for the last complete UTC "
+                        "day, from the providers' own usage and cost APIs (spendgate "
+                        "reconcile). Above 0: the provider bills more than spendgate saw."),
+            (None, "green"), (DRIFT_RATIO, "red"), line=True),
+        table("Provider bill, last complete UTC day", {
+            "Provider cost": ("currencyUSD",
+                              f"sum by (upstream, model) (spendgate_provider_cost_usd{{{UP}, "
+                              f"{MODEL}}})"),
+            "Read ago": ("s", "time() - max by (upstream) (spendgate_reconciliation_last_"
+                              f"success_timestamp_seconds{{{UP}}})"),
+        }, description="What each provider reports for yesterday, and how long ago it was "
+                       "read (reconcile.interval_s)."),
+        row("Self-hosted GPUs"),
+        timeseries(
+            "Self-hosted vs API (USD/h)", usd_h,
+            target(f"sum by (upstream) ({rate(COST)}) * 3600 and on (upstream) "
+                   f"{GPU_UPSTREAMS}", "{{upstream}} self-hosted"),
+            target(f"sum by (upstream) ({rate('spendgate_api_equivalent_cost_usd_total')})"
+                   " * 3600", "{{upstream}} at API prices"),
+            target("sum by (upstream) (rate(spendgate_gpu_cost_usd_total"
+                   f'{{{UP}, kind="idle"}}[$__rate_interval])) * 3600', "{{upstream}} idle"),
+            description="What self-hosted upstreams cost (their GPUs' hourly bill, allocated "
+                        "to calls by weighted tokens; idle intervals included) against what "
+                        "the same calls would have cost at the API price of gpu.compare_to. "
+                        "Below the API line, self-hosting is cheaper at this traffic; the idle "
+                        "line is what more traffic would absorb."),
+        timeseries("Effective price per million tokens (last hour)", "currencyUSD",
+                   target("max by (upstream, model, type) (spendgate_effective_price_usd_"
+                          f"per_mtok{{{UP}, {MODEL}}})", "{{upstream}} {{model}} {{type}}"),
+                   description="Allocated GPU cost per million tokens of each type, realised "
+                               "over the last hour: compare with an API's list price."),
         row("Tokens"),
         timeseries("Tokens per second by type", "short",
                    target(f"sum by (type) ({rate(TOKENS)})", "{{type}}"),

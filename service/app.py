@@ -26,6 +26,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from spendgate.accounting.builder import RecordBuilder
+from spendgate.accounting.gpu import GpuCosts
 from spendgate.accounting.pipeline import RecordPipeline
 from spendgate.accounting.pricing import Price, PriceCatalog
 from spendgate.accounting.tokens import TokenEstimator
@@ -41,6 +42,7 @@ from spendgate.hotpath.attribution import KeyRing
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.proxy import ProxyApp
 from spendgate.providers import PROVIDERS
+from spendgate.reconcile.job import ReconcileJob, build_sources
 from spendgate.telemetry import build_telemetry
 from spendgate.upstream.client import UpstreamClient
 
@@ -96,8 +98,11 @@ class Spendgate:
                                      max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
         sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
                                    *(extra_sinks or [])]
+        # Self-hosted GPU upstreams: their calls are priced by allocation (accounting/gpu.py).
+        self.gpu = GpuCosts.build(config, self.catalog, self.registry)
         self.pipeline = RecordPipeline(self.builder, sinks,
-                                       on_sink_error=self.metrics.count_sink_error)
+                                       on_sink_error=self.metrics.count_sink_error,
+                                       repricer=self.gpu)
         self.client = UpstreamClient()
         self.proxy = ProxyApp(config, self.client, self.pipeline, self.metrics.in_flight.labels,
                               hosts=self.hosts,
@@ -108,6 +113,10 @@ class Spendgate:
         self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
                              self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
                              lambda: self.config.metrics_key)
+        sources = build_sources(config)
+        # Admin-API reconciliation (reconcile/): a thread of its own, never on a call's path.
+        self.reconcile = (ReconcileJob(sources, self.budgets.history, config.reconcile,
+                                       self.registry) if sources else None)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
 
@@ -130,6 +139,8 @@ class Spendgate:
     async def startup(self) -> None:
         self.pipeline.start()
         await self.budgets.start()
+        if self.reconcile is not None:
+            self.reconcile.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
         for problem in self.config.empty_keys():
@@ -144,6 +155,8 @@ class Spendgate:
         await self.client.close()
         self._handle_sighup(False)
         self.pipeline.close()
+        if self.reconcile is not None:
+            await asyncio.to_thread(self.reconcile.close)
         await self.budgets.close()  # after the pipeline: its last records are settled
 
     def reload(self, config: Config | None = None) -> bool:

@@ -1,7 +1,8 @@
-"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``, ``budgets``, ``demo``,
-``simulate``.
+"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``, ``budgets``,
+``reconcile``, ``demo``, ``simulate``.
 
-Exit codes: 0 success; 1 a problem the user can fix (bad config, unknown model); 2 usage.
+Exit codes: 0 success; 1 a problem the user can fix (bad config, unknown model); 2 usage;
+3 ``reconcile`` found a day past ``reconcile.drift_warn_ratio``.
 """
 
 from __future__ import annotations
@@ -74,10 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
+        from prometheus_client import CollectorRegistry
+
+        from spendgate.accounting.gpu import GpuCosts
         from spendgate.app import build_catalog
         from spendgate.telemetry import check_telemetry
 
-        build_catalog(config)
+        GpuCosts.build(config, build_catalog(config), CollectorRegistry())  # gpu.compare_to
         check_telemetry(config)
         allowed_hosts(config.server, fallback=os.environ.get(ALLOWED_HOSTS_ENV))
     except ConfigError as error:
@@ -119,6 +123,12 @@ def cmd_budgets(args: argparse.Namespace) -> int:
         return 1
     print(budgets_table(data), end="")
     return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from spendgate.reconcile.command import main as reconcile
+
+    return reconcile(_load_or_exit(_config_path(args.config)), args.days, args.format)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -183,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     budgets.add_argument("--admin-key", default=None,
                          help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY)")
     budgets.set_defaults(func=cmd_budgets)
+
+    reconcile = sub.add_parser("reconcile", help="the ledger against the providers' own usage "
+                               "and cost APIs (upstreams.NAME.admin_key)")
+    reconcile.add_argument("--config", help="YAML config file (default: $SPENDGATE_CONFIG)")
+    reconcile.add_argument("--days", type=int, choices=range(1, 32), metavar="N", default=None,
+                           help="complete UTC days before today (default "
+                                "reconcile.lookback_days)")
+    reconcile.add_argument("--format", choices=["table", "json"], default="table")
+    reconcile.set_defaults(func=cmd_reconcile)
 
     demo = sub.add_parser("demo", help="simulated provider + proxy + traffic, with a live "
                           "summary: no API key, no network")

@@ -173,6 +173,24 @@ class ServerConfig(_Strict):
         return value
 
 
+class GpuWeights(_Strict):
+    """Relative cost of one prompt token (prefill) and one generated token (decode)."""
+
+    input: Decimal = Field(default=Decimal(1), ge=0)
+    output: Decimal = Field(default=Decimal(4), ge=0)
+
+
+class GpuConfig(_Strict):
+    """A self-hosted upstream's GPU bill, allocated to its calls (``accounting.gpu``)."""
+
+    hourly_usd: Decimal = Field(gt=0)           # per GPU
+    count: int = Field(default=1, ge=1)
+    interval_s: int = Field(default=60, ge=1, le=3600)
+    weights: GpuWeights = Field(default_factory=GpuWeights)
+    metrics_url: str | None = None      # the server's Prometheus endpoint (vLLM /metrics)
+    compare_to: str | None = None       # a catalog model: what the same tokens cost on its API
+
+
 class UpstreamConfig(_Strict):
     url: str
     provider: Literal["openai", "anthropic"] = "openai"
@@ -183,6 +201,11 @@ class UpstreamConfig(_Strict):
     connect_timeout_s: float = Field(default=10, gt=0)
     pricing: PriceConfig | None = None
     price_multiplier: Decimal | None = Field(default=None, ge=0)  # on every price, exactly
+    # Reconciliation (``reconcile``): the provider's admin key, and the id of the API key the
+    # proxy uses (compare only the traffic that went through it). Secrets: never logged.
+    admin_key: str | None = None
+    provider_key_id: str | None = None
+    gpu: GpuConfig | None = None
 
     @field_validator("url")
     @classmethod
@@ -194,7 +217,7 @@ class UpstreamConfig(_Strict):
             raise ValueError("not a URL: no query, fragment or credentials allowed")
         return value.rstrip("/")
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_key", "provider_key_id")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
@@ -253,6 +276,9 @@ class StoreConfig(_Strict):
     timeout_s: float = Field(default=0.25, gt=0)
     # A reservation a replica never settled (it died mid-call) is reclaimed after this.
     reservation_lease_s: float = Field(default=3600, gt=0)
+    # Per UTC day, upstream and model: spend and tokens by type, kept this many days
+    # (what ``spendgate reconcile`` compares with the provider's bill).
+    history_days: int = Field(default=35, ge=1, le=400)
 
     @field_validator("url")
     @classmethod
@@ -307,6 +333,15 @@ class AlertsConfig(_Strict):
     max_attempts: int = Field(default=6, ge=1)
 
 
+class ReconcileConfig(_Strict):
+    """Comparing the ledger with the providers' usage and cost APIs (``spendgate.reconcile``)."""
+
+    interval_s: float = Field(default=21600, gt=0)
+    lookback_days: int = Field(default=7, ge=1, le=31)
+    drift_warn_ratio: float = Field(default=0.02, ge=0)
+    timeout_s: float = Field(default=30, gt=0)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
@@ -317,6 +352,7 @@ class Config(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     budgets: list[BudgetConfig] = Field(default_factory=list)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     admin_key: str | None = None
     metrics_key: str | None = None      # bearer key for GET /metrics (None: open)
 

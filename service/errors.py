@@ -4,6 +4,8 @@ Hierarchy::
 
     SpendgateError
     ├── ConfigError            a config file is invalid (carries every problem)
+    ├── ReconcileError         a provider's admin API failed (reconcile/; endpoint and
+    │                          status only, never the key or the provider's body)
     └── ProxyError             a call the proxy answers itself, with an HTTP status
         ├── BadRequest           400: a path or request spendgate will not forward; an
         │                        attribution header over 256 bytes
@@ -41,6 +43,10 @@ class ConfigError(SpendgateError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class ReconcileError(SpendgateError):
+    """A provider's usage or cost API failed or answered something unreadable."""
 
 
 class ProxyError(SpendgateError):

@@ -128,6 +128,9 @@ class UsageRecord:
     context_tier: str | None = None
     fees_usd: Decimal = Decimal(0)
     price_fallbacks: tuple[str, ...] = ()
+    # No call behind it: a self-hosted GPU's cost no call carries (an idle interval, traffic
+    # that bypassed the proxy; accounting.gpu). Only sinks with ``takes_charges`` get it.
+    charge_only: bool = False
 
     @property
     def usage_estimated(self) -> bool:

@@ -37,8 +37,10 @@ from grafana.panel_queries import (  # noqa: E402
     substitute_variables,
 )
 from tests.conftest import ProxyProcess, basic_config, free_port, need  # noqa: E402
+from tests.fake_admin import FakeAdminAPI  # noqa: E402
 from tests.fake_upstream import FakeUpstream, Reply, fixture  # noqa: E402
 from tests.test_proxy import sse_reply  # noqa: E402
+from tests.test_reconcile import admin_pages  # noqa: E402
 
 GRAFANA = ROOT / "grafana"
 PROM_DIR = GRAFANA / "prometheus"
@@ -107,6 +109,26 @@ def _drive_store_down_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
     assert r.status_code == 200, r.text
 
 
+def _reconciling_proxy(spawn: Any, admin: FakeAdminAPI, workdir: Path) -> ProxyProcess:
+    """A proxy whose upstreams have admin keys: the reconcile job's metrics, read from the
+    literal-shape admin API (``tests/fake_admin.py``) at start; and a self-hosted GPU
+    upstream (its server's /metrics unreachable: spendgate_gpu_metrics_errors_total)."""
+    proxy: ProxyProcess = spawn({
+        "upstreams": {"openai": {"url": admin.url, "provider": "openai",
+                                 "admin_key": "sk-admin-contract"},
+                      "anthropic": {"url": admin.url, "provider": "anthropic",
+                                    "admin_key": "sk-ant-admin-contract"},
+                      "gpu": {"url": admin.url, "provider": "openai",
+                              "gpu": {"hourly_usd": 2.49, "count": 8, "interval_s": 1,
+                                      "compare_to": "gpt-4o-mini",
+                                      "metrics_url": f"http://127.0.0.1:{free_port()}/"}}},
+        "store": {"url": f"sqlite:///{workdir}/ledger.sqlite3"}})
+    local = openai.OpenAI(base_url=proxy.url + "/gpu/v1", api_key="none", max_retries=0)
+    local.chat.completions.create(model="llama3.1:8b",
+                                  messages=[{"role": "user", "content": "Hi"}])
+    return proxy
+
+
 def _families(proxies: list[ProxyProcess]) -> tuple[dict[str, str], dict[str, set[str]],
                                                     dict[str, set[str]]]:
     """Scrape every proxy: family -> type (every ``# TYPE``), family -> names of the samples
@@ -125,7 +147,8 @@ def _families(proxies: list[ProxyProcess]) -> tuple[dict[str, str], dict[str, se
 
 
 @pytest.fixture(scope="module")
-def metric_labels(spawn: Any, fake: FakeUpstream) -> dict[str, frozenset[str]]:
+def metric_labels(spawn: Any, fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+                  ) -> dict[str, frozenset[str]]:
     """Sample name -> label names, from the ``/metrics`` of real proxies (histograms as
     ``_bucket`` (with ``le``), ``_sum`` and ``_count``). Fails when the registry declares a
     family that got no sample: new metrics need traffic here before they join the contract."""
@@ -142,7 +165,9 @@ def metric_labels(spawn: Any, fake: FakeUpstream) -> dict[str, frozenset[str]]:
         store={"url": f"redis://127.0.0.1:{free_port()}/0", "on_error": "open",
                "timeout_s": 0.2},
     ))
-    proxies = [main, store_down]
+    admin = FakeAdminAPI(admin_pages()).start()
+    reconciling = _reconciling_proxy(spawn, admin, tmp_path_factory.mktemp("reconcile"))
+    proxies = [main, store_down, reconciling]
     try:
         _drive_main_proxy(main, fake)
         _drive_store_down_proxy(store_down, fake)
@@ -158,6 +183,7 @@ def metric_labels(spawn: Any, fake: FakeUpstream) -> dict[str, frozenset[str]]:
         fake.replies.clear()
         for proxy in proxies:
             proxy.stop()
+        admin.stop()
     assert not empty, (
         f"the registry declares families that got no sample: {empty}; add traffic for them "
         "to the metric_labels fixture so their labels are part of the contract")
@@ -179,7 +205,8 @@ FILTER_VARIABLES = ("upstream", "project", "model", "budget")
 ALERT_NAMES = {
     "SpendgateBudgetWarning", "SpendgateBudgetExhausted", "SpendgateBudgetForecastExhaustion",
     "SpendgateUpstreamErrorRateHigh", "SpendgateUpstreamLatencyHigh",
-    "SpendgateTimeToFirstTokenHigh", "SpendgateUnpricedModel", "SpendgateStoreErrors"}
+    "SpendgateTimeToFirstTokenHigh", "SpendgateUnpricedModel", "SpendgateStoreErrors",
+    "SpendgateProviderCostDrift"}
 
 # ------------------------------------------------------------------ PromQL helpers
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",

@@ -25,12 +25,15 @@ ALLOWED: dict[str, set[str]] = {
     "spendgate.upstream": set(),
     "spendgate.providers": set(),
     "spendgate.hotpath": {"spendgate.providers", "spendgate.upstream"},
-    "spendgate.accounting": {"spendgate.providers", "spendgate.exporters.base"},
+    "spendgate.accounting": {"spendgate.providers", "spendgate.exporters.base",
+                             "spendgate.exporters.exact"},
     "spendgate.budgets": {"spendgate.accounting", "spendgate.providers",
                           "spendgate.exporters.base"},
     "spendgate.exporters": set(),
     "spendgate.admin": {"spendgate.budgets"},
     "spendgate.demo": {"spendgate.providers", "spendgate.accounting"},
+    # Beside the flow: the provider's bill against the ledger (its command opens the store).
+    "spendgate.reconcile": {"spendgate.budgets"},
 }
 
 

@@ -8,7 +8,13 @@ sink in turn, in the order given. A sink that raises is logged (once per sink an
 type) and counted; the others still get the batch.
 
 ``flush`` waits until everything submitted before it has reached every sink; ``close``
-drains the queue, then flushes and shuts the sinks down. Thread-safety: ``submit`` and
+drains the queue, then flushes and shuts the sinks down.
+
+With a ``repricer`` (``accounting.gpu.GpuCosts``: self-hosted GPU upstreams), records of its
+upstreams are held until their allocation interval closes and reach the sinks then, with
+their allocated cost (``flush`` does not wait for those); the worker wakes up for each
+close, and ``close`` closes the current intervals early. ``charge_only`` records go only
+to sinks that take them (``RecordSink.takes_charges``). Thread-safety: ``submit`` and
 ``flush`` from any thread or the loop (the counter is guarded by a lock).
 """
 
@@ -20,6 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from spendgate.accounting.builder import RecordBuilder
+from spendgate.accounting.gpu import GpuCosts
 from spendgate.exporters.base import RecordSink
 from spendgate.records import CallOutcome, UsageRecord
 
@@ -32,8 +39,10 @@ class RecordPipeline:
     """Queue plus one worker thread feeding ``sinks``. Start with ``start``; end with ``close``."""
 
     def __init__(self, builder: RecordBuilder, sinks: Sequence[RecordSink],
-                 on_sink_error: Callable[[str], None] | None = None) -> None:
+                 on_sink_error: Callable[[str], None] | None = None,
+                 repricer: GpuCosts | None = None) -> None:
         self.builder = builder
+        self.repricer = repricer
         self.sinks = list(sinks)
         self._on_sink_error = on_sink_error
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -78,7 +87,11 @@ class RecordPipeline:
         stopping = False
         while not stopping:
             batch: list[CallOutcome] = []
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self._wait_s())
+            except queue.Empty:  # an allocation interval closes: export what it repriced
+                self._process([])
+                continue
             while True:
                 if item is _STOP:
                     stopping = True
@@ -91,10 +104,15 @@ class RecordPipeline:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._process(batch)
+            if batch or self.repricer is not None:
+                self._process(batch, final=stopping)
 
-    def _process(self, batch: list[CallOutcome]) -> None:
+    def _wait_s(self) -> float | None:
+        if self.repricer is None:
+            return None
+        return min(max(self.repricer.wait_s(), 0.01), 1.0)
+
+    def _process(self, batch: list[CallOutcome], final: bool = False) -> None:
         records: list[UsageRecord] = []
         for outcome in batch:
             try:
@@ -107,9 +125,17 @@ class RecordPipeline:
                 if record.error_type == "record_build_failed":
                     self._sink_failed("pipeline", "build")
                 records.append(record)
-        for sink in self.sinks:
+        if self.repricer is not None:
             try:
-                sink.export(records)
+                records = self.repricer.take(records)
+                records += self.repricer.drain() if final else self.repricer.due()
+            except Exception:  # a bug: the held records are lost to it, the thread lives on
+                log.exception("gpu cost allocation failed")
+                self._sink_failed("pipeline", "gpu")
+        calls = [r for r in records if not r.charge_only]
+        for sink in self.sinks if records else ():
+            try:
+                sink.export(records if sink.takes_charges else calls)
             except Exception as error:
                 self._sink_failed(sink.name, type(error).__name__, error)
         with self._cond:

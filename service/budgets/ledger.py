@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 from spendgate.budgets.store.base import (
     Charge,
+    DayCharge,
     DimCharge,
     Dims,
     Hold,
@@ -97,6 +98,7 @@ class Ledger:
         self._retry: SettleBatch | None = None
         self._charges: dict[tuple[str, str], list[int]] = {}   # -> [amount, ttl]
         self._dims: dict[tuple[str, Dims], list[int]] = {}
+        self._days: dict[tuple[str, str, str, str], list[int]] = {}   # daily history
         self._releases: list[tuple[str, str, str]] = []
         self._known: Totals = {}
         self.source = uuid.uuid4().hex[:16]   # this process, as a writer to the store
@@ -133,7 +135,7 @@ class Ledger:
         with self._flushing:
             with self._lock:
                 idle = self._retry is None and not self._charges and not self._dims \
-                    and not self._releases
+                    and not self._releases and not self._days
             if idle and self.health.usable():
                 self._stamp(batch)
                 try:
@@ -162,6 +164,9 @@ class Ledger:
             for d in batch.dims:
                 dim = self._dims.setdefault((d.window, d.dims), [0, d.ttl_s])
                 dim[0] += d.amount
+            for h in batch.days:
+                day = self._days.setdefault((h.day, h.upstream, h.model, h.kind), [0, h.ttl_s])
+                day[0] += h.amount
             room = _MAX_PENDING_RELEASES - len(self._releases)
             self._releases.extend(batch.releases[:max(room, 0)])
 
@@ -171,13 +176,16 @@ class Ledger:
         while True:
             with self._lock:
                 batch = self._retry
-                if batch is None and (self._charges or self._dims or self._releases):
+                if batch is None and (self._charges or self._dims or self._releases
+                                      or self._days):
                     batch = SettleBatch(
                         "", 0, self._releases,
                         [Charge(b, w, a, t) for (b, w), (a, t) in self._charges.items()],
-                        [DimCharge(w, d, a, t) for (w, d), (a, t) in self._dims.items()])
+                        [DimCharge(w, d, a, t) for (w, d), (a, t) in self._dims.items()],
+                        [DayCharge(*k, a, t) for k, (a, t) in self._days.items()])
                     self._stamp(batch)
                     self._retry, self._charges, self._dims, self._releases = batch, {}, {}, []
+                    self._days = {}
             if batch is None:
                 return totals
             try:
@@ -241,7 +249,7 @@ class Ledger:
         while not self._stop.wait(0.25):
             with self._lock:
                 waiting = self._retry is not None or bool(self._charges or self._dims
-                                                          or self._releases)
+                                                          or self._releases or self._days)
             if waiting and self.health.usable():
                 try:
                     with self._flushing:

@@ -32,7 +32,7 @@ from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.metrics import BudgetCollector
 from spendgate.budgets.settlement import LedgerSink
 from spendgate.budgets.store import StoreError, open_store
-from spendgate.budgets.store.base import Totals
+from spendgate.budgets.store.base import HistoryKey, Totals
 from spendgate.budgets.windows import WINDOW_KINDS, Clock, Window, iso, system_clock, window_at
 from spendgate.config import Config
 from spendgate.errors import ConfigError
@@ -50,11 +50,13 @@ def _load_tokenizers(estimator: TokenEstimator) -> None:
 
 
 def wants_ledger(config: Config) -> bool:
-    return bool(config.budgets or config.admin_key or "store" in config.model_fields_set)
+    return bool(config.budgets or config.admin_key or "store" in config.model_fields_set
+                or any(up.admin_key for up in config.upstreams.values()))
 
 
 class BudgetManager(RecordSink):
     name = "ledger"
+    takes_charges = True    # a GPU upstream's idle cost is spend of that upstream
 
     def __init__(self, config: Config, catalog: PriceCatalog, registry: CollectorRegistry,
                  estimator: TokenEstimator, clock: Clock | None = None) -> None:
@@ -104,7 +106,8 @@ class BudgetManager(RecordSink):
             raise ConfigError([f"store.url: {error}"]) from None
         ledger = self.ledger = Ledger(store, self.clock, self._count_store_error)
         self.notifier = AlertNotifier(config.alerts, ledger.claim, self.clock)
-        self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals)
+        self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals,
+                                history_days=store_config.history_days)
         log.info("budget ledger: %s", store.description)
 
     def blocked_call_counted(self, budget: str) -> None:
@@ -175,6 +178,16 @@ class BudgetManager(RecordSink):
 
     def problem(self) -> str | None:
         return self.ledger.health.problem() if self.ledger is not None else None
+
+    def history(self, days: Sequence[str]) -> dict[HistoryKey, int]:
+        """The ledger's daily history of ``days`` (reconciliation); raises ``StoreError``."""
+        if self.ledger is None:
+            raise StoreError("no budget store configured")
+        try:
+            return self.ledger.store.history(days)
+        except StoreError as error:
+            self.ledger.health.failed("read", error)
+            raise
 
     def budgets_view(self) -> dict[str, Any]:
         """``GET /admin/budgets``. Blocking (store reads): call off the event loop."""

@@ -11,19 +11,30 @@ Costs are exact ``Decimal`` USD and the ledger counts whole nano-dollars: the fr
 over is carried to the next charge of the same budget window (per process), so a total is
 never off by more than one nano-dollar per process, however many calls it sums.
 
+It also writes the daily history (``store.history_days``): per UTC day of the call's start,
+upstream and model (the one the upstream reported, else the one asked for: what provider
+bills name), the spend and the tokens of each type, for ``spendgate reconcile``.
+
 ``on_totals`` receives the totals the store reported after each write (alert thresholds).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Context, Decimal, localcontext
 
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.gate import Reservation
 from spendgate.budgets.ledger import Ledger
-from spendgate.budgets.store.base import Charge, DimCharge, Dims, SettleBatch, Totals
+from spendgate.budgets.store.base import (
+    Charge,
+    DayCharge,
+    DimCharge,
+    Dims,
+    SettleBatch,
+    Totals,
+)
 from spendgate.budgets.windows import TTL_MARGIN_S, WINDOW_KINDS, Clock, window_at
 from spendgate.exporters.base import RecordSink
 from spendgate.money import NANO
@@ -37,8 +48,10 @@ class LedgerSink(RecordSink):
     name = "ledger"
 
     def __init__(self, ledger: Ledger, book: Callable[[], BudgetBook], clock: Clock,
-                 on_totals: Callable[[Totals], None] | None = None) -> None:
+                 on_totals: Callable[[Totals], None] | None = None,
+                 history_days: int = 35) -> None:
         self.ledger = ledger
+        self.history_days = history_days
         self._book = book
         self._clock = clock
         self._on_totals = on_totals
@@ -58,6 +71,8 @@ class LedgerSink(RecordSink):
         charges: dict[tuple[str, str], _Sum] = {}
         dims: dict[tuple[str, Dims], _Sum] = {}
         utc_windows = [window_at(kind, UTC, now) for kind in WINDOW_KINDS]
+        history: dict[tuple[str, str, str], Decimal] = {}
+        tokens: dict[tuple[str, str, str, str], int] = {}
         for record in records:
             held: dict[str, tuple[str, int]] = {}
             reservation = record.reservation
@@ -65,6 +80,14 @@ class LedgerSink(RecordSink):
                 for hold in reservation.holds:
                     batch.releases.append((reservation.id, hold.budget, hold.window))
                     held[hold.budget] = (hold.window, hold.ttl_s)
+            if record.metered:
+                day = datetime.fromtimestamp(record.start_unix, UTC).date().isoformat()
+                where = (day, record.upstream, record.response_model or record.model)
+                for token_type, count in record.usage.items():
+                    if count:
+                        tokens[(*where, token_type)] = tokens.get((*where, token_type), 0) + count
+                if record.cost_usd:
+                    history[where] = history.get(where, Decimal(0)) + record.cost_usd * NANO
             cost = record.cost_usd
             if not cost:
                 continue
@@ -87,6 +110,14 @@ class LedgerSink(RecordSink):
         for (window_id, key), total in dims.items():
             if whole := self._whole(("dims", window_id, key), total.amount):
                 batch.dims.append(DimCharge(window_id, key, whole, total.ttl))
+        keep = self.history_days * 86400
+        for (day, upstream, model), nano in history.items():
+            if whole := self._whole(("day", day, upstream, model), nano):
+                batch.days.append(DayCharge(day, upstream, model, "cost", whole,
+                                            _history_ttl(day, keep, now)))
+        for (day, upstream, model, kind), count in tokens.items():
+            batch.days.append(DayCharge(day, upstream, model, kind, count,
+                                        _history_ttl(day, keep, now)))
         return batch
 
     def _whole(self, key: Hashable, amount: Decimal) -> int:
@@ -98,6 +129,12 @@ class LedgerSink(RecordSink):
                 self._carry.clear()   # old windows' fractions: under a nano-dollar each
             self._carry[key] = total - whole
         return whole
+
+
+def _history_ttl(day: str, keep_s: int, now: float) -> int:
+    """Seconds from ``now`` until ``keep_s`` after the end of UTC ``day`` (at least 1)."""
+    end = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() + 86400
+    return max(int(end + keep_s - now), 1)
 
 
 class _Sum:

@@ -20,6 +20,12 @@ Operations, each atomic in the store:
   previous one is known to be applied; the store applies a batch only if its ``seq`` is above
   the last it applied from that source, so a batch retried after an ambiguous timeout is
   never counted twice, at the cost of one small record per process.
+* ``history(days)``: per UTC day (``YYYY-MM-DD``), upstream and model, the spend
+  (``kind`` ``cost``, nano-dollars) and tokens of each ``usage.TOKEN_TYPES`` type, written by
+  ``settle`` from ``SettleBatch.days`` under the same once-only rule and kept
+  ``store.history_days`` (at most ``HISTORY_CAP`` distinct rows a day, the rest summed
+  under ``labels.OTHER`` upstream and model). What ``spendgate reconcile`` compares with the
+  provider's bill.
 * ``totals``, ``dims``: reads. ``claim(name, ttl_s)``: true for the first caller only (alert
   dedupe across replicas).
 
@@ -36,6 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 DIM_CAP = 1000                   # distinct (upstream, project, model, key) per window
+HISTORY_CAP = 6 * DIM_CAP        # distinct (upstream, model, kind) per day
+HistoryKey = tuple[str, str, str, str]  # day, upstream, model, kind (cost or a token type)
 Dims = tuple[str, str, str, str]  # upstream, project, model, key ("" when no virtual key)
 Totals = dict[tuple[str, str], tuple[int, int]]  # (budget, window) -> (spend, reserved)
 
@@ -82,6 +90,18 @@ class DimCharge:
     ttl_s: int
 
 
+@dataclass(frozen=True, slots=True)
+class DayCharge:
+    """Spend (``kind="cost"``, nano-dollars) or tokens of one type, for the daily history."""
+
+    day: str
+    upstream: str
+    model: str
+    kind: str
+    amount: int
+    ttl_s: int
+
+
 @dataclass(slots=True)
 class SettleBatch:
     """What the pipeline learned from a batch of finished calls, to apply once.
@@ -92,9 +112,10 @@ class SettleBatch:
     releases: list[tuple[str, str, str]] = field(default_factory=list)  # (rid, budget, window)
     charges: list[Charge] = field(default_factory=list)
     dims: list[DimCharge] = field(default_factory=list)
+    days: list[DayCharge] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.releases or self.charges or self.dims)
+        return bool(self.releases or self.charges or self.dims or self.days)
 
 
 def fits(spend: int, reserved: int, amount: int, limit: int) -> bool:
@@ -130,6 +151,10 @@ class Store(ABC):
 
     @abstractmethod
     def claim(self, name: str, ttl_s: int, now: float) -> bool: ...
+
+    @abstractmethod
+    def history(self, days: Sequence[str]) -> dict[HistoryKey, int]:
+        """The daily history rows of ``days`` (``YYYY-MM-DD``, UTC)."""
 
     def close(self) -> None:
         return None

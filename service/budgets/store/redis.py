@@ -6,6 +6,7 @@ Keys (``P`` is ``store.key_prefix``; budget names are user text, window ids neve
     P budget:{budget}:{window}   hash   spend, reserved (nano-dollars), r:{rid} per reservation
     P leases:{budget}:{window}   zset   rid -> lease end (unix seconds)
     P spend:{window}             hash   JSON [upstream, project, model, key] -> nano-dollars
+    P day:{day}                  hash   JSON [upstream, model, kind] -> amount (daily history)
     P claim:{name}               string alert dedupe (SET NX)
     P settled:{source}           string last batch seq applied from a process (one day)
 
@@ -34,7 +35,9 @@ from redis.retry import Retry
 
 from spendgate.budgets.store.base import (
     DIM_CAP,
+    HISTORY_CAP,
     Dims,
+    HistoryKey,
     Hold,
     Refusal,
     SettleBatch,
@@ -85,7 +88,8 @@ return {0}
 # KEYS[1]: the source's last applied seq; ARGV[2]: this batch's seq. ARGV[1]: JSON ops,
 # amounts as strings:
 # {"r": [[hash, zset, rid]], "c": [[hash, amount, ttl]], "d": [[hash, field, amount, ttl]],
-#  "t": [hash, ...] (budget hashes whose totals to return), "o": other-field, "cap": n}
+#  "t": [hash, ...] (budget hashes whose totals to return), "o": other-field, "cap": n,
+#  "h": [[day hash, field, amount, ttl, other-field]] (daily history), "hcap": n}
 _SETTLE = """
 local ops = cjson.decode(ARGV[1])
 if tonumber(ARGV[2]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
@@ -109,6 +113,14 @@ if tonumber(ARGV[2]) > tonumber(redis.call('GET', KEYS[1]) or '0') then
     end
     redis.call('HINCRBY', d[1], f, d[3])
     if d[4] > 0 then redis.call('EXPIRE', d[1], d[4]) end
+  end
+  for _, h in ipairs(ops.h or {}) do
+    local f = h[2]
+    if redis.call('HEXISTS', h[1], f) == 0 and redis.call('HLEN', h[1]) >= ops.hcap then
+      f = h[5]
+    end
+    redis.call('HINCRBY', h[1], f, h[3])
+    if h[4] > 0 then redis.call('EXPIRE', h[1], h[4]) end
   end
 end
 local out = {}
@@ -202,6 +214,10 @@ class RedisStore(Store):
                    str(d.amount), d.ttl_s] for d in batch.dims],
             "t": [self._budget_keys(b, w)[0] for b, w in touched],
             "o": _OTHER_FIELD, "cap": DIM_CAP,
+            "h": [[f"{self.prefix}day:{h.day}", orjson.dumps([h.upstream, h.model, h.kind]
+                                                             ).decode(), str(h.amount), h.ttl_s,
+                   orjson.dumps([OTHER, OTHER, h.kind]).decode()] for h in batch.days],
+            "hcap": HISTORY_CAP,
         }
         with self._errors():
             reply = self._settle_sync(keys=[f"{self.prefix}settled:{batch.source}"],
@@ -224,6 +240,19 @@ class RedisStore(Store):
         for field, value in raw.items():
             u, p, m, k = orjson.loads(field)
             out[(u, p, m, k)] = int(value)
+        return out
+
+    def history(self, days: Sequence[str]) -> dict[HistoryKey, int]:
+        with self._errors():
+            pipe = self._sync.pipeline(transaction=False)
+            for day in days:
+                pipe.hgetall(f"{self.prefix}day:{day}")
+            replies = pipe.execute()
+        out: dict[HistoryKey, int] = {}
+        for day, raw in zip(days, replies, strict=True):
+            for field, value in raw.items():
+                upstream, model, kind = orjson.loads(field)
+                out[(day, upstream, model, kind)] = int(value)
         return out
 
     def claim(self, name: str, ttl_s: int, now: float) -> bool:

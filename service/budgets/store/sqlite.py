@@ -18,8 +18,11 @@ from typing import Any, TypeVar
 
 from spendgate.budgets.store.base import (
     DIM_CAP,
+    HISTORY_CAP,
+    DayCharge,
     DimCharge,
     Dims,
+    HistoryKey,
     Hold,
     Refusal,
     SettleBatch,
@@ -44,6 +47,9 @@ CREATE TABLE IF NOT EXISTS dim_spend (win TEXT NOT NULL, upstream TEXT NOT NULL,
     project TEXT NOT NULL, model TEXT NOT NULL, vkey TEXT NOT NULL,
     spend INTEGER NOT NULL DEFAULT 0, expires REAL,
     PRIMARY KEY (win, upstream, project, model, vkey)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS day_usage (day TEXT NOT NULL, upstream TEXT NOT NULL,
+    model TEXT NOT NULL, kind TEXT NOT NULL, amount INTEGER NOT NULL DEFAULT 0, expires REAL,
+    PRIMARY KEY (day, upstream, model, kind)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, expires REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settled (source TEXT PRIMARY KEY, seq INTEGER NOT NULL,
     expires REAL) WITHOUT ROWID;
@@ -184,9 +190,12 @@ class SQLiteStore(Store):
                            (c.budget, c.window, c.amount, _expires(now, c.ttl_s)))
             for d in batch.dims:
                 self._add_dim(db, d, now)
+            day_rows: dict[str, int] = {}   # rows per day, counted once per transaction
+            for h in batch.days:
+                self._add_day(db, h, now, day_rows)
         if now - self._pruned > _PRUNE_EVERY_S:
             self._pruned = now
-            for table in ("budget_spend", "dim_spend", "claims", "settled"):
+            for table in ("budget_spend", "dim_spend", "day_usage", "claims", "settled"):
                 db.execute(f"DELETE FROM {table} WHERE expires IS NOT NULL AND expires<?",
                            (now,))
         return self._totals(db, touched)
@@ -203,6 +212,39 @@ class SQLiteStore(Store):
                    "(win, upstream, project, model, vkey) DO UPDATE SET "
                    "spend=spend+excluded.spend, expires=excluded.expires",
                    (d.window, *dims, d.amount, _expires(now, d.ttl_s)))
+
+    @staticmethod
+    def _add_day(db: sqlite3.Connection, h: DayCharge, now: float,
+                 day_rows: dict[str, int]) -> None:
+        upstream, model = h.upstream, h.model
+        known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND model=? "
+                           "AND kind=?", (h.day, upstream, model, h.kind)).fetchone()
+        if not known:
+            if h.day not in day_rows:
+                day_rows[h.day] = db.execute("SELECT count(*) FROM day_usage WHERE day=?",
+                                             (h.day,)).fetchone()[0]
+            if day_rows[h.day] >= HISTORY_CAP:
+                upstream, model = OTHER, OTHER
+                known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND "
+                                   "model=? AND kind=?", (h.day, upstream, model, h.kind)
+                                   ).fetchone()
+            if not known:
+                day_rows[h.day] += 1
+        db.execute("INSERT INTO day_usage VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
+                   "(day, upstream, model, kind) DO UPDATE SET "
+                   "amount=amount+excluded.amount, expires=excluded.expires",
+                   (h.day, upstream, model, h.kind, h.amount, _expires(now, h.ttl_s)))
+
+    def history(self, days: Sequence[str]) -> dict[HistoryKey, int]:
+        def read() -> dict[HistoryKey, int]:
+            assert self._db is not None
+            out: dict[HistoryKey, int] = {}
+            for day in days:
+                for u, m, k, a in self._db.execute("SELECT upstream, model, kind, amount FROM "
+                                                   "day_usage WHERE day=?", (day,)):
+                    out[(day, u, m, k)] = a
+            return out
+        return self._run(read)
 
     def totals(self, keys: Sequence[tuple[str, str]], now: float) -> Totals:
         def read() -> Totals:

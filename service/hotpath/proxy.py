@@ -10,8 +10,11 @@ the caller has its last byte; the proxy hands over one ``CallOutcome`` per call.
 
 Transparency rules: request bodies go upstream byte for byte (the one sanctioned rewrite is
 the provider's ``stream_options.include_usage``); responses come back with hop-by-hop headers
-dropped and everything else unchanged; SSE is forwarded event by event, never re-encoded, and
-only the usage-only chunk the proxy itself asked for is withheld.
+dropped and everything else unchanged; SSE is forwarded event by event, never re-encoded: only
+the usage-only chunk the proxy itself asked for is withheld, and the ``"usage":null`` member
+asking for it added to the other chunks is cut out of their bytes. The caller hears the
+call's id as ``x-spendgate-request-id`` only (an ``x-request-id`` would pass for the
+provider's).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.headers import metered_method, response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
 from spendgate.hotpath.tracecontext import request_id, start_trace
-from spendgate.providers import PROVIDERS, Provider
-from spendgate.providers.sse import SSESplitter
+from spendgate.providers import PROVIDERS, Provider, StreamTracker
+from spendgate.providers.sse import SSEEvent, SSESplitter
 from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome
 from spendgate.upstream.client import UpstreamClient, UpstreamTarget, iter_body, read_body
 
@@ -228,10 +231,8 @@ class ProxyApp:
         overhead = outcome.overhead_s = time.perf_counter() - outcome.started
         async with self.client.open(upstream.target, method, url, out_headers, payload) as resp:
             out = response_headers(resp.raw_headers)
-            # Ours always; as x-request-id too unless the upstream named the call itself.
+            # Ours only: an x-request-id of ours would pass for the provider's request id.
             out.append((b"x-spendgate-request-id", rid.encode()))
-            if "x-request-id" not in resp.headers:
-                out.append((b"x-request-id", rid.encode()))
             content_type = resp.headers.get("content-type", "")
             if info.metered and content_type.startswith("text/event-stream"):
                 overhead += await self._stream_events(receive, send, resp, out,
@@ -273,7 +274,7 @@ class ProxyApp:
                     outcome.chunks += len(events)
                     if outcome.ttft_s is None:
                         outcome.ttft_s = arrived - outcome.started
-                    out = b"".join([e.raw for e in events if tracker.feed(e)])
+                    out = _forwarded(events, tracker)
                     if out:
                         await send({"type": "http.response.body", "body": out,
                                     "more_body": True})
@@ -294,6 +295,18 @@ class ProxyApp:
                             "were forwarded unparsed; usage they carried is estimated",
                             splitter.oversized_events, self.max_event // 1024, upstream.name)
         return overhead
+
+
+def _forwarded(events: list[SSEEvent], tracker: StreamTracker) -> bytes:
+    """What the caller gets of ``events``: each as the tracker says (``StreamTracker``)."""
+    parts: list[bytes] = []
+    for event in events:
+        kept = tracker.feed(event)
+        if kept is True:
+            parts.append(event.raw)
+        elif kept:
+            parts.append(kept)
+    return b"".join(parts)
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -351,7 +364,6 @@ async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> N
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), *error.headers]
     if outcome.request_id is not None:
-        headers += [(b"x-request-id", outcome.request_id.encode()),
-                    (b"x-spendgate-request-id", outcome.request_id.encode())]
+        headers.append((b"x-spendgate-request-id", outcome.request_id.encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

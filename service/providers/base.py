@@ -54,9 +54,11 @@ class ResponseSummary:
 
 
 class StreamTracker(Protocol):
-    """Follows one SSE stream. ``feed`` returns False for an event the caller must not see."""
+    """Follows one stream, event by event. ``feed`` says what the caller gets of the event:
+    True its bytes as they are, False nothing (withheld), or ``bytes`` to send instead (a
+    byte-level cut of ``event.raw``, never a re-encoding)."""
 
-    def feed(self, event: SSEEvent) -> bool: ...
+    def feed(self, event: SSEEvent) -> bool | bytes: ...
 
     def summary(self) -> ResponseSummary: ...
 

@@ -25,6 +25,11 @@ object) and the tracker hides the extra usage-only chunk the caller did not ask 
            "usage":{"prompt_tokens":1200,"completion_tokens":80,
                     "prompt_tokens_details":{"cached_tokens":1024}}}
 
+With ``include_usage`` OpenAI also adds ``"usage":null`` to every other chunk; a caller that
+did not ask for usage gets each such chunk with exactly that member (and one comma) cut out of
+the provider's bytes, nothing re-encoded: ``..."choices":[...],"usage":null,"obfuscation":"x"}``
+becomes ``..."choices":[...],"obfuscation":"x"}``, as the provider sends it unasked.
+
 ``max_tokens``, ``max_completion_tokens``, ``max_output_tokens`` and ``n`` over
 ``jsonread.LIMIT_MAX`` (2^31 - 1) make the request ``invalid`` (a 400, never forwarded).
 
@@ -53,7 +58,7 @@ from spendgate.providers.jsonread import (
     over_limit,
     read_object,
 )
-from spendgate.providers.sse import SSEEvent
+from spendgate.providers.sse import SSEEvent, parse_event
 from spendgate.usage import Usage
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
@@ -68,6 +73,10 @@ _RESPONSES_WANTED = _RESPONSES_FINAL | _RESPONSES_DELTAS | {"response.created"}
 # Bounded by jsonread.LIMIT_MAX, whichever operation: an upstream may honour any of them.
 _LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n")
 # Checked in order: "/chat/completions" also ends with "/completions".
+# The member cut from chunks the caller did not ask usage for, and the comma beside it.
+_USAGE_NULL = re.compile(rb'"usage"[ \t\n\r]*:[ \t\n\r]*null')
+_COMMA_AFTER = re.compile(rb"[ \t\n\r]*,")
+_COMMA_BEFORE = re.compile(rb",[ \t\n\r]*$")
 _OPERATIONS = (("/chat/completions", "chat"), ("/completions", "text_completion"),
                ("/embeddings", "embeddings"), ("/responses", "responses"))
 
@@ -225,6 +234,32 @@ class OpenAIProvider:
 
 
 
+def without_usage_null(raw: bytes, chunk: dict[str, Any]) -> bytes | None:
+    """``raw`` (one SSE event whose JSON object is ``chunk``, with ``"usage": null``) with
+    that member and one comma beside it cut out, byte for byte otherwise; None when the cut
+    is not certain (no single match, or the result does not read as ``chunk`` without it)."""
+    found = _USAGE_NULL.findall(raw)
+    if len(found) != 1:  # nested or escaped look-alikes: forward the bytes as they are
+        return None
+    match = _USAGE_NULL.search(raw)
+    assert match is not None
+    start, end = match.span()
+    after = _COMMA_AFTER.match(raw, end)
+    if after is not None:
+        end = after.end()
+    else:
+        before = _COMMA_BEFORE.search(raw, 0, start)
+        if before is None:
+            return None
+        start = before.start()
+    cut = raw[:start] + raw[end:]
+    # The one match might be a look-alike while the member itself is spelled with escapes:
+    # the cut must read back as the chunk without "usage", or nothing is cut.
+    if loads_object(parse_event(cut).data) != {k: v for k, v in chunk.items() if k != "usage"}:
+        return None
+    return cut
+
+
 def _message_text(parts: list[str], message: dict[str, Any]) -> None:
     """Generated text of a chat ``message`` or stream ``delta``, reasoning and tool args too."""
     append_text(parts, message.get("reasoning_content"))  # vLLM, DeepSeek, llama.cpp
@@ -241,7 +276,8 @@ class ChatStreamTracker:
 
     The last non-null ``usage`` wins (vLLM's ``continuous_usage_stats`` puts a running total
     on every chunk). With ``strip_usage_chunk``, ``feed`` returns False for the usage-only
-    chunk (no choices, non-null usage) that only the proxy asked for; True for all else.
+    chunk (no choices, non-null usage) that only the proxy asked for, and the chunk without
+    its ``"usage":null`` member (``without_usage_null``) for the others; True for all else.
     """
 
     __slots__ = ("_id", "_model", "_parts", "_reasons", "_strip", "_tier", "_usage")
@@ -255,7 +291,7 @@ class ChatStreamTracker:
         self._parts: list[str] = []
         self._reasons: dict[int, str] = {}
 
-    def feed(self, event: SSEEvent) -> bool:
+    def feed(self, event: SSEEvent) -> bool | bytes:
         chunk = event_object(event)
         if chunk is None:
             return True
@@ -278,6 +314,8 @@ class ChatStreamTracker:
             self._usage = openai_usage(usage)
             if self._strip and not choices:
                 return False
+        elif self._strip and usage is None and "usage" in chunk:
+            return without_usage_null(event.raw, chunk) or True
         return True
 
     def summary(self) -> ResponseSummary:

@@ -42,7 +42,13 @@ from typing import Any
 
 import orjson
 
-from spendgate.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.base import (
+    RequestInfo,
+    ResponseSummary,
+    StreamSplitter,
+    StreamTracker,
+    sse_splitter,
+)
 from spendgate.providers.jsonread import (
     append_text,
     as_dict,
@@ -92,6 +98,8 @@ class AnthropicProvider:
 
     name = "anthropic"
     encoded_slash_after: frozenset[str] = frozenset()  # no Messages path holds an encoded "/"
+    key_header = "x-api-key"
+    key_query: str | None = None
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call; the body is always forwarded unchanged. Never raises."""
@@ -147,6 +155,10 @@ class AnthropicProvider:
 
     def stream_tracker(self, info: RequestInfo) -> StreamTracker:
         return AnthropicStreamTracker()
+
+    def stream_splitter(self, info: RequestInfo, content_type: str,
+                        max_event: int) -> StreamSplitter | None:
+        return sse_splitter(content_type, max_event)
 
 
 

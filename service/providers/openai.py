@@ -47,7 +47,13 @@ from typing import Any
 
 import orjson
 
-from spendgate.providers.base import RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.base import (
+    RequestInfo,
+    ResponseSummary,
+    StreamSplitter,
+    StreamTracker,
+    sse_splitter,
+)
 from spendgate.providers.jsonread import (
     append_text,
     as_dict,
@@ -152,6 +158,8 @@ class OpenAIProvider:
 
     name = "openai"
     encoded_slash_after: frozenset[str] = frozenset()  # no OpenAI path holds an encoded "/"
+    key_header = "authorization"
+    key_query: str | None = None
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call and apply the one sanctioned rewrite; never raises."""
@@ -230,6 +238,10 @@ class OpenAIProvider:
         if info.operation == "responses":
             return ResponsesStreamTracker()
         return ChatStreamTracker(strip_usage_chunk=info.strip_usage_chunk)
+
+    def stream_splitter(self, info: RequestInfo, content_type: str,
+                        max_event: int) -> StreamSplitter | None:
+        return sse_splitter(content_type, max_event)
 
 
 

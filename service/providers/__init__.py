@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from spendgate.providers.anthropic import AnthropicProvider
 from spendgate.providers.base import Provider, RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.bedrock import BedrockProvider
 from spendgate.providers.gemini import GeminiProvider
 from spendgate.providers.openai import OpenAIProvider
 
@@ -22,6 +23,7 @@ PROVIDERS: dict[str, Provider] = {
     "openai": OpenAIProvider(),
     "anthropic": AnthropicProvider(),
     "gemini": GeminiProvider(),
+    "bedrock": BedrockProvider(),
 }
 
 __all__ = ["PROVIDERS", "Provider", "RequestInfo", "ResponseSummary", "StreamTracker"]

@@ -287,3 +287,35 @@ def test_the_check_refuses_a_wrong_signature(bedrock_proxy: ProxyProcess,
     aws.queue(Reply(body=b"{}"))
     assert httpx.post(aws.url + good.raw_path, content=good.body,
                       headers=headers).status_code == 200  # the very request signed
+
+
+# ---- the event-stream framing --------------------------------------------------------------
+
+def test_splitter_hands_on_whole_frames_and_bounds_what_it_holds() -> None:
+    from spendgate.providers.eventstream import EventStreamSplitter
+    raw = fixture("bedrock_converse_stream.eventstream")
+    sizes = [len(f) for f in _split(raw)]
+    splitter = EventStreamSplitter()
+    events = [e for i in range(0, len(raw), 5) for e in splitter.feed(raw[i:i + 5])]
+    assert [len(e.raw) for e in events] == sizes  # frame by frame, each whole
+    assert [e.event for e in events] == ["messageStart", "contentBlockDelta",
+                                         "contentBlockDelta", "contentBlockStop",
+                                         "messageStop", "metadata"]
+    # A bound under the metadata frame: it goes on unparsed, in pieces, and is counted.
+    small = EventStreamSplitter(max_event=sizes[-1] - 1)
+    events = [e for i in range(0, len(raw), 64) for e in small.feed(raw[i:i + 64])]
+    assert b"".join(e.raw for e in events) == raw and small.oversized_events == 1
+    assert all(e.oversized for e in events if e.event is None) and \
+        [e.event for e in events if not e.oversized][-1] == "messageStop"
+
+
+def test_a_broken_prelude_passes_the_rest_through_unparsed() -> None:
+    from spendgate.providers.eventstream import EventStreamSplitter
+    frame_bytes = _split(fixture("bedrock_converse_stream.eventstream"))
+    broken = frame_bytes[0] + b"\x00\x00\x00\x20garbage-prelude!" + frame_bytes[1]
+    splitter = EventStreamSplitter()
+    events = splitter.feed(broken)
+    assert events[0].event == "messageStart"
+    assert b"".join(e.raw for e in events) == broken
+    assert all(e.oversized for e in events[1:])
+    assert splitter.feed(b"more") == [events[-1].__class__(b"more", None, b"", True)]

@@ -222,9 +222,16 @@ def test_exception_frame_after_200_is_an_error_of_the_call(
     with pytest.raises(botocore.exceptions.EventStreamError) as raised:
         list(result["stream"])
     assert raised.value.response["Error"]["Code"] == "modelStreamErrorException"
-    # Counted, its generated text estimated (no metadata came), and recorded as that error.
+    # Counted, estimated (no metadata came: the prompt, and the text that was streamed), and
+    # recorded as that error.
+    from spendgate.accounting.tokens import TokenEstimator
+    estimator = TokenEstimator()
     assert bedrock_proxy.eventually("spendgate_tokens_total", project="br-broken",
-                                    type="output", source="estimated") is not None
+                                    type="output", source="estimated") == \
+        estimator.count_text("The capital of France is Paris.", MODEL)
+    assert bedrock_proxy.sample("spendgate_tokens_total", project="br-broken", type="input",
+                                source="estimated") == \
+        estimator.estimate_prompt("chat", {"messages": MESSAGES}, MODEL)
     config = yaml.safe_load(bedrock_proxy.config_path.read_text())
     log = Path(config["telemetry"]["usage_log"]["path"])
     records = [orjson.loads(line) for line in log.read_text().splitlines()]
@@ -319,3 +326,41 @@ def test_a_broken_prelude_passes_the_rest_through_unparsed() -> None:
     assert b"".join(e.raw for e in events) == broken
     assert all(e.oversized for e in events[1:])
     assert splitter.feed(b"more") == [events[-1].__class__(b"more", None, b"", True)]
+
+
+@pytest.mark.parametrize(("body", "usage", "text"), [
+    # Amazon Nova through InvokeModel
+    (b'{"output":{"message":{"content":[{"text":"Paris."}],"role":"assistant"}},'
+     b'"stopReason":"end_turn","usage":{"inputTokens":11,"outputTokens":3,"totalTokens":14,'
+     b'"cacheReadInputTokenCount":0,"cacheWriteInputTokenCount":0}}',
+     {"input": 11, "output": 3, "cached_input": 0, "cache_write": 0}, "Paris."),
+    # Meta Llama through InvokeModel
+    (b'{"generation":" Paris.","prompt_token_count":17,"generation_token_count":4,'
+     b'"stop_reason":"stop"}', {"input": 17, "output": 4}, " Paris."),
+    # Titan embeddings
+    (b'{"embedding":[0.1,0.2],"inputTextTokenCount":6}', {"input": 6}, ""),
+])
+def test_invoke_bodies_of_other_model_families(body: bytes, usage: dict[str, int],
+                                               text: str) -> None:
+    from spendgate.providers.bedrock import BedrockProvider
+    from spendgate.usage import Usage
+    provider = BedrockProvider()
+    info = provider.parse_request("POST", "/model/amazon.nova-pro-v1:0/invoke", b"{}")
+    summary = provider.parse_response(info, body)
+    assert summary.usage == Usage(**usage) and summary.output_text == text
+
+
+def test_paths_classified_leniently() -> None:
+    from spendgate.providers.bedrock import BedrockProvider
+    provider = BedrockProvider()
+    for path, (stream, model, metered) in {
+        f"/model/{MODEL}/converse-stream": (True, MODEL, True),
+        f"/MODEL/{MODEL}/Converse": (False, MODEL, True),
+        "/model/arn:aws:bedrock:us-east-1:1:inference-profile/eu.amazon.nova-pro-v1:0/invoke":
+            (False, "eu.amazon.nova-pro-v1:0", True),
+        f"/model/{MODEL}/count-tokens": (False, MODEL, False),
+        "/async-invoke": (False, None, False),
+    }.items():
+        info = provider.parse_request("POST", path, b'{"inferenceConfig":{"maxTokens":99}}')
+        assert (info.stream, info.model, info.metered) == (stream, model, metered), path
+        assert info.max_tokens == (99 if metered else None)

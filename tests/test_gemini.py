@@ -279,3 +279,39 @@ def test_usage_mapping_tool_prompt_and_missing_fields() -> None:
         input=9, output=30, reasoning=30)  # all thinking, no candidates yet
     assert gemini_usage({"totalTokenCount": 3}) == Usage()
     assert gemini_usage("nonsense") == Usage()
+
+
+def test_unknown_upstream_answers_in_gemini_shape(gemini_proxy: ProxyProcess,
+                                                  upstream: FakeUpstream) -> None:
+    client = sdk(gemini_proxy, None, upstream="no-such-upstream")
+    with pytest.raises(genai_errors.ClientError) as raised:
+        client.models.generate_content(model="gemini-2.5-pro", contents="Capital?")
+    assert (raised.value.code, raised.value.status) == (404, "NOT_FOUND")
+    assert upstream.requests == []
+
+
+def test_paths_classified_leniently() -> None:
+    from spendgate.providers.gemini import GeminiProvider
+    p, body = GeminiProvider(), b'{"contents": "Hi", "generationConfig": {"maxOutputTokens": 64}}'
+    vertex = "/v1/projects/p/locations/l/publishers"
+    for path, (operation, stream, model, metered) in {
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent": ("chat", True,
+                                                                 "gemini-2.5-flash", True),
+        "/v1beta/tunedModels/my-tuned:generateContent": ("chat", False, "my-tuned", True),
+        "/v1/models/text-embedding-004:batchEmbedContents": ("embeddings", False,
+                                                            "text-embedding-004", True),
+        "/v1beta/models/gemini-2.5-pro:countTokens": ("other", False, "gemini-2.5-pro", False),
+        "/v1beta/models": ("other", False, None, False),
+        f"{vertex}/anthropic/models/claude-opus-4-1@20250805:streamRawPredict": (
+            "chat", True, "claude-opus-4-1@20250805", True),
+        f"{vertex}/anthropic/models/count-tokens:rawPredict": ("other", False, "count-tokens",
+                                                               False),
+    }.items():
+        info = p.parse_request("POST", path, body)
+        assert (info.operation, info.stream, info.model, info.metered) == (
+            operation, stream, model, metered), path
+    assert p.parse_request("GET", "/v1beta/models/gemini-2.5-pro:generateContent",
+                           b"").metered is False
+    info = p.parse_request("POST", "/v1beta/models/g:generateContent",
+                           b'{"generationConfig": {"maxOutputTokens": 1e300}}')
+    assert info.invalid is not None and "maxOutputTokens" in info.invalid

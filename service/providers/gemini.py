@@ -13,7 +13,8 @@ prefix: ``/v1beta/models/gemini-2.5-pro:generateContent`` (AI Studio, ``v1`` ali
 A stream is SSE with ``?alt=sse`` (what the SDKs ask for), else one JSON array written in
 pieces (``jsonarray.JsonArraySplitter``); both are forwarded as they arrive and read by the
 same tracker. Vertex AI's Anthropic models (``publishers/anthropic/models/{m}:rawPredict``,
-``:streamRawPredict``) carry Anthropic Messages bodies and are read by the Anthropic reader.
+``:streamRawPredict``) carry Anthropic Messages bodies and are read by the Anthropic reader;
+their token counter (``models/count-tokens:rawPredict``) is ``other``, never charged.
 
 Usage, from ``usageMetadata``: ``promptTokenCount`` (which includes the cached part) plus
 ``toolUsePromptTokenCount`` -> input; ``cachedContentTokenCount`` -> cached_input;
@@ -138,7 +139,7 @@ class GeminiProvider:
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call from its path; the body is always forwarded unchanged."""
         call = _call(path) if method.upper() == "POST" else None
-        if call is not None and call[1] in _ANTHROPIC_VERBS:
+        if call is not None and call[1] in _ANTHROPIC_VERBS and call[0] != "count-tokens":
             info = _ANTHROPIC.parse_request("POST", "/v1/messages", body)
             info.model = call[0]  # Vertex takes the model from the path only
             info.stream = _ANTHROPIC_VERBS[call[1]] or info.stream

@@ -63,6 +63,13 @@ class FakeUpstream(ThreadedApp):
         # provider checking credentials would), or None to go on.
         self.check: Callable[[SeenRequest], Reply | None] | None = None
 
+    def reset(self) -> FakeUpstream:
+        """Forget every request, reply and count: a fresh server for the next test."""
+        self.requests.clear()
+        self.replies.clear()
+        self.disconnects = self.completed_streams = 0
+        return self
+
     def queue(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 

@@ -72,9 +72,7 @@ def bedrock_fake() -> Iterator[FakeUpstream]:
 
 @pytest.fixture()
 def aws(bedrock_fake: FakeUpstream) -> FakeUpstream:
-    bedrock_fake.requests.clear()
-    bedrock_fake.replies.clear()
-    return bedrock_fake
+    return bedrock_fake.reset()
 
 
 @pytest.fixture(scope="module")

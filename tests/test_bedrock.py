@@ -362,3 +362,15 @@ def test_paths_classified_leniently() -> None:
         info = provider.parse_request("POST", path, b'{"inferenceConfig":{"maxTokens":99}}')
         assert (info.stream, info.model, info.metered) == (stream, model, metered), path
         assert info.max_tokens == (99 if metered else None)
+
+
+@pytest.mark.parametrize("action", ["%63onverse", "CONVERSE", "converse;x=1", "converse/"])
+def test_encoded_actions_are_metered(bedrock_proxy: ProxyProcess, aws: FakeUpstream,
+                                     action: str) -> None:
+    aws.queue(Reply(body=fixture("bedrock_converse_response.json")))
+    project = "br-enc-" + str(abs(hash(action)))
+    r = httpx.post(f"{bedrock_proxy.url}/bedrock/model/{MODEL.replace(':', '%3a')}/{action}",
+                   content=orjson.dumps({"messages": MESSAGES}),
+                   headers={"x-spendgate-project": project})
+    assert r.status_code == 200, r.text  # re-signed for the path as forwarded
+    exact(bedrock_proxy, project, CACHE_WRITE_COST, cached=0, written=2048)

@@ -28,6 +28,7 @@ try:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from google import genai
     from google.auth import jwt
+    from google.genai import errors as genai_errors
     from google.genai import types
     from google.oauth2.credentials import Credentials
 except ImportError:  # pragma: no cover - CI installs the test extra
@@ -215,3 +216,22 @@ def test_provider_names_by_default() -> None:
                 provider="bedrock") == "aws.bedrock"
     assert name("https://proxy.internal", provider="gemini",
                 google_credentials="/sa.json") == "gcp.vertex_ai"
+
+
+def test_token_endpoint_down_is_a_502_in_gemini_shape(
+        spawn: Any, upstream: FakeUpstream, tmp_path: Path,
+        service_account: tuple[Path, TokenEndpoint]) -> None:
+    from tests.conftest import free_port
+    broken = json.loads(service_account[0].read_text())
+    broken["token_uri"] = f"http://127.0.0.1:{free_port()}/token"  # nothing listens there
+    path = tmp_path / "sa-unreachable.json"
+    path.write_text(json.dumps(broken))
+    proxy = spawn({"upstreams": {"vertex": {"url": upstream.url, "provider": "gemini",
+                                            "timeout_s": 5, "google_credentials": str(path)}}})
+    client = gemini_client(proxy, "vertex", "vx-down")
+    with pytest.raises(genai_errors.ServerError) as raised:
+        client.models.generate_content(model="gemini-2.5-pro", contents="Capital?")
+    assert (raised.value.code, raised.value.status) == (502, "UNAVAILABLE")
+    assert "could not obtain a Google access token" in (raised.value.message or "")
+    assert "PRIVATE KEY" not in proxy.log() and upstream.requests == []
+    assert proxy.sample("spendgate_requests_total", project="vx-down", status="502") == 1

@@ -9,7 +9,9 @@ after the caller's headers are filtered and before it is sent:
   and signs the request as it goes upstream (method, host, path, query, body) with
   botocore's SigV4 signer, service ``bedrock``; with ``access_key_id`` and
   ``secret_access_key`` given, those, else the standard AWS credential chain
-  (environment, shared files, container or instance role), resolved once at start-up.
+  (environment, shared files, container or instance role), resolved once at start-up;
+  credentials that expire (a role's) are refreshed by botocore when a request is signed,
+  on the event loop: a blocking call to the credential source, once per expiry.
 - ``upstreams.X.google_credentials`` (Vertex AI): ``GoogleTokenSigner`` mints an OAuth
   access token from a service-account JSON file with google-auth, refreshes it before it
   expires (in a worker thread, one refresh at a time), and sends it as

@@ -315,3 +315,17 @@ def test_paths_classified_leniently() -> None:
     info = p.parse_request("POST", "/v1beta/models/g:generateContent",
                            b'{"generationConfig": {"maxOutputTokens": 1e300}}')
     assert info.invalid is not None and "maxOutputTokens" in info.invalid
+
+
+def test_stream_answered_with_an_error_is_not_billed(gemini_proxy: ProxyProcess,
+                                                     upstream: FakeUpstream) -> None:
+    error = (b'[{\n  "error": {\n    "code": 429,\n    "message": "Resource has been exhausted",'
+             b'\n    "status": "RESOURCE_EXHAUSTED"\n  }\n}\n]')
+    upstream.queue(Reply(status=429, body=error))
+    r = httpx.post(gemini_proxy.url + "/gemini/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+                   content=b'{"contents": "Capital?"}',
+                   headers={"x-goog-api-key": CALLER_KEY, "x-spendgate-project": "gem-429"})
+    assert (r.status_code, r.content) == (429, error)
+    assert gemini_proxy.sample("spendgate_requests_total", project="gem-429", status="429") == 1
+    assert gemini_proxy.sample("spendgate_tokens_total", project="gem-429") is None
+    assert gemini_proxy.sample("spendgate_cost_usd_total", project="gem-429") is None

@@ -253,8 +253,9 @@ class ProxyApp:
             # Ours only: an x-request-id of ours would pass for the provider's request id.
             out.append((b"x-spendgate-request-id", rid.encode()))
             content_type = resp.headers.get("content-type", "")
+            # An error is buffered whole, whatever its framing: it generated nothing to bill.
             splitter = (upstream.provider.stream_splitter(info, content_type, self.max_event)
-                        if info.metered else None)
+                        if info.metered and resp.status < 400 else None)
             if splitter is not None:
                 overhead += await self._stream_events(receive, send, resp, out,
                                                       upstream, outcome, splitter)

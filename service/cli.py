@@ -80,10 +80,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from spendgate.accounting.gpu import GpuCosts
         from spendgate.app import build_catalog
         from spendgate.telemetry import check_telemetry
+        from spendgate.upstream.credentials import signer_for
 
         GpuCosts.build(config, build_catalog(config), CollectorRegistry())  # gpu.compare_to
         check_telemetry(config)
         allowed_hosts(config.server, fallback=os.environ.get(ALLOWED_HOSTS_ENV))
+        for name, upstream in config.upstreams.items():  # extras installed, credentials found
+            signer_for(name, upstream)
     except ConfigError as error:
         for problem in error.problems:
             print(problem)

@@ -7,7 +7,9 @@ Contract keys (issue-defined; acceptance checks use them)::
     pricing:   {catalog: builtin | PATH, overrides: {MODEL: {input_per_mtok, ...}}}
     keys:      [{key, project}]
 
-Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
+Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials``
+(credentials the proxy signs Bedrock / Vertex AI requests with: ``upstream/credentials.py``),
+``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
 ``metrics.gen_ai`` (the GenAI convention histograms too; see ``telemetry``),
 ``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
@@ -191,9 +193,26 @@ class GpuConfig(_Strict):
     compare_to: str | None = None       # a catalog model: what the same tokens cost on its API
 
 
+class AwsConfig(_Strict):
+    """Bedrock custody: requests are re-signed (SigV4) with these credentials, or with the
+    standard AWS credential chain when only ``region`` is given."""
+
+    region: str = Field(min_length=1)
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> AwsConfig:
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("access_key_id and secret_access_key go together (or neither: "
+                             "the standard AWS credential chain)")
+        return self
+
+
 class UpstreamConfig(_Strict):
     url: str
-    provider: Literal["openai", "anthropic"] = "openai"
+    provider: Literal["openai", "anthropic", "gemini", "bedrock"] = "openai"
     api_key: str | None = None
     api_key_header: str | None = None
     provider_name: str | None = None    # gen_ai.provider.name; derived from url when unset
@@ -206,6 +225,18 @@ class UpstreamConfig(_Strict):
     admin_key: str | None = None
     provider_key_id: str | None = None
     gpu: GpuConfig | None = None
+    aws: AwsConfig | None = None                # bedrock: the proxy signs (custody)
+    google_credentials: str | None = None       # gemini on Vertex AI: service-account JSON
+
+    @model_validator(mode="after")
+    def _custody(self) -> UpstreamConfig:
+        if self.aws is not None and self.provider != "bedrock":
+            raise ValueError("aws: only for provider: bedrock")
+        if self.google_credentials is not None and self.provider != "gemini":
+            raise ValueError("google_credentials: only for provider: gemini (Vertex AI)")
+        if self.api_key and (self.aws is not None or self.google_credentials is not None):
+            raise ValueError("api_key: not with aws or google_credentials (one credential)")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -217,7 +248,7 @@ class UpstreamConfig(_Strict):
             raise ValueError("not a URL: no query, fragment or credentials allowed")
         return value.rstrip("/")
 
-    @field_validator("api_key", "admin_key", "provider_key_id")
+    @field_validator("api_key", "admin_key", "provider_key_id", "google_credentials")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None

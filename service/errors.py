@@ -150,8 +150,36 @@ class UpstreamTimeout(ProxyError):
     anthropic_type = "timeout_error"
 
 
+# Gemini's (Google APIs') canonical status names, by HTTP status.
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                  404: "NOT_FOUND", 413: "INVALID_ARGUMENT", 421: "PERMISSION_DENIED",
+                  429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 502: "UNAVAILABLE",
+                  503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+# Bedrock's error types (``x-amzn-errortype``), by HTTP status: what botocore raises.
+_BEDROCK_TYPE = {400: "ValidationException", 401: "UnrecognizedClientException",
+                 403: "AccessDeniedException", 404: "ResourceNotFoundException",
+                 413: "ValidationException", 421: "AccessDeniedException",
+                 429: "ThrottlingException", 499: "ValidationException",
+                 502: "ServiceUnavailableException", 503: "ServiceUnavailableException",
+                 504: "ModelTimeoutException"}
+
+
+def error_headers(error: ProxyError, protocol: str) -> list[tuple[bytes, bytes]]:
+    """Headers the error body of ``protocol`` goes with (Bedrock names its type in one)."""
+    if protocol == "bedrock":
+        kind = _BEDROCK_TYPE.get(error.status, "InternalServerException")
+        return [(b"x-amzn-errortype", kind.encode())]
+    return []
+
+
 def error_body(error: ProxyError, protocol: str) -> bytes:
-    """The JSON error body a client of ``protocol`` (openai | anthropic) expects."""
+    """The JSON error body a client of ``protocol`` (openai | anthropic | gemini | bedrock)
+    expects."""
+    if protocol == "gemini":
+        return orjson.dumps({"error": {"code": error.status, "message": error.message,
+                                       "status": _GOOGLE_STATUS.get(error.status, "INTERNAL")}})
+    if protocol == "bedrock":
+        return orjson.dumps({"message": error.message})
     if protocol == "anthropic":
         return orjson.dumps(
             {"type": "error", "error": {"type": error.anthropic_type, "message": error.message}})

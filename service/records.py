@@ -51,7 +51,7 @@ class CallOutcome:
                  started: float) -> None:
         self.upstream = upstream
         self.provider = provider            # gen_ai provider name, e.g. openai, azure.ai.openai
-        self.protocol = protocol            # wire protocol: openai | anthropic
+        self.protocol = protocol            # wire protocol: openai | anthropic | gemini | bedrock
         self.start_unix = start_unix
         self.started = started              # perf_counter() at arrival
         self.project = "default"

@@ -147,10 +147,7 @@ def fake() -> Iterator[FakeUpstream]:
 @pytest.fixture()
 def upstream(fake: FakeUpstream) -> FakeUpstream:
     """The shared fake provider, emptied for this test."""
-    fake.requests.clear()
-    fake.replies.clear()
-    fake.disconnects = fake.completed_streams = 0
-    return fake
+    return fake.reset()
 
 
 @pytest.fixture(scope="session")

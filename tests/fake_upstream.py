@@ -10,6 +10,7 @@ small JSON body. Canned bodies come from ``tests/fixtures``: literal provider tr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,16 @@ class FakeUpstream(ThreadedApp):
         self.replies: list[Reply] = []
         self.disconnects = 0          # streams the proxy hung up on before their end
         self.completed_streams = 0
+        # Run on each request before its reply: a Reply to answer instead (a refusal, as a
+        # provider checking credentials would), or None to go on.
+        self.check: Callable[[SeenRequest], Reply | None] | None = None
+
+    def reset(self) -> FakeUpstream:
+        """Forget every request, reply and count: a fresh server for the next test."""
+        self.requests.clear()
+        self.replies.clear()
+        self.disconnects = self.completed_streams = 0
+        return self
 
     def queue(self, *replies: Reply) -> None:
         self.replies.extend(replies)
@@ -70,8 +81,10 @@ class FakeUpstream(ThreadedApp):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         path, _, query = request.raw_path.partition("?")
-        self.requests.append(SeenRequest(request.method, path, query, _headers(request), body))
-        reply = self.replies.pop(0) if self.replies else Reply()
+        seen = SeenRequest(request.method, path, query, _headers(request), body)
+        self.requests.append(seen)
+        refusal = self.check(seen) if self.check is not None else None
+        reply = refusal or (self.replies.pop(0) if self.replies else Reply())
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.chunks is None:

@@ -106,7 +106,8 @@ def test_chat_span_continues_the_callers_trace_and_the_upstream_joins_it(
                             "tracestate": "vendor=abc,other=1", "baggage": "tenant=acme",
                             "x-request-id": "otel-chat-1", "x-spendgate-project": "tracing",
                             "x-spendgate-user": "alice"})
-    assert r.status_code == 200 and r.headers["x-request-id"] == "otel-chat-1"
+    assert r.status_code == 200 and r.headers["x-spendgate-request-id"] == "otel-chat-1"
+    assert "x-request-id" not in r.headers  # ours would pass for the provider's id
     span = receiver.span("otel-chat-1")
     assert (span.name, span.is_client, span.scope) == ("chat o4-mini", True, "spendgate")
     assert (span.trace_id, span.parent_span_id) == (CALLER_TRACE, CALLER_SPAN)

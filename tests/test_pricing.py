@@ -127,7 +127,8 @@ def test_committed_catalog_has_clean_decimal_strings() -> None:
                 assert format(Decimal(text).normalize(), "f") == text, (key, text)
                 assert "00000" not in text.lstrip("0.") and "99999" not in text, (key, text)
     assert 300 <= len(doc["models"]) <= 1200
-    assert CATALOG_FILE.stat().st_size < 300 * 1024
+    # 1,102 models and 898 tier tables (Bedrock ids and every tier): 321 KiB on 2026-12-07.
+    assert CATALOG_FILE.stat().st_size < 400 * 1024
 
 
 def test_committed_catalog_is_what_the_build_script_produces(tmp_path: Path) -> None:

@@ -423,3 +423,27 @@ def test_rewritten_request_end_to_end() -> None:
     summary, kept = run(info, fixture("openai_chat_stream.sse"), [100])
     assert b'"usage":{' not in kept and b"data: [DONE]" in kept
     assert summary.usage.input == 1236
+
+
+@pytest.mark.parametrize(("raw", "cut"), [
+    (b'data: {"id":"c","choices":[{"delta":{"content":"a"}}],"usage":null,"x":1}\n\n',
+     b'data: {"id":"c","choices":[{"delta":{"content":"a"}}],"x":1}\n\n'),
+    (b'data: {"id":"c","choices":[],"usage" : null }\n\n',
+     b'data: {"id":"c","choices":[] }\n\n'),
+    (b'data: {"usage":null}\n\n', None),                          # no comma: left as sent
+    # A look-alike inside a string, escaped: the real member is still cut, the text kept.
+    (b'data: {"choices":[{"delta":{"content":"\\"usage\\":null"}}],"usage":null}\n\n',
+     b'data: {"choices":[{"delta":{"content":"\\"usage\\":null"}}]}\n\n'),
+    # Nested "usage":null besides the member: not certain which, so nothing is cut.
+    (b'data: {"choices":[{"delta":{"usage":null}}],"usage":null}\n\n', None),
+    # The member spelled with an escape, a nested one in plain: never cut the wrong one.
+    (b'data: {"choices":[{"delta":{"usage":null,"a":1}}],"\\u0075sage":null}\n\n', None),
+])
+def test_usage_null_is_cut_only_when_certain(raw: bytes, cut: bytes | None) -> None:
+    from spendgate.providers.openai import without_usage_null
+    from spendgate.providers.sse import parse_event
+    chunk = orjson.loads(parse_event(raw).data)
+    assert without_usage_null(raw, chunk) == cut
+    tracker = P.stream_tracker(P.parse_request("POST", "/v1/chat/completions",
+                                               b'{"model":"m","stream":true}'))
+    assert tracker.feed(parse_event(raw)) == (cut if cut is not None else True)

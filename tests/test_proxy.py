@@ -39,7 +39,8 @@ def test_non_streamed_body_and_response_are_byte_for_byte(proxy: ProxyProcess,
                             "x-spendgate-project": "bytes", "connection": "keep-alive"})
     assert r.status_code == 200
     assert r.content == canned
-    assert r.headers["x-request-id"] == "req_123"
+    assert r.headers["x-request-id"] == "req_123"  # the provider's, untouched
+    assert r.headers["x-spendgate-request-id"] != "req_123"
     seen = upstream.requests[-1]
     assert seen.body == CHAT
     assert seen.raw_path == "/v1/chat/completions"
@@ -90,12 +91,44 @@ def test_stream_gets_usage_injected_and_usage_chunk_hidden(proxy: ProxyProcess,
     assert upstream.requests[-1].body.endswith(body[1:])  # the rest is byte for byte
     events = [e for e in fixture("openai_chat_stream.sse").split(b"\n\n") if e.strip()]
     usage_chunk = next(e for e in events if b'"choices":[]' in e)
-    expected = b"".join(e + b"\n\n" for e in events if e is not usage_chunk)
+    # What the provider sends when not asked for usage: no usage chunk, no "usage" member.
+    expected = b"".join(e.replace(b'"usage":null,', b"") + b"\n\n"
+                        for e in events if e is not usage_chunk)
     assert received == expected
-    assert b'"usage":{' not in received
+    assert len(fixture("openai_chat_stream.sse")) - len(received) == (
+        len(usage_chunk) + 2 + 5 * len(b'"usage":null,'))  # 5 content chunks in the transcript
+    assert b'"usage"' not in received
     assert proxy.sample("spendgate_tokens_total", project="inject", type="output",
                         source="reported") == 201
     assert proxy.sample("spendgate_time_to_first_token_seconds_count", project="inject") == 1
+
+
+@pytest.mark.parametrize("name", ["openai_completions_stream.sse",
+                                  "azure_openai_chat_stream.sse"])
+def test_usage_null_as_last_member_is_cut_with_its_comma(proxy: ProxyProcess,
+                                                         upstream: FakeUpstream,
+                                                         name: str) -> None:
+    upstream.queue(sse_reply(name))
+    path = "completions" if "completions_stream" in name else "chat/completions"
+    with httpx.stream("POST", f"{proxy.url}/openai/v1/{path}",
+                      content=b'{"model":"gpt-4o-mini","stream":true,"prompt":"Hi"}',
+                      headers={"x-spendgate-project": "cut-last"}) as r:
+        received = r.read()
+    events = [e for e in fixture(name).split(b"\n\n") if e.strip()]
+    expected = b"".join(e.replace(b',"usage":null}', b"}") + b"\n\n" for e in events
+                        if not (b'"usage":{' in e and b'"choices":[]' in e))
+    assert received == expected and b'"usage"' not in received
+
+
+def test_stream_caller_asked_for_usage_gets_usage_null_as_sent(proxy: ProxyProcess,
+                                                               upstream: FakeUpstream) -> None:
+    upstream.queue(sse_reply("openai_chat_stream.sse"))
+    body = (b'{"model":"o4-mini","stream":true,"stream_options":{"include_usage":true},'
+            b'"messages":[]}')
+    with httpx.stream("POST", proxy.url + "/openai/v1/chat/completions", content=body,
+                      headers={"x-spendgate-project": "asked-bytes"}) as r:
+        assert r.read() == fixture("openai_chat_stream.sse")
+        assert "x-request-id" not in r.headers and r.headers["x-spendgate-request-id"]
 
 
 def test_stream_caller_asked_for_usage_sees_it(proxy: ProxyProcess,

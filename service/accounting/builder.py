@@ -172,6 +172,7 @@ class RecordBuilder:
         error_type = outcome.error_type
         try:
             summary = self.summary(outcome)
+            error_type = error_type or summary.error_type  # an error frame after the 200
             usage, quote, priced, price_source = self._account(outcome, summary, model)
         except Exception:
             log.exception("could not read the usage of a call to %s", outcome.upstream)
@@ -241,7 +242,10 @@ class RecordBuilder:
         assert info is not None
         prompt = output = None
         try:
-            if usage.input is None:
+            if usage.input is None and info.prompt_view is not None:  # another wire shape
+                prompt = self.estimator.estimate_prompt(info.operation, info.prompt_view,
+                                                        info.model)
+            elif usage.input is None:
                 prompt = self.estimator.estimate_prompt(
                     info.operation, info.json, info.model,
                     protocol="anthropic" if outcome.protocol == "anthropic" else "openai")

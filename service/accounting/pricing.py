@@ -65,7 +65,8 @@ VENDOR_PROVIDERS = frozenset({
     "moonshot", "zai", "minimax", "perplexity", "dashscope", "amazon_nova", "meta_llama"})
 # Popular OpenAI-compatible hosts: matched only with their prefix (or the call's provider),
 # because the same open model costs differently on each host.
-HOST_PROVIDERS = frozenset({"groq", "together_ai", "cerebras"})
+# Bedrock's model ids (``us.anthropic.claude-...-v1:0``) are matched as they are, exactly.
+HOST_PROVIDERS = frozenset({"groq", "together_ai", "cerebras", "bedrock", "bedrock_converse"})
 KEPT_MODES = frozenset({"chat", "completion", "responses", "embedding"})
 
 # LiteLLM's per-token price fields -> our rate types; each may carry a context threshold

@@ -1,8 +1,10 @@
 """Who a call is for: the caller's virtual key, project and user, and credential custody.
 
 With ``keys`` configured every call must bring a virtual key: in ``x-spendgate-key``, or as
-the caller's own credential (``authorization``, ``x-api-key`` or ``api-key``, whichever the
-SDK sends, in any scheme: ``Bearer vk``, ``Token vk``, ``Basic`` of ``user:vk``, bare). It is
+the caller's own credential (``authorization``, ``x-api-key``, ``api-key`` or
+``x-goog-api-key``, whichever the SDK sends, in any scheme: ``Bearer vk``, ``Token vk``,
+``Basic`` of ``user:vk``, bare, or the access key id of an AWS SigV4 signature), or in the
+query parameter the upstream's protocol takes keys in (Gemini's ``?key=``). It is
 compared in constant time against every configured key (no early exit, so timing tells
 nothing about which key nearly matched) and never forwarded. The key fixes the project: a
 keyed caller cannot charge another project by header. Without ``keys``, the project comes
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from spendgate.config import UpstreamConfig, VirtualKey
 from spendgate.errors import BadRequest, Unauthorized
 
-CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 DEFAULT_PROJECT = "default"
 UNKNOWN_PROJECT = "unknown"     # a call refused before a key or header could name one
 MAX_ATTRIBUTION_BYTES = 256
@@ -81,6 +83,9 @@ def credential_secrets(value: bytes) -> list[bytes]:
     token = token.strip()
     if space and token:
         secrets.append(token)
+        if scheme.upper() == b"AWS4-HMAC-SHA256":  # Credential=KEYID/date/region/service/...
+            credential = token.partition(b"Credential=")[2]
+            secrets.append(credential.partition(b"/")[0])
         if scheme.lower() == b"basic":
             try:
                 decoded = base64.b64decode(token, validate=True)
@@ -91,14 +96,17 @@ def credential_secrets(value: bytes) -> list[bytes]:
     return secrets
 
 
-def authenticate(headers: dict[bytes, bytes], keyring: KeyRing) -> tuple[str, str] | None:
+def authenticate(headers: dict[bytes, bytes], keyring: KeyRing,
+                 query_key: bytes | None = None) -> tuple[str, str] | None:
     """The (project, key name) of the call's virtual key; None when keys are off.
+    ``query_key``: a key the caller sent in the query (the protocol's ``key_query``).
 
     Raises ``Unauthorized`` when keys are on and none matches."""
     if not keyring.enabled:
         return None
     explicit = headers.get(b"x-spendgate-key")
-    candidates = [explicit] if explicit else [headers.get(h) for h in CREDENTIAL_HEADERS]
+    candidates = [explicit] if explicit else [
+        *(headers.get(h) for h in CREDENTIAL_HEADERS), query_key]
     for value in candidates:
         if value:
             matched = keyring.match_credential(value)

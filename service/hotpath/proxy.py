@@ -10,8 +10,11 @@ the caller has its last byte; the proxy hands over one ``CallOutcome`` per call.
 
 Transparency rules: request bodies go upstream byte for byte (the one sanctioned rewrite is
 the provider's ``stream_options.include_usage``); responses come back with hop-by-hop headers
-dropped and everything else unchanged; SSE is forwarded event by event, never re-encoded, and
-only the usage-only chunk the proxy itself asked for is withheld.
+dropped and everything else unchanged; SSE is forwarded event by event, never re-encoded: only
+the usage-only chunk the proxy itself asked for is withheld, and the ``"usage":null`` member
+asking for it added to the other chunks is cut out of their bytes. The caller hears the
+call's id as ``x-spendgate-request-id`` only (an ``x-request-id`` would pass for the
+provider's).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import unquote_plus
 
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.config import Config, UpstreamConfig
@@ -32,6 +36,7 @@ from spendgate.errors import (
     MisdirectedRequest,
     ProxyError,
     error_body,
+    error_headers,
 )
 from spendgate.hotpath.attribution import (
     CREDENTIAL_HEADERS,
@@ -44,10 +49,12 @@ from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.headers import metered_method, response_headers, upstream_headers
 from spendgate.hotpath.routing import Route, route
 from spendgate.hotpath.tracecontext import request_id, start_trace
-from spendgate.providers import PROVIDERS, Provider
-from spendgate.providers.sse import SSESplitter
+from spendgate.providers import PROVIDERS, Provider, StreamTracker
+from spendgate.providers.base import StreamSplitter
+from spendgate.providers.sse import SSEEvent
 from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome
 from spendgate.upstream.client import UpstreamClient, UpstreamTarget, iter_body, read_body
+from spendgate.upstream.credentials import RequestSigner, signer_for
 
 log = logging.getLogger("spendgate.proxy")
 
@@ -64,20 +71,26 @@ _WELL_KNOWN_HOSTS = {
 }
 
 
+_PROTOCOL_NAMES = {"gemini": "gcp.gemini", "bedrock": "aws.bedrock"}
+
+
 def provider_name_for(config: UpstreamConfig, host: str) -> str:
     """``gen_ai.provider.name`` of an upstream: configured, else known by host, else protocol."""
     if config.provider_name:
         return config.provider_name
     if host.endswith(".openai.azure.com"):
         return "azure.ai.openai"
-    return _WELL_KNOWN_HOSTS.get(host, config.provider)
+    if config.provider == "gemini" and (host.endswith("aiplatform.googleapis.com")
+                                        or config.google_credentials):
+        return "gcp.vertex_ai"
+    return _WELL_KNOWN_HOSTS.get(host, _PROTOCOL_NAMES.get(config.provider, config.provider))
 
 
 class Upstream:
     """One configured upstream, with everything the hot path needs precomputed."""
 
     __slots__ = ("config", "credential", "custody_headers", "in_flight", "name", "protocol",
-                 "provider", "provider_name", "target")
+                 "provider", "provider_name", "signer", "target")
 
     def __init__(self, name: str, config: UpstreamConfig, in_flight: Any) -> None:
         self.name = name
@@ -90,9 +103,9 @@ class Upstream:
         self.credential: tuple[str, str] | None = None
         # The caller's credential headers the proxy drops when it holds the key itself.
         self.custody_headers = CREDENTIAL_HEADERS
+        self.signer: RequestSigner | None = signer_for(name, config)
         if config.api_key:
-            header = (config.api_key_header or ("x-api-key" if self.protocol == "anthropic"
-                                                else "authorization")).lower()
+            header = (config.api_key_header or self.provider.key_header).lower()
             value = f"Bearer {config.api_key}" if header == "authorization" else config.api_key
             self.credential = (header, value)
             self.custody_headers = CREDENTIAL_HEADERS | {header.encode("latin-1")}
@@ -198,7 +211,9 @@ class ProxyApp:
         keyring, gate = self._policy
         # Headers alone admit a call: a caller without a valid key is refused before the
         # proxy reads (let alone buffers) a byte of its body.
-        key = authenticate(headers, keyring)
+        query_key = upstream.provider.key_query
+        query_secret = _query_param(target.raw_query, query_key) if query_key else None
+        key = authenticate(headers, keyring, query_secret)
         if key is not None:
             outcome.project, outcome.virtual_key = key  # a refusal below counts for the key
         if not self.origins.allows(headers.get(b"origin")):
@@ -218,6 +233,10 @@ class ProxyApp:
             info.stream, keyring)
         if upstream.credential is not None:
             out_headers.append(upstream.credential)
+        query = target.raw_query
+        if query_secret is not None and (upstream.credential is not None or upstream.signer
+                                         or (keyring.enabled and keyring.match(query_secret))):
+            query = _without_param(query, query_key or "")  # custody, or a virtual key
         trace = outcome.trace = start_trace(headers, self.sample_new_traces)
         if self.propagate:
             out_headers.append(("traceparent", trace.traceparent()))
@@ -226,18 +245,22 @@ class ProxyApp:
         if gate is not None:
             await gate.reserve(outcome)
         payload = info.upstream_body if body or method in ("POST", "PUT", "PATCH") else None
-        url = upstream.target.url(target.path, target.raw_query)
+        url = upstream.target.url(target.path, query)
+        if upstream.signer is not None:
+            out_headers = await upstream.signer.sign(
+                method, str(url), upstream.target.endpoint.host_header, out_headers, payload)
         overhead = outcome.overhead_s = time.perf_counter() - outcome.started
         async with self.client.open(upstream.target, method, url, out_headers, payload) as resp:
             out = response_headers(resp.raw_headers)
-            # Ours always; as x-request-id too unless the upstream named the call itself.
+            # Ours only: an x-request-id of ours would pass for the provider's request id.
             out.append((b"x-spendgate-request-id", rid.encode()))
-            if "x-request-id" not in resp.headers:
-                out.append((b"x-request-id", rid.encode()))
             content_type = resp.headers.get("content-type", "")
-            if info.metered and content_type.startswith("text/event-stream"):
+            # An error is buffered whole, whatever its framing: it generated nothing to bill.
+            splitter = (upstream.provider.stream_splitter(info, content_type, self.max_event)
+                        if info.metered and resp.status < 400 else None)
+            if splitter is not None:
                 overhead += await self._stream_events(receive, send, resp, out,
-                                                      upstream, outcome)
+                                                      upstream, outcome, splitter)
             elif info.metered or resp.status >= 400:
                 data = await read_body(resp, upstream.target)
                 received = time.perf_counter()
@@ -260,12 +283,12 @@ class ProxyApp:
 
     async def _stream_events(self, receive: Receive, send: Send, resp: Any,
                              headers: list[tuple[bytes, bytes]], upstream: Upstream,
-                             outcome: CallOutcome) -> float:
-        """Forward an SSE response event by event; returns the time spent in the proxy."""
+                             outcome: CallOutcome, splitter: StreamSplitter) -> float:
+        """Forward a stream (SSE, or another framing its provider cuts into events) event by
+        event; returns the time spent in the proxy."""
         assert outcome.request is not None
         tracker = upstream.provider.stream_tracker(outcome.request)
         outcome.tracker = tracker
-        splitter = SSESplitter(self.max_event)
         outcome.status = resp.status
         await send({"type": "http.response.start", "status": resp.status,
                     "headers": headers})
@@ -279,7 +302,7 @@ class ProxyApp:
                     outcome.chunks += len(events)
                     if outcome.ttft_s is None:
                         outcome.ttft_s = arrived - outcome.started
-                    out = b"".join([e.raw for e in events if tracker.feed(e)])
+                    out = _forwarded(events, tracker)
                     if out:
                         await send({"type": "http.response.body", "body": out,
                                     "more_body": True})
@@ -296,10 +319,22 @@ class ProxyApp:
         finally:
             hung_up.cancel()
             if splitter.oversized_events:
-                log.warning("%d SSE event(s) over server.max_event_kb (%d KiB) from upstream %s "
+                log.warning("%d stream event(s) over server.max_event_kb (%d KiB) from upstream %s "
                             "were forwarded unparsed; usage they carried is estimated",
                             splitter.oversized_events, self.max_event // 1024, upstream.name)
         return overhead
+
+
+def _forwarded(events: list[SSEEvent], tracker: StreamTracker) -> bytes:
+    """What the caller gets of ``events``: each as the tracker says (``StreamTracker``)."""
+    parts: list[bytes] = []
+    for event in events:
+        kept = tracker.feed(event)
+        if kept is True:
+            parts.append(event.raw)
+        elif kept:
+            parts.append(kept)
+    return b"".join(parts)
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -354,7 +389,28 @@ async def _read_request(receive: Receive, limit: int, declared: bytes | None) ->
 
 
 def _guess_protocol(headers: dict[bytes, bytes]) -> str:
-    return "anthropic" if b"anthropic-version" in headers else "openai"
+    if b"anthropic-version" in headers:
+        return "anthropic"
+    if b"x-goog-api-key" in headers:
+        return "gemini"
+    if headers.get(b"authorization", b"").startswith(b"AWS4-HMAC-SHA256"):
+        return "bedrock"
+    return "openai"
+
+
+def _query_param(query: str, name: str) -> bytes | None:
+    """The value of parameter ``name`` (its name percent-decoded, as servers read it)."""
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if unquote_plus(key) == name:
+            return unquote_plus(value).encode("utf-8", "surrogateescape")
+    return None
+
+
+def _without_param(query: str, name: str) -> str:
+    """``query`` without any parameter ``name`` (however its name is encoded)."""
+    return "&".join(item for item in query.split("&")
+                    if unquote_plus(item.partition("=")[0]) != name)
 
 
 async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> None:
@@ -366,9 +422,9 @@ async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> N
         if outcome.virtual_key is None:
             outcome.project = UNKNOWN_PROJECT
     headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()), *error.headers]
+               (b"content-length", str(len(body)).encode()), *error.headers,
+               *error_headers(error, outcome.protocol)]
     if outcome.request_id is not None:
-        headers += [(b"x-request-id", outcome.request_id.encode()),
-                    (b"x-spendgate-request-id", outcome.request_id.encode())]
+        headers.append((b"x-spendgate-request-id", outcome.request_id.encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -47,7 +47,14 @@ from typing import Any
 
 import orjson
 
-from spendgate.providers.base import BatchLine, RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.base import (
+    BatchLine,
+    RequestInfo,
+    ResponseSummary,
+    StreamSplitter,
+    StreamTracker,
+    sse_splitter,
+)
 from spendgate.providers.jsonread import (
     append_text,
     as_dict,
@@ -146,6 +153,8 @@ class AnthropicProvider:
 
     name = "anthropic"
     encoded_slash_after: frozenset[str] = frozenset()  # no Messages path holds an encoded "/"
+    key_header = "x-api-key"
+    key_query: str | None = None
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call; the body is always forwarded unchanged. Never raises."""
@@ -205,6 +214,10 @@ class AnthropicProvider:
 
     def stream_tracker(self, info: RequestInfo) -> StreamTracker:
         return AnthropicStreamTracker()
+
+    def stream_splitter(self, info: RequestInfo, content_type: str,
+                        max_event: int) -> StreamSplitter | None:
+        return sse_splitter(content_type, max_event)
 
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from spendgate.providers.sse import SSEEvent
+from spendgate.providers.sse import SSEEvent, SSESplitter
 from spendgate.usage import Usage
 
 
@@ -44,6 +44,12 @@ class RequestInfo:
     # each result line; ``batch_ref`` is the batch or results file id in the path.
     keep_body: bool = False
     batch_ref: str | None = None
+    # The prompt in OpenAI chat (or embeddings ``input``) shape, for estimation, when the
+    # wire body has another shape (Gemini ``contents``, Bedrock Converse ``messages``).
+    prompt_view: dict[str, Any] | None = None
+    # Which reader of the protocol the response goes to, when one protocol carries several
+    # dialects (Vertex AI's Anthropic models: "anthropic"); None: the protocol's own.
+    reader: str | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +62,7 @@ class ResponseSummary:
     finish_reasons: tuple[str, ...] = ()
     service_tier: str | None = None
     output_text: str = ""               # generated text seen, for estimating unreported output
+    error_type: str | None = None       # an error the stream itself reported after its 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +78,32 @@ class BatchLine:
 
 
 class StreamTracker(Protocol):
-    """Follows one SSE stream. ``feed`` returns False for an event the caller must not see."""
+    """Follows one stream, event by event. ``feed`` says what the caller gets of the event:
+    True its bytes as they are, False nothing (withheld), or ``bytes`` to send instead (a
+    byte-level cut of ``event.raw``, never a re-encoding)."""
 
-    def feed(self, event: SSEEvent) -> bool: ...
+    def feed(self, event: SSEEvent) -> bool | bytes: ...
 
     def summary(self) -> ResponseSummary: ...
+
+
+class StreamSplitter(Protocol):
+    """Cuts one streamed response into events as its bytes arrive (``sse.SSESplitter``, and
+    the framings of ``jsonarray`` and ``eventstream``). ``feed`` returns the events complete
+    so far, whose ``raw`` bytes, joined, are every byte fed (nothing held back but a partial
+    event); ``flush`` returns what is left at the end; ``oversized_events`` counts events over
+    the size bound, forwarded unparsed. One per stream; not thread-safe."""
+
+    oversized_events: int
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]: ...
+
+    def flush(self) -> bytes: ...
+
+
+def sse_splitter(content_type: str, max_event: int) -> StreamSplitter | None:
+    """An ``SSESplitter`` for a ``text/event-stream`` response, else None."""
+    return SSESplitter(max_event) if content_type.startswith("text/event-stream") else None
 
 
 class Provider(Protocol):
@@ -102,6 +130,8 @@ class Provider(Protocol):
 
     name: str
     encoded_slash_after: frozenset[str]   # segment names an opaque, %2F-holding one follows
+    key_header: str                       # where a custody ``api_key`` goes, by default
+    key_query: str | None                 # a query parameter callers may send their key in
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Read a request; ``path`` is the view of the upstream path (``/v1/chat/completions``,
@@ -114,4 +144,11 @@ class Provider(Protocol):
 
     def stream_tracker(self, info: RequestInfo) -> StreamTracker:
         """A fresh tracker for one streamed call."""
+        ...
+
+    def stream_splitter(self, info: RequestInfo, content_type: str,
+                        max_event: int) -> StreamSplitter | None:
+        """How a response of ``content_type`` to a metered call is cut into events for its
+        ``stream_tracker`` (events at most ``max_event`` bytes are parsed); None: it is not
+        a stream, and is buffered whole."""
         ...

@@ -29,6 +29,11 @@ object) and the tracker hides the extra usage-only chunk the caller did not ask 
            "usage":{"prompt_tokens":1200,"completion_tokens":80,
                     "prompt_tokens_details":{"cached_tokens":1024}}}
 
+With ``include_usage`` OpenAI also adds ``"usage":null`` to every other chunk; a caller that
+did not ask for usage gets each such chunk with exactly that member (and one comma) cut out of
+the provider's bytes, nothing re-encoded: ``..."choices":[...],"usage":null,"obfuscation":"x"}``
+becomes ``..."choices":[...],"obfuscation":"x"}``, as the provider sends it unasked.
+
 ``max_tokens``, ``max_completion_tokens``, ``max_output_tokens`` and ``n`` over
 ``jsonread.LIMIT_MAX`` (2^31 - 1) make the request ``invalid`` (a 400, never forwarded).
 
@@ -50,7 +55,14 @@ from typing import Any
 
 import orjson
 
-from spendgate.providers.base import BatchLine, RequestInfo, ResponseSummary, StreamTracker
+from spendgate.providers.base import (
+    BatchLine,
+    RequestInfo,
+    ResponseSummary,
+    StreamSplitter,
+    StreamTracker,
+    sse_splitter,
+)
 from spendgate.providers.jsonread import (
     append_text,
     as_dict,
@@ -61,7 +73,7 @@ from spendgate.providers.jsonread import (
     over_limit,
     read_object,
 )
-from spendgate.providers.sse import SSEEvent
+from spendgate.providers.sse import SSEEvent, parse_event
 from spendgate.usage import Usage
 
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
@@ -76,6 +88,10 @@ _RESPONSES_WANTED = _RESPONSES_FINAL | _RESPONSES_DELTAS | {"response.created"}
 # Bounded by jsonread.LIMIT_MAX, whichever operation: an upstream may honour any of them.
 _LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n")
 # Checked in order: "/chat/completions" also ends with "/completions".
+# The member cut from chunks the caller did not ask usage for, and the comma beside it.
+_USAGE_NULL = re.compile(rb'"usage"[ \t\n\r]*:[ \t\n\r]*null')
+_COMMA_AFTER = re.compile(rb"[ \t\n\r]*,")
+_COMMA_BEFORE = re.compile(rb",[ \t\n\r]*$")
 _OPERATIONS = (("/chat/completions", "chat"), ("/completions", "text_completion"),
                ("/embeddings", "embeddings"), ("/responses", "responses"))
 
@@ -208,6 +224,8 @@ class OpenAIProvider:
 
     name = "openai"
     encoded_slash_after: frozenset[str] = frozenset()  # no OpenAI path holds an encoded "/"
+    key_header = "authorization"
+    key_query: str | None = None
 
     def parse_request(self, method: str, path: str, body: bytes) -> RequestInfo:
         """Classify the call and apply the one sanctioned rewrite; never raises."""
@@ -290,7 +308,37 @@ class OpenAIProvider:
             return ResponsesStreamTracker()
         return ChatStreamTracker(strip_usage_chunk=info.strip_usage_chunk)
 
+    def stream_splitter(self, info: RequestInfo, content_type: str,
+                        max_event: int) -> StreamSplitter | None:
+        return sse_splitter(content_type, max_event)
 
+
+
+
+def without_usage_null(raw: bytes, chunk: dict[str, Any]) -> bytes | None:
+    """``raw`` (one SSE event whose JSON object is ``chunk``, with ``"usage": null``) with
+    that member and one comma beside it cut out, byte for byte otherwise; None when the cut
+    is not certain (no single match, or the result does not read as ``chunk`` without it)."""
+    found = _USAGE_NULL.findall(raw)
+    if len(found) != 1:  # nested or escaped look-alikes: forward the bytes as they are
+        return None
+    match = _USAGE_NULL.search(raw)
+    assert match is not None
+    start, end = match.span()
+    after = _COMMA_AFTER.match(raw, end)
+    if after is not None:
+        end = after.end()
+    else:
+        before = _COMMA_BEFORE.search(raw, 0, start)
+        if before is None:
+            return None
+        start = before.start()
+    cut = raw[:start] + raw[end:]
+    # The one match might be a look-alike while the member itself is spelled with escapes:
+    # the cut must read back as the chunk without "usage", or nothing is cut.
+    if loads_object(parse_event(cut).data) != {k: v for k, v in chunk.items() if k != "usage"}:
+        return None
+    return cut
 
 
 def _message_text(parts: list[str], message: dict[str, Any]) -> None:
@@ -309,7 +357,8 @@ class ChatStreamTracker:
 
     The last non-null ``usage`` wins (vLLM's ``continuous_usage_stats`` puts a running total
     on every chunk). With ``strip_usage_chunk``, ``feed`` returns False for the usage-only
-    chunk (no choices, non-null usage) that only the proxy asked for; True for all else.
+    chunk (no choices, non-null usage) that only the proxy asked for, and the chunk without
+    its ``"usage":null`` member (``without_usage_null``) for the others; True for all else.
     """
 
     __slots__ = ("_id", "_model", "_parts", "_reasons", "_strip", "_tier", "_usage")
@@ -323,7 +372,7 @@ class ChatStreamTracker:
         self._parts: list[str] = []
         self._reasons: dict[int, str] = {}
 
-    def feed(self, event: SSEEvent) -> bool:
+    def feed(self, event: SSEEvent) -> bool | bytes:
         chunk = event_object(event)
         if chunk is None:
             return True
@@ -346,6 +395,8 @@ class ChatStreamTracker:
             self._usage = openai_usage(usage)
             if self._strip and not choices:
                 return False
+        elif self._strip and usage is None and "usage" in chunk:
+            return without_usage_null(event.raw, chunk) or True
         return True
 
     def summary(self) -> ResponseSummary:

@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from spendgate.exporters.base import RecordSink
+from spendgate.exporters.outcomes import error_kind
 from spendgate.labels import LabelCap, PairCap
 from spendgate.records import UsageRecord
 
@@ -111,6 +112,11 @@ class PrometheusSink(RecordSink):
         self.usage_missing = Counter("spendgate_usage_missing", "Calls whose usage had to be "
                                      "estimated, wholly or in part.", LATENCY_LABELS,
                                      registry=registry)
+        self.call_errors = Counter("spendgate_call_errors", "Calls that went wrong, by kind "
+                                   "(exporters/outcomes.py: upstream_cut, client_closed, "
+                                   "upstream_timeout, budget_exceeded, ...), whatever status "
+                                   "the caller got.", (*LATENCY_LABELS, "error_type"),
+                                   registry=registry)
         self.sink_errors = Counter("spendgate_sink_errors", "Exports that failed, by sink.",
                                    ("sink",), registry=registry)
 
@@ -127,6 +133,9 @@ class PrometheusSink(RecordSink):
         project, model = self._pairs(self._project(r.project), model_value)
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
+        kind = error_kind(r)
+        if kind is not None:
+            self.call_errors.labels(*latency, kind).inc()
         exemplar = trace_exemplar(r) if self.exemplars else None
         self.duration.labels(*latency).observe(r.duration_s, exemplar)
         self.overhead.labels(*latency).observe(r.overhead_s)

@@ -35,8 +35,10 @@ from spendgate.budgets.manager import BudgetManager
 from spendgate.config import RESERVED_NAMES, Config, load_config
 from spendgate.config import allowed_hosts as resolve_allowed_hosts
 from spendgate.errors import ConfigError
+from spendgate.exporters.access_log import AccessLogSink
 from spendgate.exporters.base import RecordSink
 from spendgate.exporters.prometheus import PrometheusSink
+from spendgate.exporters.recent import RecentCalls
 from spendgate.hotpath.attribution import KeyRing
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.proxy import ProxyApp
@@ -94,8 +96,11 @@ class Spendgate:
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
                                      max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
+        self.recent = RecentCalls()     # the console's last calls
+        access = ([AccessLogSink(config.server.access_log)]
+                  if config.server.access_log != "off" else [])
         sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
-                                   *(extra_sinks or [])]
+                                   self.recent, *access, *(extra_sinks or [])]
         self.pipeline = RecordPipeline(self.builder, sinks,
                                        on_sink_error=self.metrics.count_sink_error)
         self.client = UpstreamClient()

@@ -121,6 +121,7 @@ class ServerConfig(_Strict):
     header_timeout_s: float = Field(default=10, gt=0)   # to receive a complete request head
     allowed_hosts: list[str] | None = None
     allowed_origins: list[str] = Field(default_factory=list)
+    access_log: Literal["text", "json", "off"] = "text"  # one line per call, to stderr
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -120,6 +120,16 @@ class PrometheusSink(RecordSink):
         self.sink_errors = Counter("spendgate_sink_errors", "Exports that failed, by sink.",
                                    ("sink",), registry=registry)
 
+    def errors_by_kind(self) -> dict[str, float]:
+        """``spendgate_call_errors_total`` of this process, summed by ``error_type``."""
+        totals: dict[str, float] = {}
+        for family in self.call_errors.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    kind = sample.labels["error_type"]
+                    totals[kind] = totals.get(kind, 0.0) + sample.value
+        return totals
+
     def count_sink_error(self, sink: str) -> None:
         """The record pipeline's report of a sink that failed."""
         self.sink_errors.labels(sink).inc()

@@ -27,9 +27,10 @@ from prometheus_client import CollectorRegistry
 
 from spendgate.accounting.builder import RecordBuilder
 from spendgate.accounting.pipeline import RecordPipeline
-from spendgate.accounting.pricing import Price, PriceCatalog
+from spendgate.accounting.pricing import Price, PriceCatalog, describe_price
 from spendgate.accounting.tokens import TokenEstimator
 from spendgate.admin.api import build_api
+from spendgate.admin.console import ConsoleSources
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.budgets.manager import BudgetManager
 from spendgate.config import RESERVED_NAMES, Config, load_config
@@ -112,9 +113,20 @@ class Spendgate:
                               sample_new_traces=self.telemetry.sample_new_traces)
         self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
                              self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
-                             lambda: self.config.metrics_key)
+                             lambda: self.config.metrics_key,
+                             ConsoleSources(self.recent.snapshot, self.metrics.errors_by_kind,
+                                            self._price, self._models))
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
+
+    def _price(self, model: str, upstream: str | None) -> tuple[bool, str]:
+        """The console's price lookup: (known, ``spendgate prices MODEL`` text)."""
+        catalog = self.catalog
+        return (catalog.resolve(model, upstream=upstream) is not None,
+                describe_price(catalog, model, upstream=upstream))
+
+    def _models(self) -> list[str]:
+        return sorted(self.catalog.entries)
 
     def readiness_problems(self) -> list[str]:
         problems = []

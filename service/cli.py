@@ -1,5 +1,5 @@
-"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``, ``budgets``, ``demo``,
-``simulate``.
+"""The ``spendgate`` command: ``serve``, ``check-config``, ``prices``, ``budgets``, ``spend``,
+``demo``, ``simulate``.
 
 Exit codes: 0 success; 1 a problem the user can fix (bad config, unknown model); 2 usage.
 """
@@ -129,6 +129,35 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spend(args: argparse.Namespace) -> int:
+    import json
+
+    from spendgate.admin.client import fetch_spend, spend_table
+
+    key = args.admin_key or os.environ.get("SPENDGATE_ADMIN_KEY")
+    try:
+        data = fetch_spend(args.url, key, args.by, args.window,
+                           "csv" if args.format == "csv" else "json")
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        sys.stdout.write(data.decode())
+    elif args.format == "json":
+        print(json.dumps(json.loads(data), indent=2))
+    else:
+        print(spend_table(json.loads(data)), end="")
+    return 0
+
+
+def _groups(value: str) -> str:
+    groups = [g.strip() for g in value.split(",") if g.strip()]
+    if not groups or any(g not in ("project", "model", "upstream", "key") for g in groups):
+        raise argparse.ArgumentTypeError(f"comma-separated project, model, upstream, key: "
+                                         f"{value!r}")
+    return ",".join(groups)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from spendgate.demo.runner import DemoOptions
     from spendgate.demo.runner import main as run_demo
@@ -189,8 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     budgets.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
                          help="the proxy (default http://127.0.0.1:4000)")
     budgets.add_argument("--admin-key", default=None,
-                         help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY)")
+                         help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY; without "
+                         "one, a local proxy with no admin_key is read through its console)")
     budgets.set_defaults(func=cmd_budgets)
+
+    spend = sub.add_parser("spend", help="spend of a running proxy, grouped")
+    spend.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+                       help="the proxy (default http://127.0.0.1:4000)")
+    spend.add_argument("--admin-key", default=None,
+                       help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY; without "
+                       "one, a local proxy with no admin_key is read through its console)")
+    spend.add_argument("--by", type=_groups, default="project",
+                       help="comma-separated: project, model, upstream, key (default project)")
+    spend.add_argument("--window", choices=["day", "week", "month", "total"], default="day",
+                       help="the current UTC day (default), week, month, or all time")
+    spend.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    spend.set_defaults(func=cmd_spend)
 
     demo = sub.add_parser("demo", help="simulated provider + proxy + traffic, with a live "
                           "summary: no API key, no network")

@@ -213,8 +213,10 @@ async function loadBudgets() {
 
 async function loadCalls() {
   const view = await getJSON("/ui/api/calls");
-  fill($("errors-table").tBodies[0], Object.entries(view.errors).sort((a, b) => b[1] - a[1])
-    .map(([kind, count]) => row([el("td", kind), num(count)])));
+  const errors = Object.entries(view.errors).sort((a, b) => b[1] - a[1]);
+  fill($("errors-table").tBodies[0], errors.length
+    ? errors.map(([kind, count]) => row([el("td", kind), num(count)]))
+    : [row([el("td", "none", "muted"), num("")])]);
   $("calls-note").textContent = `(last ${view.calls.length} of ${view.seen} on this replica)`;
   fill($("calls-table").tBodies[0], view.calls.map((c) => {
     const tokens = (n, est) => n === null ? "-" : (est ? "~" : "") + n;

@@ -188,6 +188,16 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _reader(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of a command that reads a running proxy."""
+    parser.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+                        help="the proxy (default http://127.0.0.1:4000)")
+    parser.add_argument("--admin-key", default=None,
+                        help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY; without "
+                        "one, a local proxy with no admin_key is read through its console)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendgate", description="LLM cost and latency proxy")
     parser.add_argument("--version", action="version", version=f"spendgate {__version__}")
@@ -214,20 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--config", help="config whose overrides and catalog apply")
     prices.set_defaults(func=cmd_prices)
 
-    budgets = sub.add_parser("budgets", help="spend against every budget of a running proxy")
-    budgets.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
-                         help="the proxy (default http://127.0.0.1:4000)")
-    budgets.add_argument("--admin-key", default=None,
-                         help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY; without "
-                         "one, a local proxy with no admin_key is read through its console)")
+    budgets = _reader(sub.add_parser("budgets",
+                                     help="spend against every budget of a running proxy"))
     budgets.set_defaults(func=cmd_budgets)
 
-    spend = sub.add_parser("spend", help="spend of a running proxy, grouped")
-    spend.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
-                       help="the proxy (default http://127.0.0.1:4000)")
-    spend.add_argument("--admin-key", default=None,
-                       help="the proxy's admin_key (default: $SPENDGATE_ADMIN_KEY; without "
-                       "one, a local proxy with no admin_key is read through its console)")
+    spend = _reader(sub.add_parser("spend", help="spend of a running proxy, grouped"))
     spend.add_argument("--by", type=_groups, default="project",
                        help="comma-separated: project, model, upstream, key (default project)")
     spend.add_argument("--window", choices=["day", "week", "month", "total"], default="day",

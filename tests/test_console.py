@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ProxyProcess, need
 from tests.fake_upstream import FakeUpstream
-from tests.test_spend_report import ADMIN, TRAFFIC, drive, reporting_config
+from tests.test_spend_report import ADMIN, TRAFFIC, drive, reporting_config, start_reporting
 
 CONSOLE_FILES = Path(__file__).resolve().parents[1] / "service" / "admin" / "console"
 CHROMIUM = "/usr/bin/chromium"
@@ -22,26 +22,22 @@ AUTH = {"authorization": f"Bearer {ADMIN}"}
 
 
 @pytest.fixture(scope="module")
-def keyed(fake: FakeUpstream, spawn: Any, tmp_path_factory: pytest.TempPathFactory
-          ) -> ProxyProcess:
-    fake.replies.clear()
-    proxy: ProxyProcess = spawn(reporting_config(fake, tmp_path_factory.mktemp("console"),
-                                                 admin_key=ADMIN))
-    drive(proxy, fake)
-    return proxy
+def reporting(fake: FakeUpstream, spawn: Any, tmp_path_factory: pytest.TempPathFactory
+              ) -> ProxyProcess:
+    return start_reporting(fake, spawn, tmp_path_factory.mktemp("console"))
 
 
-def test_with_an_admin_key_the_data_needs_it_and_the_page_does_not(keyed: ProxyProcess) -> None:
-    page = httpx.get(keyed.url + "/ui")
+def test_with_an_admin_key_the_data_needs_it_and_the_page_does_not(reporting: ProxyProcess) -> None:
+    page = httpx.get(reporting.url + "/ui")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     for path in ("spend", "series", "budgets", "calls", "models", "price?model=gpt-4o"):
-        assert httpx.get(f"{keyed.url}/ui/api/{path}").status_code == 401, path
-        assert httpx.get(f"{keyed.url}/ui/api/{path}", headers=AUTH).status_code == 200, path
-    assert httpx.get(keyed.url + "/ui/nope.js").status_code == 404
-    assert httpx.get(keyed.url + "/ui", headers={"host": "evil.example"}).status_code == 421
-    assert httpx.get(keyed.url + "/").text.startswith("spendgate: the console is at /ui")
+        assert httpx.get(f"{reporting.url}/ui/api/{path}").status_code == 401, path
+        assert httpx.get(f"{reporting.url}/ui/api/{path}", headers=AUTH).status_code == 200, path
+    assert httpx.get(reporting.url + "/ui/nope.js").status_code == 404
+    assert httpx.get(reporting.url + "/ui", headers={"host": "evil.example"}).status_code == 421
+    assert httpx.get(reporting.url + "/").text.startswith("spendgate: the console is at /ui")
 
 
 def test_without_an_admin_key_only_loopback_callers_are_answered(
@@ -69,11 +65,11 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_series_buckets_hold_the_calls_and_the_spend(keyed: ProxyProcess) -> None:
+def test_series_buckets_hold_the_calls_and_the_spend(reporting: ProxyProcess) -> None:
     spend = {r["project"]: r["spend_usd"] for r in httpx.get(
-        keyed.url + "/admin/spend", headers=AUTH).json()["rows"]}
+        reporting.url + "/admin/spend", headers=AUTH).json()["rows"]}
     for range_name, count in (("hour", 60), ("day", 24), ("month", 31)):
-        view = httpx.get(keyed.url + "/ui/api/series", headers=AUTH,
+        view = httpx.get(reporting.url + "/ui/api/series", headers=AUTH,
                          params={"range": range_name, "by": "project"}).json()
         assert len(view["buckets"]) == count
         groups: dict[str, dict[str, float]] = {}
@@ -84,27 +80,27 @@ def test_series_buckets_hold_the_calls_and_the_spend(keyed: ProxyProcess) -> Non
                 entry["calls"] += values["calls"]
         assert {p: g["calls"] for p, g in groups.items()} == {p: 1 for p in TRAFFIC}
         assert {p: g["spend_usd"] for p, g in groups.items()} == pytest.approx(spend)
-    by_model = httpx.get(keyed.url + "/ui/api/series", headers=AUTH,
+    by_model = httpx.get(reporting.url + "/ui/api/series", headers=AUTH,
                          params={"range": "hour", "by": "model"}).json()
     assert {m for b in by_model["buckets"] for m in b["groups"]} == {m for m, _ in
                                                                     TRAFFIC.values()}
-    assert httpx.get(keyed.url + "/ui/api/series", headers=AUTH,
+    assert httpx.get(reporting.url + "/ui/api/series", headers=AUTH,
                      params={"range": "year"}).status_code == 400
 
 
-def test_budgets_carry_a_forecast_and_calls_the_access_log_fields(keyed: ProxyProcess) -> None:
-    (budget,) = httpx.get(keyed.url + "/ui/api/budgets", headers=AUTH).json()["budgets"]
+def test_budgets_carry_a_forecast_and_calls_the_access_log_fields(reporting: ProxyProcess) -> None:
+    (budget,) = httpx.get(reporting.url + "/ui/api/budgets", headers=AUTH).json()["budgets"]
     assert budget["name"] == "tiny-cap" and budget["spend_usd"] == pytest.approx(0.0000015)
     assert budget["forecast_usd"] >= budget["spend_usd"]
-    calls = httpx.get(keyed.url + "/ui/api/calls", headers=AUTH).json()
+    calls = httpx.get(reporting.url + "/ui/api/calls", headers=AUTH).json()
     assert calls["seen"] >= len(TRAFFIC)
     mine = [c for c in calls["calls"] if c["project"] in TRAFFIC]
     assert {c["project"] for c in mine} == set(TRAFFIC)
     assert all(c["path"] == "/openai/v1/chat/completions" and c["status"] == 200 for c in mine)
-    price = httpx.get(keyed.url + "/ui/api/price", headers=AUTH,
+    price = httpx.get(reporting.url + "/ui/api/price", headers=AUTH,
                       params={"model": "gpt-4o-mini-2024-07-18"}).json()
     assert price["known"] and "matched: gpt-4o-mini" in price["text"]
-    assert not httpx.get(keyed.url + "/ui/api/price", headers=AUTH,
+    assert not httpx.get(reporting.url + "/ui/api/price", headers=AUTH,
                          params={"model": "nope-1"}).json()["known"]
 
 
@@ -118,7 +114,7 @@ def test_console_assets_load_nothing_from_elsewhere() -> None:
 
 
 def test_the_console_in_a_browser_shows_what_the_admin_api_says(
-        keyed: ProxyProcess, fake: FakeUpstream, tmp_path: Path) -> None:
+        reporting: ProxyProcess, fake: FakeUpstream, tmp_path: Path) -> None:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -126,8 +122,8 @@ def test_the_console_in_a_browser_shows_what_the_admin_api_says(
     if not shutil.which(CHROMIUM):
         need(f"{CHROMIUM} not found: apt-get install chromium")
     admin = {r["project"]: r["spend_usd"] for r in httpx.get(
-        keyed.url + "/admin/spend", headers=AUTH).json()["rows"]}
-    budgets = httpx.get(keyed.url + "/admin/budgets", headers=AUTH).json()["budgets"]
+        reporting.url + "/admin/spend", headers=AUTH).json()["rows"]}
+    budgets = httpx.get(reporting.url + "/admin/budgets", headers=AUTH).json()["budgets"]
     requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -138,7 +134,7 @@ def test_the_console_in_a_browser_shows_what_the_admin_api_says(
             page.on("request", lambda request: requests.append(request.url))
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(keyed.url + "/ui")
+            page.goto(reporting.url + "/ui")
             page.wait_for_selector("#key-form:not([hidden])")
             assert page.is_hidden("#main")
             page.fill("#key-input", "wrong")
@@ -169,11 +165,11 @@ def test_the_console_in_a_browser_shows_what_the_admin_api_says(
             page.click("#price-form button")
             page.wait_for_selector("#price-out:has-text('USD per 1M')")
             # A call made now shows up without reloading (the recent calls refresh live).
-            drive(keyed, fake)
+            drive(reporting, fake)
             page.wait_for_selector(f"#calls-table tbody tr:nth-child({2 * len(TRAFFIC)})",
                                    timeout=10_000)
             page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()
-    assert requests and all(url.startswith(keyed.url + "/") for url in requests), requests
+    assert requests and all(url.startswith(reporting.url + "/") for url in requests), requests

@@ -48,14 +48,18 @@ def drive(proxy: ProxyProcess, fake: FakeUpstream) -> None:
         time.sleep(0.05)
 
 
+def start_reporting(fake: FakeUpstream, spawn: Any, tmp: Path) -> ProxyProcess:
+    """A proxy with ``ADMIN`` as its admin key that served ``TRAFFIC``."""
+    fake.replies.clear()
+    proxy: ProxyProcess = spawn(reporting_config(fake, tmp, admin_key=ADMIN))
+    drive(proxy, fake)
+    return proxy
+
+
 @pytest.fixture(scope="module")
 def reporting(fake: FakeUpstream, spawn: Any, tmp_path_factory: pytest.TempPathFactory
               ) -> ProxyProcess:
-    fake.replies.clear()
-    proxy: ProxyProcess = spawn(reporting_config(fake, tmp_path_factory.mktemp("report"),
-                                                 admin_key=ADMIN))
-    drive(proxy, fake)
-    return proxy
+    return start_reporting(fake, spawn, tmp_path_factory.mktemp("report"))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

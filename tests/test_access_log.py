@@ -144,7 +144,7 @@ def test_a_stream_the_upstream_cut_is_a_200_counted_as_upstream_cut(
                 pass
     line = _line(logged, rid)
     assert " 200 upstream=openai " in line and " error=upstream_cut " in line
-    assert "broke off the response: connection closed mid-response" in line
+    assert "broke off the response: connection closed before the end of the response" in line
     assert logged.eventually("spendgate_call_errors_total", project="cut",
                              error_type="upstream_cut") == 1
     assert logged.sample("spendgate_requests_total", project="cut", status="200") == 1

@@ -296,7 +296,8 @@ def cause_in_words(exc: BaseException, target: UpstreamTarget, receiving: bool) 
     if isinstance(exc, ServerDisconnected):
         return "connection closed before any response"
     if isinstance(exc, ResponseError):
-        return f"connection closed mid-response ({exc})" if receiving else f"bad response ({exc})"
+        return (str(exc) or "connection closed mid-response") if receiving \
+            else f"bad response ({exc})"
     if isinstance(exc, OSError):
         return (exc.strerror or type(exc).__name__).lower()
     return type(exc).__name__

@@ -11,7 +11,8 @@ Ours beside them: ``upstreams.NAME.api_key_header`` (where the proxy's key goes,
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
 ``metrics.gen_ai`` (the GenAI convention histograms too; see ``telemetry``),
 ``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
-``budgets[].max_reserve_usd`` (see ``budgets.gate``).
+``budgets[].max_reserve_usd`` (see ``budgets.gate``), ``server.access_log`` (``text``,
+``json`` or ``off``: ``exporters.access_log``).
 
 ``server.allowed_hosts`` has a default that depends on where the proxy listens, which the
 ``--host`` flag may change: ``allowed_hosts(server, bind_host)`` resolves it (the loopback

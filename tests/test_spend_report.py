@@ -144,3 +144,9 @@ def test_usd_text(value: float | None, text: str) -> None:
 def test_ratio_text() -> None:
     assert [ratio_text(r) for r in (None, 0.0, 0.0005, 0.5, 1.25)] == [
         "-", "0.0%", "<0.1%", "50.0%", "125.0%"]
+
+
+def test_error_and_alert_amounts_keep_their_digits_too() -> None:
+    from spendgate.money import usd
+    assert [usd(n) for n in (0, 1, 500, 1_500, 1_000_000, 1_234_500_000_000)] == [
+        "$0.00", "$0.000000001", "$0.0000005", "$0.0000015", "$0.001", "$1,234.50"]

@@ -4,6 +4,7 @@ caller and the log both get, against a real proxy in front of real local servers
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,28 @@ def test_json_format_and_off(fake: FakeUpstream, upstream: FakeUpstream,
         assert r.headers["x-spendgate-request-id"] not in off.log()
     finally:
         off.stop()
+
+
+def test_a_stream_cut_by_the_shutdown_timeout_is_logged_as_cancelled(
+        fake: FakeUpstream, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """uvicorn cancels calls still running 30 s into a graceful shutdown: the call is
+    recorded (and logged) as cut, not as the 200 its caller got the head of."""
+    config = _config(fake, tmp_path)
+    config["upstreams"]["openai"]["timeout_s"] = 60
+    proxy = ProxyProcess(config, tmp_path, log_level="info").start()
+    upstream.queue(sse_reply("openai_chat_stream.sse", chunk_delay_s=10.0))  # 70 s in all
+    try:
+        with httpx.stream("POST", proxy.url + "/openai/v1/chat/completions", content=STREAM,
+                          headers={"x-spendgate-project": "shutdown"}, timeout=60) as r:
+            rid = r.headers["x-spendgate-request-id"]
+            assert proxy.proc is not None
+            proxy.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(httpx.HTTPError):
+                for _ in r.iter_raw():
+                    pass
+        proxy.proc.wait(60)  # uvicorn re-raises the SIGTERM it handled: -15
+    finally:
+        proxy.stop()
+    line = _line(proxy, rid)
+    assert " 200 upstream=openai " in line and " error=cancelled " in line
+    assert 'cause="cut by the proxy\'s shutdown"' in line

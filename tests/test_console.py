@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.budget_helpers import SHARED_REDIS, redis_prefix  # noqa: F401  # a fixture
 from tests.conftest import ProxyProcess, need
 from tests.fake_upstream import FakeUpstream
 from tests.test_spend_report import ADMIN, TRAFFIC, drive, reporting_config, start_reporting
@@ -86,6 +87,19 @@ def test_series_buckets_hold_the_calls_and_the_spend(reporting: ProxyProcess) ->
                                                                     TRAFFIC.values()}
     assert httpx.get(reporting.url + "/ui/api/series", headers=AUTH,
                      params={"range": "year"}).status_code == 400
+
+
+def test_series_from_a_shared_redis_store(fake: FakeUpstream, spawn: Any, tmp_path: Path,
+                                          redis_prefix: str) -> None:  # noqa: F811
+    config = reporting_config(fake, tmp_path, admin_key=ADMIN)
+    config["store"] = {"url": SHARED_REDIS, "key_prefix": redis_prefix}
+    proxy = spawn(config)
+    drive(proxy, fake)
+    buckets = httpx.get(proxy.url + "/ui/api/series", headers=AUTH,
+                        params={"range": "day", "by": "project"}).json()["buckets"]
+    calls = {p: sum(b["groups"].get(p, {}).get("calls", 0) for b in buckets) for p in TRAFFIC}
+    assert calls == {p: 1 for p in TRAFFIC}
+    assert sum(b["spend_usd"] for b in buckets) == pytest.approx(0.007002)
 
 
 def test_budgets_carry_a_forecast_and_calls_the_access_log_fields(reporting: ProxyProcess) -> None:

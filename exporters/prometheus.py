@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from spendgate.exporters.base import RecordSink
 from spendgate.exporters.exact import ExactCounter
+from spendgate.exporters.outcomes import error_kind
 from spendgate.labels import LabelCap, PairCap
 from spendgate.records import UsageRecord
 
@@ -91,8 +92,23 @@ class PrometheusSink(RecordSink):
         self.usage_missing = Counter("spendgate_usage_missing", "Calls whose usage had to be "
                                      "estimated, wholly or in part.", LATENCY_LABELS,
                                      registry=registry)
+        self.call_errors = Counter("spendgate_call_errors", "Calls that went wrong, by kind "
+                                   "(exporters/outcomes.py: upstream_cut, client_closed, "
+                                   "upstream_timeout, budget_exceeded, ...), whatever status "
+                                   "the caller got.", (*LATENCY_LABELS, "error_type"),
+                                   registry=registry)
         self.sink_errors = Counter("spendgate_sink_errors", "Exports that failed, by sink.",
                                    ("sink",), registry=registry)
+
+    def errors_by_kind(self) -> dict[str, float]:
+        """``spendgate_call_errors_total`` of this process, summed by ``error_type``."""
+        totals: dict[str, float] = {}
+        for family in self.call_errors.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    kind = sample.labels["error_type"]
+                    totals[kind] = totals.get(kind, 0.0) + sample.value
+        return totals
 
     def count_sink_error(self, sink: str) -> None:
         """The record pipeline's report of a sink that failed."""
@@ -110,6 +126,9 @@ class PrometheusSink(RecordSink):
             return
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
         latency = (r.upstream, model, project)
+        kind = error_kind(r)
+        if kind is not None:
+            self.call_errors.labels(*latency, kind).inc()
         exemplar = trace_exemplar(r) if self.exemplars else None
         if r.operation != "batch":  # a batch's result lines have no latency of their own
             self.duration.labels(*latency).observe(r.duration_s, exemplar)

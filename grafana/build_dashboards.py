@@ -55,6 +55,11 @@ TTFT = "spendgate_time_to_first_token_seconds"
 TPOT = "spendgate_time_per_output_token_seconds"
 OVERHEAD = "spendgate_proxy_overhead_seconds"
 UNPRICED = "spendgate_unpriced_requests_total"
+CALL_ERRORS = "spendgate_call_errors_total"
+CALL_ERRORS_HELP = ("What went wrong, whatever status the caller got: upstream_cut (a stream "
+                    "the upstream broke off after its 200), client_closed (499), "
+                    "upstream_timeout, upstream_unreachable, budget_exceeded, "
+                    "upstream_status_4xx/5xx, and the proxy's refusals.")
 
 # Errors as a caller sees them: any non-2xx answer except 499 (the caller hung up).
 ERRORS_SEL = SEL + ', status!~"2..|499"'
@@ -357,6 +362,9 @@ def overview() -> dict:
         timeseries("Errors by status", "reqps",
                    target(f"sum by (status) ({rate(REQUESTS, ERRORS_SEL)})", "{{status}}"),
                    stack=True),
+        timeseries("Call errors by kind", "reqps",
+                   target(f"sum by (error_type) ({rate(CALL_ERRORS)})", "{{error_type}}"),
+                   stack=True, description=CALL_ERRORS_HELP),
         row("Latency"),
         latency("Request duration", DURATION),
         latency("Time to first token (streams)", TTFT),
@@ -492,6 +500,10 @@ def upstreams() -> dict:
                    f" / sum by (upstream) ({rate(REQUESTS)})", "{{upstream}}"),
             description="What SpendgateUpstreamErrorRateHigh alerts on."),
             (None, "green"), (ERROR_RATIO, "red"), line=True),
+        timeseries("Call errors by upstream and kind", "reqps",
+                   target(f"sum by (upstream, error_type) ({rate(CALL_ERRORS)})",
+                          "{{upstream}} {{error_type}}"),
+                   stack=True, description=CALL_ERRORS_HELP),
         row("Latency"),
         latency("Request duration p95", DURATION, (0.95,), "upstream"),
         latency("Request duration p50", DURATION, (0.5,), "upstream"),

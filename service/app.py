@@ -26,18 +26,22 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from spendgate.accounting.builder import RecordBuilder
+from spendgate.accounting.describe import describe_price
 from spendgate.accounting.gpu import GpuCosts
 from spendgate.accounting.pipeline import RecordPipeline
 from spendgate.accounting.pricing import Price, PriceCatalog
 from spendgate.accounting.tokens import TokenEstimator
 from spendgate.admin.api import build_api
+from spendgate.admin.console import ConsoleSources
 from spendgate.asgi import Receive, Scope, Send
 from spendgate.budgets.manager import BudgetManager
 from spendgate.config import RESERVED_NAMES, Config, load_config
 from spendgate.config import allowed_hosts as resolve_allowed_hosts
 from spendgate.errors import ConfigError
+from spendgate.exporters.access_log import AccessLogSink
 from spendgate.exporters.base import RecordSink
 from spendgate.exporters.prometheus import PrometheusSink
+from spendgate.exporters.recent import RecentCalls
 from spendgate.hotpath.attribution import KeyRing
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.proxy import ProxyApp
@@ -96,8 +100,11 @@ class Spendgate:
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
                                      max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
+        self.recent = RecentCalls()     # the console's last calls
+        access = ([AccessLogSink(config.server.access_log)]
+                  if config.server.access_log != "off" else [])
         sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
-                                   *(extra_sinks or [])]
+                                   self.recent, *access, *(extra_sinks or [])]
         # Self-hosted GPU upstreams: their calls are priced by allocation (accounting/gpu.py).
         self.gpu = GpuCosts.build(config, self.catalog, self.registry)
         self.pipeline = RecordPipeline(self.builder, sinks,
@@ -112,13 +119,24 @@ class Spendgate:
                               sample_new_traces=self.telemetry.sample_new_traces)
         self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
                              self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
-                             lambda: self.config.metrics_key)
+                             lambda: self.config.metrics_key,
+                             ConsoleSources(self.recent.snapshot, self.metrics.errors_by_kind,
+                                            self._price, self._models))
         sources = build_sources(config)
         # Admin-API reconciliation (reconcile/): a thread of its own, never on a call's path.
         self.reconcile = (ReconcileJob(sources, self.budgets.history, config.reconcile,
                                        self.registry) if sources else None)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
+
+    def _price(self, model: str, upstream: str | None) -> tuple[bool, str]:
+        """The console's price lookup: (known, ``spendgate prices MODEL`` text)."""
+        catalog = self.catalog
+        return (catalog.resolve(model, upstream=upstream) is not None,
+                describe_price(catalog, model, upstream=upstream))
+
+    def _models(self) -> list[str]:
+        return sorted(self.catalog.entries)
 
     def readiness_problems(self) -> list[str]:
         problems = []

@@ -15,18 +15,24 @@ Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials
 ``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
 ``budgets[].max_reserve_usd`` (see ``budgets.gate``); ``upstreams.NAME.price_multiplier`` and,
 in a price, ``tiers``, ``web_search_per_query``, ``web_fetch_per_request`` and the
-``cache_write_1h``/audio/image ``_per_mtok`` rates (``accounting.rates``).
+``cache_write_1h``/audio/image ``_per_mtok`` rates (``accounting.rates``);
+``server.access_log`` (``text``, ``json`` or ``off``: ``exporters.access_log``).
 
 ``server.allowed_hosts`` has a default that depends on where the proxy listens, which the
 ``--host`` flag may change: ``allowed_hosts(server, bind_host)`` resolves it (the loopback
 names on a loopback address, else it must be given, or ``SPENDGATE_ALLOWED_HOSTS``).
 
-``${VAR}`` is replaced by the environment variable (``${VAR:-default}`` gives a default); an
-unset variable becomes the empty string, and an empty ``api_key`` means "forward the caller's
-credential"; an empty ``keys[].key`` admits nothing (keys stay on: examples that read keys
-from a Secret refuse every call without it; ``Config.empty_keys`` names them). Unknown keys
-are errors naming their path. ``load_config`` raises ``ConfigError`` carrying every
-problem, one ``path: message`` line each. A ``Config`` is immutable once loaded.
+``${VAR}`` is replaced by the environment variable; unset (or empty) it is an error naming
+the variable and the key path (``upstreams.openai.api_key: ${OPENAI_API_KEY} is not set``).
+``${VAR:-default}`` gives a default, and ``${VAR:-}`` is the explicit way to allow empty: an
+empty ``api_key`` means "forward the caller's credential"; an empty ``keys[].key`` admits
+nothing (keys stay on; ``Config.empty_keys`` names them). Unknown keys are errors naming
+their path, with the closest known key suggested. ``load_config`` raises ``ConfigError``
+carrying every problem at once (unset variables, schema and cross-field checks, in one
+pass), one ``path: message`` line each. A ``Config`` is immutable once loaded.
+
+``store.url``: ``sqlite:///relative/path`` (under the working directory) or
+``sqlite:////absolute/path``; the store logs the resolved absolute path at start.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import types
 from decimal import Decimal
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -46,7 +54,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -54,7 +61,8 @@ from pydantic import (
 from spendgate.errors import ConfigError
 
 # Paths the proxy serves itself; an upstream may not take these names.
-RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "admin", "docs", "openapi.json"})
+RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "admin", "docs", "openapi.json",
+                            "ui"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
@@ -156,6 +164,7 @@ class ServerConfig(_Strict):
     header_timeout_s: float = Field(default=10, gt=0)   # to receive a complete request head
     allowed_hosts: list[str] | None = None
     allowed_origins: list[str] = Field(default_factory=list)
+    access_log: Literal["text", "json", "off"] = "text"  # one line per call, to stderr
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -242,8 +251,17 @@ class UpstreamConfig(_Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("not a URL")
+        if "://" not in value:
+            raise ValueError(f"not a URL: {value!r} has no scheme (write http://{value} or "
+                             f"https://{value})")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"not a URL: scheme {parts.scheme!r} is not http or https")
+        if not parts.hostname:
+            raise ValueError(f"not a URL: {value!r} has no host name")
+        try:
+            parts.port  # noqa: B018  # raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError(f"not a URL: {value!r} has an invalid port") from None
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("not a URL: no query, fragment or credentials allowed")
         return value.rstrip("/")
@@ -392,45 +410,11 @@ class Config(_Strict):
     def _empty_key(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("upstreams")
-    @classmethod
-    def _names(cls, value: dict[str, UpstreamConfig]) -> dict[str, UpstreamConfig]:
-        for name in value:
-            if name in RESERVED_NAMES or not _NAME.match(name):
-                raise ValueError(
-                    f"{name!r} cannot name an upstream (reserved or not a path segment)")
-        return value
-
-    @field_validator("budgets")
-    @classmethod
-    def _budget_names(cls, value: list[BudgetConfig], info: ValidationInfo) -> list[BudgetConfig]:
-        names = [b.name for b in value]
-        if twice := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"budget names must be unique: {twice} repeated")
-        keys = info.data.get("keys")
-        if keys:
-            known = {k.name or f"{k.project}#{i}" for i, k in enumerate(keys)}
-            for b in value:
-                if b.key is not None and not set("*?[") & set(b.key) and b.key not in known:
-                    raise ValueError(f"budget {b.name!r}: key {b.key!r} names no virtual key "
-                                     "(give the key a name in keys, or use project#index)")
-        return value
-
     def empty_keys(self) -> list[str]:
         """A warning for each virtual key left empty (its variable unset): it admits nothing."""
         return [f"keys.{i}.key: empty (is its variable unset?): no call can use this key"
                 for i, k in enumerate(self.keys or ()) if not k.key]
 
-    @model_validator(mode="after")
-    def _unique_keys(self) -> Config:
-        if self.keys is not None:
-            seen = [k.key for k in self.keys if k.key]
-            if len(seen) != len(set(seen)):
-                raise ValueError("keys: the same key is listed twice")
-            names = [k.name for k in self.keys if k.name is not None]
-            if len(names) != len(set(names)):
-                raise ValueError("keys: the same name is given to two keys")
-        return self
 
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -478,15 +462,68 @@ def allowed_hosts(server: ServerConfig, bind_host: str | None = None,
         f"for any; {ALLOWED_HOSTS_ENV} (comma-separated) stands in for it"])
 
 
-def interpolate(value: Any, environ: dict[str, str] | os._Environ[str]) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+def interpolate(value: Any, environ: dict[str, str] | os._Environ[str],
+                problems: list[str] | None = None, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree.
+
+    ``${VAR}`` unset or empty adds ``path: ${VAR} is not set`` to ``problems`` (and becomes
+    ""); ``${VAR:-default}`` gives ``default`` instead, so ``${VAR:-}`` allows empty.
+    """
     if isinstance(value, str):
-        return _ENV.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), value)
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = environ.get(name)
+            if found:
+                return found
+            if default is not None:
+                return default
+            if problems is not None:
+                state = "is set but empty" if name in environ else "is not set"
+                problems.append(f"{path or '(top level)'}: ${{{name}}} {state} (write "
+                                f"${{{name}:-}} to allow empty, or ${{{name}:-default}})")
+            return ""
+        return _ENV.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: interpolate(v, environ) for k, v in value.items()}
+        return {k: interpolate(v, environ, problems, f"{path}.{k}" if path else str(k))
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, environ) for v in value]
+        return [interpolate(v, environ, problems, f"{path}.{i}" if path else str(i))
+                for i, v in enumerate(value)]
     return value
+
+
+def _without_none(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at ``loc`` (a path into ``Config``) accepts; [] if not a model."""
+    current: Any = Config
+    for part in loc:
+        current = _without_none(current)
+        origin = get_origin(current)
+        if origin is dict:
+            current = get_args(current)[1]
+        elif origin is list:
+            current = get_args(current)[0]
+        elif isinstance(current, type) and issubclass(current, BaseModel) \
+                and isinstance(part, str) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            return []
+    current = _without_none(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    close = get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1, cutoff=0.6)
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
 
 
 def _problems(error: ValidationError) -> list[str]:
@@ -495,7 +532,7 @@ def _problems(error: ValidationError) -> list[str]:
         path = ".".join(str(p) for p in item["loc"]) or "(top level)"
         kind = item["type"]
         if kind == "extra_forbidden":
-            message = "unknown key"
+            message = _unknown_key(tuple(item["loc"]))
         elif kind == "missing":
             message = "required"
         else:
@@ -504,19 +541,66 @@ def _problems(error: ValidationError) -> list[str]:
     return lines
 
 
+def _entries(data: dict[str, Any], section: str) -> list[dict[str, Any]]:
+    value = data.get(section)
+    return [v if isinstance(v, dict) else {} for v in value] if isinstance(value, list) else []
+
+
+def cross_field_problems(data: dict[str, Any]) -> list[str]:
+    """Checks that span entries or sections, on the raw (interpolated) tree, so that they
+    are reported together with the schema's problems rather than after them are fixed."""
+    problems = []
+    upstreams = data.get("upstreams")
+    for name in upstreams if isinstance(upstreams, dict) else ():
+        if name in RESERVED_NAMES or not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"upstreams: {name!r} cannot name an upstream (reserved or not a "
+                            "path segment)")
+    keys, budgets = _entries(data, "keys"), _entries(data, "budgets")
+    secrets = [k.get("key") for k in keys if k.get("key")]
+    if len(secrets) != len(set(map(str, secrets))):
+        problems.append("keys: the same key is listed twice")
+    names = [str(k["name"]) for k in keys if k.get("name") is not None]
+    if len(names) != len(set(names)):
+        problems.append("keys: the same name is given to two keys")
+    budget_names = [str(b.get("name")) for b in budgets if b.get("name")]
+    if twice := sorted({n for n in budget_names if budget_names.count(n) > 1}):
+        problems.append(f"budgets: budget names must be unique: {twice} repeated")
+    if keys:
+        known = {str(k.get("name") or f"{k.get('project')}#{i}") for i, k in enumerate(keys)}
+        for i, b in enumerate(budgets):
+            key = b.get("key")
+            if isinstance(key, str) and not set("*?[") & set(key) and key not in known:
+                problems.append(f"budgets.{i}.key: budget {b.get('name')!r}: key {key!r} "
+                                "names no virtual key (give the key a name in keys, or use "
+                                "project#index)")
+    return problems
+
+
 def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
-    """Validate an already-parsed YAML tree (``None`` means the embedded default)."""
+    """Validate an already-parsed YAML tree (``None`` means the embedded default).
+
+    Raises ``ConfigError`` with every problem found: unset variables, the schema's, and
+    the cross-field checks, all in one pass."""
     if data is None:
         data = DEFAULT_CONFIG
     if not isinstance(data, dict):
         raise ConfigError(["(top level): must be a mapping"])
-    data = interpolate(data, os.environ if environ is None else environ)
+    unset: list[str] = []
+    data = interpolate(data, os.environ if environ is None else environ, unset)
     if not data.get("upstreams"):
         data = {**data, "upstreams": DEFAULT_CONFIG["upstreams"]}
+    problems = list(unset)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_problems(error)) from None
+        # A key whose variable is unset is reported as such, not as what "" fails.
+        flagged = {p.split(": ", 1)[0] for p in unset}
+        problems += [p for p in _problems(error) if p.split(": ", 1)[0] not in flagged]
+        config = None
+    problems += cross_field_problems(data)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
 
 
 def load_config(path: str | Path | None = None,

@@ -11,7 +11,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 NANO = 10**9            # nano-dollars per USD
 _CENT = Decimal("0.01")
-_MICRO = Decimal("0.000001")
+_NANO_USD = Decimal("0.000000001")
 
 
 def to_nano(amount: Decimal, rounding: str = ROUND_CEILING) -> int:
@@ -30,9 +30,10 @@ def nano_to_float(nano: int | Decimal) -> float:
 
 
 def usd(nano: int | Decimal) -> str:
-    """Nano-dollars for people, rounded down: ``$1,234.50``, ``$0.000123``."""
+    """Nano-dollars for people, rounded down: ``$1,234.50``, ``$0.000123``, ``$0.0000005``
+    (below $1, every nano-dollar shows: a non-zero amount never reads ``$0.00``)."""
     value = from_nano(nano)
     if abs(value) >= 1:
         return "$" + format(value.quantize(_CENT, ROUND_FLOOR), ",f")
-    whole, _, frac = format(value.quantize(_MICRO, ROUND_FLOOR), "f").partition(".")
+    whole, _, frac = format(value.quantize(_NANO_USD, ROUND_FLOOR), "f").partition(".")
     return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"

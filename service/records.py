@@ -26,8 +26,11 @@ class CallOutcome:
         "chunks",
         "client_closed",
         "duration_s",
+        "error_message",
         "error_type",
+        "method",
         "overhead_s",
+        "path",
         "project",
         "protocol",
         "provider",
@@ -72,6 +75,9 @@ class CallOutcome:
         self.trace: Any = None               # telemetry's per-call state, opaque here
         self.reservation: Any = None         # spendgate.budgets.gate.Reservation, when one was made
         self.budget_decision: str | None = None  # "allowed" | "blocked"; None: no block budget
+        self.method = ""                     # the request's method and raw path (no query),
+        self.path = b""                      # made safe to log by the record builder
+        self.error_message: str | None = None  # the ProxyError's message: the cause in words
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +137,12 @@ class UsageRecord:
     # No call behind it: a self-hosted GPU's cost no call carries (an idle interval, traffic
     # that bypassed the proxy; accounting.gpu). Only sinks with ``takes_charges`` get it.
     charge_only: bool = False
+    # The access log's: the request's method and path (no query; non-printable characters
+    # escaped, at most 256 characters) and, for a call the proxy answered or cut, the cause
+    # in words, as the caller's error message said it (no secrets).
+    method: str = ""
+    path: str = ""
+    error_message: str | None = None
 
     @property
     def usage_estimated(self) -> bool:

@@ -46,13 +46,14 @@ class ProxyProcess:
     """``spendgate serve`` in a subprocess with a given config; a real server on loopback."""
 
     def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None,
-                 ) -> None:
+                 log_level: str = "warning") -> None:
         self.port = free_port()
         self.config_path = workdir / f"spendgate-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"spendgate-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_level = log_level   # "info" writes the access log to log()
 
     @property
     def url(self) -> str:
@@ -62,7 +63,7 @@ class ProxyProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             spendgate_command("serve", "--config", str(self.config_path),
-                              "--port", str(self.port), "--log-level", "warning"),
+                              "--port", str(self.port), "--log-level", self.log_level),
             cwd=self.config_path.parent, env=self.env,
             stdout=log, stderr=log)
         deadline = time.monotonic() + 30

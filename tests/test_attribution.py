@@ -148,10 +148,11 @@ def test_credential_secrets_in_any_scheme() -> None:
                                                          b"!!not-base64"]
 def test_a_key_whose_variable_is_unset_admits_nothing(fake: FakeUpstream, spawn: Any,
                                                       upstream: FakeUpstream) -> None:
-    # Deploy examples take keys from a Secret: without it the proxy still starts, keys on,
-    # and refuses every call that does not bring a key that is set.
-    config = basic_config(fake, keys=[{"key": "${SPENDGATE_TEST_UNSET_KEY}", "project": "a"},
-                                      {"key": "${SPENDGATE_TEST_UNSET_KEY_2}", "project": "b"},
+    # Deploy examples take keys from a Secret, allowed empty (${VAR:-}): without it the
+    # proxy still starts, keys on, and refuses every call that does not bring a key that
+    # is set. (A bare ${VAR} unset stops the proxy at start: tests/test_config.py.)
+    config = basic_config(fake, keys=[{"key": "${SPENDGATE_TEST_UNSET_KEY:-}", "project": "a"},
+                                      {"key": "${SPENDGATE_TEST_UNSET_KEY_2:-}", "project": "b"},
                                       {"key": SUPPORT_KEY, "project": "support"}])
     proxy = spawn(config)
     url = proxy.url + "/openai/v1/models"

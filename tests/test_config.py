@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from spendgate.config import ConfigError, load_config, parse_config
-from tests.conftest import spendgate_command
+from tests.conftest import free_port, spendgate_command
 
 CONTRACT = """
 server: {host: 127.0.0.1, port: 4000, max_body_mb: 32}
@@ -39,12 +41,109 @@ def test_the_issue_contract_example_loads(tmp_path: Path) -> None:
     assert config.server.max_body_mb == 32
 
 
-def test_unset_env_means_no_api_key_and_defaults_apply() -> None:
+def test_explicitly_empty_env_means_no_api_key_and_defaults_apply() -> None:
     config = parse_config({"upstreams": {"o": {"url": "http://h:1",
-                                               "api_key": "${NOPE_UNSET}",
+                                               "api_key": "${NOPE_UNSET:-}",
                                                "timeout_s": "${T:-30}"}}}, {})
     assert config.upstreams["o"].api_key is None
     assert config.upstreams["o"].timeout_s == 30
+
+
+def test_an_unset_variable_is_an_error_naming_it_and_its_key_path() -> None:
+    tree = {"upstreams": {"openai": {"url": "https://api.openai.com",
+                                     "api_key": "${OPENAI_API_KEY}"}},
+            "admin_key": "${SPENDGATE_ADMIN_KEY}", "keys": [{"key": "${K1}", "project": "a"}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tree, {"K1": ""})
+    problems = caught.value.problems
+    assert [p.split(" (")[0] for p in problems] == [
+        "upstreams.openai.api_key: ${OPENAI_API_KEY} is not set",
+        "admin_key: ${SPENDGATE_ADMIN_KEY} is not set",
+        "keys.0.key: ${K1} is set but empty"], problems
+    assert all("${" in p and ":-}" in p for p in problems)  # each says how to allow empty
+    config = parse_config(tree, {"OPENAI_API_KEY": "sk-x", "SPENDGATE_ADMIN_KEY": "adm",
+                                 "K1": "vk"})
+    assert (config.upstreams["openai"].api_key, config.admin_key) == ("sk-x", "adm")
+
+
+def test_an_unset_variable_is_not_reported_twice_as_a_bad_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"upstreams": {"o": {"url": "http://h:1", "timeout_s": "${T}"}}}, {})
+    assert [p.split(" (")[0] for p in caught.value.problems] == [
+        "upstreams.o.timeout_s: ${T} is not set"]
+
+
+def test_unknown_keys_suggest_the_closest_known_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"server": {"prot": 1, "zzz": 2},
+                      "upstreams": {"o": {"url": "http://h:1", "timout_s": 5}},
+                      "budgets": [{"name": "b", "limit_usd": 1, "windw": "day"}],
+                      "storee": {}}, {})
+    assert set(caught.value.problems) == {
+        "server.prot: unknown key (did you mean port?)",
+        "server.zzz: unknown key",
+        "upstreams.o.timout_s: unknown key (did you mean timeout_s?)",
+        "budgets.0.windw: unknown key (did you mean window?)",
+        "storee: unknown key (did you mean store?)"}
+
+
+def test_schema_and_cross_field_problems_come_in_one_pass() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"upstreams": {"metrics": {"url": "http://x"}, "o": {"url": "ftp://x"}},
+                      "keys": [{"key": "a", "project": "p"}, {"key": "a", "project": "q"}],
+                      "budgets": [{"name": "b", "limit_usd": -1},
+                                  {"name": "b", "limit_usd": 1, "key": "nobody"}]}, {})
+    problems = caught.value.problems
+    assert "upstreams.o.url: not a URL: scheme 'ftp' is not http or https" in problems
+    assert any(p.startswith("budgets.0.limit_usd:") for p in problems)
+    assert "budgets: budget names must be unique: ['b'] repeated" in problems
+    assert "keys: the same key is listed twice" in problems
+    assert any(p.startswith("budgets.1.key: budget 'b': key 'nobody' names no virtual key")
+               for p in problems)
+    assert any(p.startswith("upstreams: 'metrics' cannot name an upstream") for p in problems)
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("vllm:8000", "'vllm:8000' has no scheme (write http://vllm:8000 or https://vllm:8000)"),
+    ("ftp://h", "scheme 'ftp' is not http or https"),
+    ("localhost", "'localhost' has no scheme (write http://localhost or https://localhost)"),
+    ("http://", "'http://' has no host name"),
+    ("http://h:99999", "'http://h:99999' has an invalid port"),
+    ("http://h/?q=1", "no query, fragment or credentials allowed"),
+])
+def test_a_rejected_url_says_why(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"upstreams": {"o": {"url": url}}}, {})
+    assert caught.value.problems == [f"upstreams.o.url: not a URL: {why}"]
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_sqlite_urls_relative_and_absolute(tmp_path: Path, absolute: bool) -> None:
+    """``sqlite:///rel/path`` is under the working directory, ``sqlite:////abs/path`` is
+    absolute; the server logs the resolved absolute path at start."""
+    target = tmp_path / "data" / "ledger.sqlite3"
+    url = f"sqlite:///{target}" if absolute else "sqlite:///data/ledger.sqlite3"
+    assert url.startswith("sqlite:////") == absolute
+    config = tmp_path / "c.yaml"
+    config.write_text(f"store: {{url: '{url}'}}\nadmin_key: adm\n"
+                      "upstreams: {o: {url: 'http://127.0.0.1:9'}}\n")
+    port = free_port()
+    proc = subprocess.Popen([*spendgate_command("serve", "--config", str(config), "--port",
+                                                str(port))],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert target.exists()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert f"budget ledger: sqlite file {target}" in err, err
 
 
 def test_embedded_default_serves_openai_and_anthropic() -> None:
@@ -61,8 +160,9 @@ def test_every_problem_is_reported_with_its_path() -> None:
                       "pricing": {"overrides": {"m": {"input_per_mtok": -1}}},
                       "keys": [{"project": "p"}]}, {})
     problems = caught.value.problems
-    assert "server.prot: unknown key" in problems
-    assert "upstreams.local.url: not a URL" in problems
+    assert "server.prot: unknown key (did you mean port?)" in problems
+    assert "upstreams.local.url: not a URL: 'vllm:8000' has no scheme (write " \
+        "http://vllm:8000 or https://vllm:8000)" in problems
     assert any(p.startswith("upstreams.local.provider:") for p in problems)
     assert "pricing.overrides.m.input_per_mtok: must not be negative" in problems
     assert "keys.0.key: required" in problems
@@ -81,12 +181,25 @@ def test_check_config_cli(tmp_path: Path) -> None:
     bad.write_text("upstreams:\n  local: {url: nope, provider: openai, colour: red}\n")
     run = spendgate_command("check-config")
     ok = subprocess.run([*run, str(good)], capture_output=True, text=True,
-                        env={"TEAM_SEARCH_KEY": "x", "PATH": ""})
+                        env={"TEAM_SEARCH_KEY": "x", "OPENAI_API_KEY": "sk-x", "PATH": ""})
     assert ok.returncode == 0, ok.stdout + ok.stderr
     failed = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert failed.returncode == 1
-    assert failed.stdout.splitlines() == ["upstreams.local.url: not a URL",
-                                          "upstreams.local.colour: unknown key"]
+    assert failed.stdout.splitlines() == [
+        "upstreams.local.url: not a URL: 'nope' has no scheme (write http://nope or "
+        "https://nope)", "upstreams.local.colour: unknown key"]
+    unset = tmp_path / "unset.yaml"
+    unset.write_text("upstreams:\n  openai: {url: https://api.openai.com, "
+                     "api_key: '${OPENAI_API_KEY}', timout_s: 5}\n"
+                     "budgets: [{name: a, limit_usd: 1}, {name: a, limit_usd: 0}]\n")
+    every = subprocess.run([*run, str(unset)], capture_output=True, text=True, env={"PATH": ""})
+    assert every.returncode == 1
+    assert [line.split(" (")[0] for line in every.stdout.splitlines()] == [
+        "upstreams.openai.api_key: ${OPENAI_API_KEY} is not set",
+        "upstreams.openai.timout_s: unknown key",
+        "budgets.1.limit_usd: Input should be greater than 0",
+        "budgets: budget names must be unique: ['a'] repeated"], every.stdout
+    assert "did you mean timeout_s?" in every.stdout
     missing = subprocess.run([*run, str(tmp_path / "absent.yaml")], capture_output=True,
                              text=True)
     assert missing.returncode == 1 and "cannot read" in missing.stdout

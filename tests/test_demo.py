@@ -152,7 +152,18 @@ def test_demo_serves_real_metrics_and_exits_on_its_own(demos: tuple[Demo, Demo])
 def test_demo_stops_cleanly_on_ctrl_c(demos: tuple[Demo, Demo]) -> None:
     demo = demos[1]
     demo.wait_for(r"^\s+metrics\s+(http://\S+/metrics)", 60)
+    assert re.match(r"^\s+console\s+http://127\.0\.0\.1:\d+/ui\s", demo.lines[0]), demo.lines[:2]
     demo.wait_for(r"^\[\s*\d+\.\ds\] [1-9][\d,]* requests", 15)
+    url = f"http://127.0.0.1:{demo.port}"
+    # The demo has no admin key: the CLI reads it through its console (loopback).
+    budgets = subprocess.run(spendgate_command("budgets", "--url", url), capture_output=True,
+                             text=True, timeout=30)
+    assert budgets.returncode == 0, budgets.stderr
+    assert re.search(r"^experiments-cap\s+block\s+total\s+\$", budgets.stdout, re.MULTILINE)
+    spend = subprocess.run(spendgate_command("spend", "--url", url, "--format", "csv"),
+                           capture_output=True, text=True, timeout=30)
+    assert spend.returncode == 0 and spend.stdout.startswith("project,spend_usd"), spend.stderr
+    assert httpx.get(url + "/ui").status_code == 200
     demo.proc.send_signal(signal.SIGINT)
     assert demo.finish(30) == 0, demo.stderr()
     out = "\n".join(demo.lines)

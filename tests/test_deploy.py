@@ -787,7 +787,7 @@ def test_deploy_examples_turn_virtual_keys_on_from_their_secrets(compose: dict[s
         assert config.keys, f"{name}: virtual keys are off"
         for i, key in enumerate(raw["keys"]):
             (var,) = env_refs(key["key"]) or {None}
-            assert var and key["key"] == f"${{{var}}}", \
+            assert var and key["key"] in (f"${{{var}}}", f"${{{var}:-}}"), \
                 f"{name}: keys.{i}.key is not read from the environment: a literal is public"
             if name.startswith("kubernetes/"):
                 ref = k8s_env[var]["valueFrom"]["secretKeyRef"]

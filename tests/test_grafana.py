@@ -1,7 +1,9 @@
 """Checks of grafana/: dashboards, Prometheus rules, Alertmanager and provisioning.
 
 promtool (Debian package `prometheus`) parses every PromQL query and runs the
-alert unit tests; amtool (package `prometheus-alertmanager`) is optional.
+alert unit tests; amtool (package `prometheus-alertmanager`) checks the Alertmanager config.
+Both are installed by .ci/run; missing, their tests skip locally and fail under CI=true
+(``need``), like every other tool.
 """
 
 from __future__ import annotations

@@ -516,13 +516,19 @@ def test_connect_timeout_and_unreachable_upstreams(run: Run) -> None:
             client = UpstreamClient()
             hung = UpstreamTarget("hung", UpstreamConfig(
                 url=f"https://127.0.0.1:{server.port}", connect_timeout_s=0.2))
-            with pytest.raises(UpstreamTimeout):
+            with pytest.raises(UpstreamTimeout) as timed_out:
                 async with client.open(hung, "GET", hung.url("/", ""), [], None):
                     pass
-            dead = UpstreamTarget("dead", UpstreamConfig(url=f"http://127.0.0.1:{free_port()}"))
-            with pytest.raises(UpstreamUnreachable):
+            assert timed_out.value.message == (
+                f"upstream 'hung' (127.0.0.1:{server.port}) did not answer: no connection "
+                "within 0.2 s (connect_timeout_s)")
+            port = free_port()
+            dead = UpstreamTarget("dead", UpstreamConfig(url=f"http://127.0.0.1:{port}"))
+            with pytest.raises(UpstreamUnreachable) as refused:
                 async with client.open(dead, "GET", dead.url("/", ""), [], None):
                     pass
+            assert refused.value.message == (
+                f"upstream 'dead' (127.0.0.1:{port}) is unreachable: connection refused")
             await client.close()
     run(scenario())
 

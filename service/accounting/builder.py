@@ -18,6 +18,7 @@ ones are only counted (``spendgate_unpriced_requests_total``).
 from __future__ import annotations
 
 import logging
+import re
 import zlib
 from collections.abc import Mapping
 from decimal import Decimal
@@ -199,6 +200,8 @@ class RecordBuilder:
             reservation=outcome.reservation, budget_decision=outcome.budget_decision,
             price_tier=quote.tier if price_source else None, context_tier=quote.context_tier,
             fees_usd=quote.fees, price_fallbacks=tuple(sorted(quote.fallbacks)),
+            method=outcome.method[:16], path=loggable_path(outcome.path),
+            error_message=outcome.error_message,
         )
 
     def _account(self, outcome: CallOutcome, summary: ResponseSummary, model: str,
@@ -330,6 +333,18 @@ def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
             raise _TooLarge
         parts.append(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+LOGGED_PATH_CHARS = 256
+_UNSAFE = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")
+
+
+def loggable_path(raw: bytes) -> str:
+    """A request path safe for a log line: its first ``LOGGED_PATH_CHARS`` bytes, those
+    outside printable ASCII (space and backslash included) written ``\\xNN``, so no path
+    can forge a line or a field."""
+    return _UNSAFE.sub(lambda m: b"\\x%02x" % m.group()[0], raw[:LOGGED_PATH_CHARS]
+                       ).decode("ascii")
 
 
 def _time_per_output_token(outcome: CallOutcome, usage: Usage) -> float | None:

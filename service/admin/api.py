@@ -21,7 +21,9 @@ Routes:
   (``BudgetManager.budgets_view``).
 * ``GET /admin/spend?group_by=project,model&window=day``: spend from the ledger in the
   current UTC ``window`` (day, week, month, total), grouped by any of upstream, project,
-  model, key (``BudgetManager.spend_view``).
+  model, key (``BudgetManager.spend_view``); ``&format=csv`` gives it as CSV.
+
+``GET /`` says where the console is; the console (``/ui``) is ``console.py``.
 
 Store reads run in a worker thread; a failing store gives 503 for ``/admin/spend`` and the
 last known values (``store.ok: false``) for ``/admin/budgets``.
@@ -41,6 +43,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from spendgate import __version__
+from spendgate.admin.console import ConsoleSources, install_console, spend_response
 from spendgate.budgets.manager import BudgetManager
 from spendgate.budgets.store import StoreError
 
@@ -82,7 +85,7 @@ def install_admin(api: FastAPI, admin_key: Callable[[], str | None],
 
     @api.get("/admin/spend")
     async def admin_spend(request: Request, group_by: str = "project",
-                          window: str = "day") -> Response:
+                          window: str = "day", format: str = "json") -> Response:
         authorize(request)
         groups = [g.strip() for g in group_by.split(",") if g.strip()]
         try:
@@ -91,7 +94,7 @@ def install_admin(api: FastAPI, admin_key: Callable[[], str | None],
             raise HTTPException(400, str(error)) from None
         except StoreError as error:
             raise HTTPException(503, f"budget store unavailable: {error}") from None
-        return json_response(view)
+        return spend_response(view, format)
 
     def documents(request: Request) -> None:
         """The API's own description is for operators only: 404 to anyone else."""
@@ -117,7 +120,8 @@ def build_api(registry: CollectorRegistry, flush: Callable[[float], bool],
               problems: Callable[[], list[str]], degraded: Callable[[], list[str]],
               admin_key: Callable[[], str | None],
               budgeting: Callable[[], BudgetManager],
-              metrics_key: Callable[[], str | None]) -> FastAPI:
+              metrics_key: Callable[[], str | None],
+              console: ConsoleSources | None = None) -> FastAPI:
     """The FastAPI app behind the proxy. ``flush(timeout_s)`` waits for the record pipeline
     (a scrape shows every call that ended before it); ``problems`` fail readiness,
     ``degraded`` only report; ``admin_key``, ``budgeting`` and ``metrics_key`` are read per
@@ -151,5 +155,13 @@ def build_api(registry: CollectorRegistry, flush: Callable[[float], bool],
         output = await asyncio.to_thread(encoder, registry)
         return Response(output, media_type=content_type)
 
+    @api.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return Response(b"spendgate: the console is at /ui\n", media_type="text/plain")
+
     install_admin(api, admin_key, budgeting)
+    if console is not None:
+        install_console(api, admin_key,
+                        lambda request, key: _matches(_presented_key(request), key),
+                        budgeting, console)
     return api

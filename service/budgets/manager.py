@@ -28,11 +28,12 @@ from spendgate.accounting.tokens import TokenEstimator
 from spendgate.budgets.alerts import AlertNotifier
 from spendgate.budgets.book import Budget, BudgetBook, describe
 from spendgate.budgets.gate import BudgetGate
+from spendgate.budgets.history import RANGES, buckets
 from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.metrics import BudgetCollector
 from spendgate.budgets.settlement import LedgerSink
 from spendgate.budgets.store import StoreError, open_store
-from spendgate.budgets.store.base import HistoryKey, Totals
+from spendgate.budgets.store.base import Dims, HistoryKey, Totals
 from spendgate.budgets.windows import WINDOW_KINDS, Clock, Window, iso, system_clock, window_at
 from spendgate.config import Config
 from spendgate.errors import ConfigError
@@ -217,13 +218,7 @@ class BudgetManager(RecordSink):
         if window not in WINDOW_KINDS:
             raise ValueError(f"window: choose from {list(WINDOW_KINDS)}")
         current = window_at(window, UTC, self.clock())
-        if self.ledger is None:
-            raise StoreError("no budget store configured")
-        try:
-            rows = self.ledger.store.dims(current.id)
-        except StoreError as error:
-            self.ledger.health.failed("read", error)
-            raise
+        rows = self._dims(current.id)
         grouped: dict[tuple[str, ...], int] = {}
         for dims, nano in rows.items():
             key = tuple(dims[GROUPS.index(g)] for g in group_by)
@@ -237,3 +232,40 @@ class BudgetManager(RecordSink):
             "rows": [{**dict(zip(group_by, key, strict=True)), "spend_usd": nano_to_float(nano)}
                      for key, nano in ordered],
         }
+
+    def _dims(self, window_id: str) -> dict[Dims, int]:
+        if self.ledger is None:
+            raise StoreError("no budget store configured (set store.url, budgets or admin_key)")
+        try:
+            return self.ledger.store.dims(window_id)
+        except StoreError as error:
+            self.ledger.health.failed("read", error)
+            raise
+
+    def series_view(self, range_name: str, by: str) -> dict[str, Any]:
+        """The console's chart: spend and calls per bucket of ``range_name`` (``history``:
+        minutes of the last hour, hours of the last day, days of the last month), each
+        split by one of ``GROUPS``. Blocking (one store read per bucket and measure): call
+        off the event loop. Raises ``ValueError`` and ``StoreError`` like ``spend_view``."""
+        if by not in GROUPS:
+            raise ValueError(f"by: choose from {list(GROUPS)}")
+        if range_name not in RANGES:
+            raise ValueError(f"range: choose from {list(RANGES)}")
+        column = GROUPS.index(by)
+        out = []
+        for bucket in buckets(range_name, self.clock()):
+            groups: dict[str, dict[str, float]] = {}
+            for measure, window_id in (("spend_usd", bucket.spend_id),
+                                       ("calls", bucket.calls_id)):
+                for dims, amount in self._dims(window_id).items():
+                    entry = groups.setdefault(dims[column], {"spend_usd": 0, "calls": 0})
+                    entry[measure] += amount
+            spent = sum(int(e["spend_usd"]) for e in groups.values())   # exact nano-dollars
+            for entry in groups.values():
+                entry["spend_usd"] = nano_to_float(int(entry["spend_usd"]))
+            out.append({"start": iso(bucket.start), "label": bucket.label,
+                        "spend_usd": nano_to_float(spent),
+                        "calls": sum(int(e["calls"]) for e in groups.values()),
+                        "groups": groups})
+        return {"range": range_name, "resolution": RANGES[range_name][0], "by": by,
+                "buckets": out}

@@ -4,8 +4,9 @@ A ``RecordSink`` on the record pipeline's thread. Per batch of records it builds
 ``SettleBatch``: the reservation of each call is released, its exact ``cost_usd`` is
 charged to every budget covering it (in the window the reservation was made in, else the
 current one) and to the per-dimension spend (``upstream, project, model, key`` per UTC day,
-week, month and total, for ``GET /admin/spend``). A call that failed before generating costs
-0: its reservation is simply released.
+week, month and total, for ``GET /admin/spend``), and to the console's time buckets of
+spend and calls (``history``: every call counts there, free or not). A call that failed
+before generating costs 0: its reservation is simply released.
 
 Costs are exact ``Decimal`` USD and the ledger counts whole nano-dollars: the fraction left
 over is carried to the next charge of the same budget window (per process), so a total is
@@ -26,6 +27,7 @@ from decimal import Context, Decimal, localcontext
 
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.gate import Reservation
+from spendgate.budgets.history import current_buckets
 from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.store.base import (
     Charge,
@@ -73,6 +75,8 @@ class LedgerSink(RecordSink):
         utc_windows = [window_at(kind, UTC, now) for kind in WINDOW_KINDS]
         history: dict[tuple[str, str, str], Decimal] = {}
         tokens: dict[tuple[str, str, str, str], int] = {}
+        series = [(b.spend_id, b.calls_id, b.ttl_s(now)) for b in current_buckets(now)]
+        calls: dict[tuple[str, Dims], list[int]] = {}
         for record in records:
             held: dict[str, tuple[str, int]] = {}
             reservation = record.reservation
@@ -88,6 +92,9 @@ class LedgerSink(RecordSink):
                         tokens[(*where, token_type)] = tokens.get((*where, token_type), 0) + count
                 if record.cost_usd:
                     history[where] = history.get(where, Decimal(0)) + record.cost_usd * NANO
+            key: Dims = (record.upstream, record.project, record.model, record.virtual_key or "")
+            for _, calls_id, ttl in series if not record.charge_only else ():  # no call
+                calls.setdefault((calls_id, key), [0, ttl])[0] += 1
             cost = record.cost_usd
             if not cost:
                 continue
@@ -100,10 +107,11 @@ class LedgerSink(RecordSink):
                     window = budget.window(now)
                     window_id, ttl = window.id, window.ttl_s(now, TTL_MARGIN_S)
                 charges.setdefault((budget.name, window_id), _Sum(ttl)).add(amount)
-            key: Dims = (record.upstream, record.project, record.model, record.virtual_key or "")
             for window in utc_windows:
                 dims.setdefault((window.id, key), _Sum(window.ttl_s(now, TTL_MARGIN_S))
                                 ).add(amount)
+            for spend_id, _, ttl in series:
+                dims.setdefault((spend_id, key), _Sum(ttl)).add(amount)
         for (budget_name, window_id), total in charges.items():
             if whole := self._whole(("budget", budget_name, window_id), total.amount):
                 batch.charges.append(Charge(budget_name, window_id, whole, total.ttl))
@@ -118,6 +126,8 @@ class LedgerSink(RecordSink):
         for (day, upstream, model, kind), count in tokens.items():
             batch.days.append(DayCharge(day, upstream, model, kind, count,
                                         _history_ttl(day, keep, now)))
+        batch.dims += [DimCharge(calls_id, key, count, ttl)
+                       for (calls_id, key), (count, ttl) in calls.items()]
         return batch
 
     def _whole(self, key: Hashable, amount: Decimal) -> int:

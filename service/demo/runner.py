@@ -225,7 +225,8 @@ def _banner(proxy_url: str, simulator_url: str | None, upstreams: frozenset[str]
             else f"Running for {options.duration:g}s (Ctrl-C stops sooner).")
     routes = ", ".join(f"/{name}" for name in sorted(upstreams))
     if simulator_url is None:  # --traffic-only: someone else runs the proxy and upstreams
-        return [f"spendgate demo: traffic from 5 projects at ~{options.rate:g} calls/s",
+        return [f"  console    {proxy_url}/ui   (spend, budgets and calls, live)",
+                f"spendgate demo: traffic from 5 projects at ~{options.rate:g} calls/s",
                 f"  proxy      {proxy_url}   (upstreams {routes})",
                 f"  metrics    {proxy_url}/metrics", stop, ""]
     budgets = ", ".join(
@@ -233,9 +234,12 @@ def _banner(proxy_url: str, simulator_url: str | None, upstreams: frozenset[str]
         f"{'total' if b['window'] == 'total' else 'a ' + b['window']} ({b['action']})"
         for b in BUDGETS)
     return [
+        f"  console    {proxy_url}/ui   (spend, budgets and calls, live; in your browser)",
+        "",
         "spendgate demo: a simulated OpenAI + Anthropic provider (no key, no network), the "
         "spendgate proxy in front of it,",
-        f"and traffic from 5 projects at ~{options.rate:g} calls/s.",
+        f"and traffic from 5 projects at ~{options.rate:g} calls/s. Latencies are simulated "
+        "(the simulator's pacing), not a real provider's.",
         "",
         f"  proxy      {proxy_url}   (upstreams {routes})",
         f"  metrics    {proxy_url}/metrics",
@@ -252,6 +256,8 @@ def _banner(proxy_url: str, simulator_url: str | None, upstreams: frozenset[str]
         "import OpenAI; print(OpenAI().chat.completions.create(model='gpt-4o-mini', "
         "messages=[{'role': 'user', 'content': 'Hi'}]).usage)\"",
         f"  curl -s {proxy_url}/metrics | grep spendgate_cost_usd_total",
+        f"  spendgate spend --url {proxy_url} --by project,model      "
+        f"spendgate budgets --url {proxy_url}",
         "  Grafana dashboards on the same kind of traffic: docker compose --profile demo up, "
         "then http://localhost:3000",
         "",

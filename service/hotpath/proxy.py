@@ -177,6 +177,7 @@ class ProxyApp:
         except ProxyError as error:
             outcome = CallOutcome("unknown", "unknown", _guess_protocol(headers), time.time(),
                                   started)
+            outcome.method, outcome.path = scope["method"], scope.get("raw_path") or b""
             try:
                 await _reply_error(send, error, outcome)
             finally:
@@ -186,6 +187,7 @@ class ProxyApp:
         upstream = self.upstreams[target.upstream]
         outcome = CallOutcome(upstream.name, upstream.provider_name, upstream.protocol,
                               time.time(), started)
+        outcome.method, outcome.path = scope["method"], scope.get("raw_path") or b""
         upstream.in_flight.inc()
         try:
             await self._forward(scope, receive, send, headers, upstream, target, outcome)
@@ -194,6 +196,13 @@ class ProxyApp:
                 await _reply_error(send, error, outcome)
             else:
                 outcome.error_type = error.error_type
+                outcome.error_message = error.message
+        except asyncio.CancelledError:
+            # The server cancelled the call (its shutdown timeout): recorded as cut, not as
+            # a success, then the cancellation goes on.
+            outcome.error_type = outcome.error_type or "cancelled"
+            outcome.error_message = outcome.error_message or "cut by the proxy's shutdown"
+            raise
         except Exception:
             log.exception("proxy failure on a call to %s", upstream.name)
             if outcome.status == 0:
@@ -417,6 +426,7 @@ async def _reply_error(send: Send, error: ProxyError, outcome: CallOutcome) -> N
     body = error_body(error, outcome.protocol)
     outcome.status = error.status
     outcome.error_type = error.error_type
+    outcome.error_message = error.message
     if error.refused:  # counted with nothing the caller claimed (errors.py)
         outcome.request = None
         if outcome.virtual_key is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -36,6 +37,7 @@ from spendgate.config import UpstreamConfig
 from spendgate.errors import UpstreamTimeout, UpstreamUnreachable
 from spendgate.upstream.http1 import (
     Connection,
+    ConnectTimeout,
     Endpoint,
     PoolKey,
     Response,
@@ -236,9 +238,11 @@ class _Exchange:
 
 
 class ErrorBoundary:
-    """The one place client and OS errors become spendgate's: ``TimeoutError`` ->
-    ``UpstreamTimeout`` (504), a broken connection or response -> ``UpstreamUnreachable``
-    (502). ``receiving``: the response had begun (the upstream stopped or broke off), else
+    """The one place client and OS errors become spendgate's: ``TimeoutError`` (connect or
+    read) -> ``UpstreamTimeout`` (504), a broken connection or response ->
+    ``UpstreamUnreachable`` (502), each message naming the upstream's host:port and the
+    cause in words (``cause_in_words``: ``DNS lookup of api.openai.com failed``).
+    ``receiving``: the response had begun (the upstream stopped or broke off), else
     it had not (no answer, unreachable). A class, not ``contextmanager``: it runs per call."""
 
     __slots__ = ("_receiving", "_target")
@@ -253,20 +257,50 @@ class ErrorBoundary:
                  tb: TracebackType | None) -> None:
         if exc is None:
             return
-        name = self._target.name
+        target = self._target
+        name = f"{target.name!r} ({target.host}:{target.port})"
         if isinstance(exc, UpgradeRefused):
-            log.warning("upstream %r answered 101 Switching Protocols: upgrades are not "
+            log.warning("upstream %s answered 101 Switching Protocols: upgrades are not "
                         "proxied; the caller gets 502", name)
-            raise UpstreamUnreachable(f"upstream {name!r} answered 101 Switching Protocols, "
+            raise UpstreamUnreachable(f"upstream {name} answered 101 Switching Protocols, "
                                       "which spendgate does not proxy") from None
+        if not isinstance(exc, TimeoutError | ResponseError | OSError):
+            return
+        cause = cause_in_words(exc, target, self._receiving)
         if isinstance(exc, TimeoutError):
-            raise UpstreamTimeout(f"upstream {name!r} stopped sending in time" if self._receiving
-                                  else f"upstream {name!r} did not answer in time") from None
-        if isinstance(exc, ResponseError | OSError):
-            kind = type(exc).__name__
-            raise UpstreamUnreachable(
-                f"upstream {name!r} broke off the response ({kind})" if self._receiving
-                else f"upstream {name!r} is unreachable ({kind})") from None
+            raise UpstreamTimeout(f"upstream {name} stopped sending: {cause}" if self._receiving
+                                  else f"upstream {name} did not answer: {cause}") from None
+        raise UpstreamUnreachable(f"upstream {name} broke off the response: {cause}"
+                                  if self._receiving
+                                  else f"upstream {name} is unreachable: {cause}") from None
+
+
+def cause_in_words(exc: BaseException, target: UpstreamTarget, receiving: bool) -> str:
+    """Why a call to ``target`` failed, for people: no secret, no traceback."""
+    endpoint = target.endpoint
+    if isinstance(exc, ConnectTimeout):
+        return f"no connection within {endpoint.connect_timeout:g} s (connect_timeout_s)"
+    if isinstance(exc, TimeoutError):
+        return (f"no data for {endpoint.read_timeout:g} s (timeout_s)" if receiving
+                else f"no response headers within {endpoint.read_timeout:g} s (timeout_s)")
+    if isinstance(exc, socket.gaierror):
+        return f"DNS lookup of {target.host} failed"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or type(exc).__name__})"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, ServerDisconnected):
+        return "connection closed before any response"
+    if isinstance(exc, ResponseError):
+        return (str(exc) or "connection closed mid-response") if receiving \
+            else f"bad response ({exc})"
+    if isinstance(exc, OSError):
+        return (exc.strerror or type(exc).__name__).lower()
+    return type(exc).__name__
 
 
 async def read_body(response: Response, target: UpstreamTarget) -> bytes:

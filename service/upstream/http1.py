@@ -25,8 +25,8 @@ Contracts:
   connection that answered a HEAD, where a wrong server's body comes at any time, is never
   reused (HEAD is rare on LLM APIs: the cost is nil).
 * **Timeouts.** ``open_connection`` bounds DNS, TCP and TLS by the endpoint's
-  ``connect_timeout``; ``read_timeout`` bounds every wait for the next bytes (headers or
-  body). Both raise ``TimeoutError``.
+  ``connect_timeout`` (``ConnectTimeout``, a ``TimeoutError``); ``read_timeout`` bounds every
+  wait for the next bytes (headers or body): ``TimeoutError``.
 * **Errors.** ``OSError`` (refused, reset, TLS verification ...), ``TimeoutError`` and
   ``ResponseError`` (malformed or cut-off response; ``UpgradeRefused`` for a ``101``: an
   upgraded connection is not HTTP any more and is never proxied) are all a caller needs to
@@ -70,6 +70,10 @@ class ServerDisconnected(ResponseError):
 
 class UpgradeRefused(ResponseError):
     """The upstream answered ``101 Switching Protocols``."""
+
+
+class ConnectTimeout(TimeoutError):
+    """DNS, TCP and TLS did not complete within the endpoint's ``connect_timeout``."""
 
 
 class Endpoint:
@@ -377,8 +381,11 @@ async def open_connection(endpoint: Endpoint, tls: ssl.SSLContext | None,
                           factory: Callable[[], Connection]) -> Connection:
     """A new connection to ``endpoint`` (TLS with SNI and verification when ``tls``)."""
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(endpoint.connect_timeout):
-        _, conn = await loop.create_connection(
-            factory, endpoint.host, endpoint.port, ssl=tls,
-            server_hostname=endpoint.host if tls is not None else None)
+    try:
+        async with asyncio.timeout(endpoint.connect_timeout):
+            _, conn = await loop.create_connection(
+                factory, endpoint.host, endpoint.port, ssl=tls,
+                server_hostname=endpoint.host if tls is not None else None)
+    except TimeoutError:
+        raise ConnectTimeout() from None
     return conn

@@ -73,7 +73,7 @@ class SQLiteStore(Store):
 
     def __init__(self, path: Path, timeout_s: float, lease_s: float) -> None:
         super().__init__(timeout_s, lease_s)
-        self.description = f"sqlite file {path}"
+        self.description = f"sqlite file {path.resolve()}"
         self._path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spendgate-sqlite")
         self._db: sqlite3.Connection | None = None

@@ -214,6 +214,17 @@ class StoreConfig(_Strict):
     timeout_s: float = Field(default=0.25, gt=0)
     # A reservation a replica never settled (it died mid-call) is reclaimed after this.
     reservation_lease_s: float = Field(default=3600, gt=0)
+    # The spend journal (budgets.journal): a SQLite file; None puts it beside a SQLite
+    # store's file, else in spendgate-data/; false (or "off") turns it off.
+    journal: str | Literal[False] | None = None
+    journal_fsync: Literal["full", "normal", "off"] = "full"
+
+    @field_validator("journal", mode="before")
+    @classmethod
+    def _journal(cls, value: Any) -> Any:
+        if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "")):
+            return False
+        return value
 
     @field_validator("url")
     @classmethod

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -28,13 +29,14 @@ from spendgate.accounting.tokens import TokenEstimator
 from spendgate.budgets.alerts import AlertNotifier
 from spendgate.budgets.book import Budget, BudgetBook, describe
 from spendgate.budgets.gate import BudgetGate
+from spendgate.budgets.journal import Journal
 from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.metrics import BudgetCollector
 from spendgate.budgets.settlement import LedgerSink
 from spendgate.budgets.store import StoreError, open_store
 from spendgate.budgets.store.base import Totals
 from spendgate.budgets.windows import WINDOW_KINDS, Clock, Window, iso, system_clock, window_at
-from spendgate.config import Config
+from spendgate.config import Config, StoreConfig
 from spendgate.errors import ConfigError
 from spendgate.exporters.base import RecordSink
 from spendgate.money import nano_to_float
@@ -47,6 +49,18 @@ GROUPS = ("upstream", "project", "model", "key")
 def _load_tokenizers(estimator: TokenEstimator) -> None:
     for name in ("o200k_base", "cl100k_base"):
         estimator.encoding(name)
+
+
+def journal_path(store: StoreConfig) -> Path | None:
+    """Where the spend journal lives: ``store.journal``, else beside a SQLite store's file,
+    else ``spendgate-data/journal.sqlite3``; None when turned off."""
+    if store.journal is False:
+        return None
+    if store.journal:
+        return Path(store.journal)
+    if store.url.startswith("sqlite:///"):
+        return Path(store.url.removeprefix("sqlite:///")).with_name("journal.sqlite3")
+    return Path("spendgate-data/journal.sqlite3")
 
 
 def wants_ledger(config: Config) -> bool:
@@ -102,10 +116,18 @@ class BudgetManager(RecordSink):
                                store_config.reservation_lease_s, store_config.key_prefix)
         except StoreError as error:
             raise ConfigError([f"store.url: {error}"]) from None
-        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error)
+        journal = None
+        if (path := journal_path(store_config)) is not None:
+            try:
+                journal = Journal(path, store_config.journal_fsync)
+            except StoreError as error:
+                store.close()
+                raise ConfigError([str(error)]) from None
+        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error, journal)
         self.notifier = AlertNotifier(config.alerts, ledger.claim, self.clock)
         self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals)
-        log.info("budget ledger: %s", store.description)
+        log.info("budget ledger: %s; spend journal: %s", store.description,
+                 journal.path if journal is not None else "off")
 
     def blocked_call_counted(self, budget: str) -> None:
         self.blocked.labels(budget).inc()

@@ -89,7 +89,7 @@ class Spendgate:
                                       config.metrics.pair_limit,
                                       exemplars=self.telemetry.tracing)
         estimator = TokenEstimator()
-        self.budgets = BudgetManager(config, self.catalog, self.registry, estimator)
+        self.budgets = BudgetManager(config, self.catalog, self.registry)
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
@@ -110,9 +110,16 @@ class Spendgate:
                              lambda: self.config.metrics_key)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
+        self.draining = False     # SIGTERM received: /readyz fails while calls finish
+
+    def start_draining(self) -> None:
+        """The server is shutting down (``hotpath.server.DrainingServer``): not ready."""
+        self.draining = True
 
     def readiness_problems(self) -> list[str]:
         problems = []
+        if self.draining:
+            problems.append("draining: shutting down, calls in flight are finishing")
         if self.client.closed:
             problems.append("upstream client closed")
         if not self.pipeline.running:

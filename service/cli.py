@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from prometheus_client import disable_created_metrics
 
     from spendgate.app import Spendgate
-    from spendgate.hotpath.server import HeadLimits, protocol_class
+    from spendgate.hotpath.server import DrainingServer, HeadLimits, protocol_class
 
     config = _load_or_exit(_config_path(args.config))
     host = args.host or config.server.host
@@ -64,10 +65,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(upstreams: {', '.join(sorted(config.upstreams))})", file=sys.stderr, flush=True)
     # uvicorn's httptools protocol, with request heads bounded (hotpath/server.py).
     http = protocol_class(HeadLimits.from_config(config.server))
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http=http, lifespan="on",
-                access_log=False, log_level=args.log_level, server_header=False,
-                proxy_headers=False,
-                date_header=False, timeout_graceful_shutdown=30)
+    server = uvicorn.Config(app, host=host, port=port, loop="uvloop", http=http, lifespan="on",
+                            access_log=False, log_level=args.log_level, server_header=False,
+                            proxy_headers=False, date_header=False,
+                            timeout_graceful_shutdown=math.ceil(config.server.drain_s))
+    # SIGTERM: /readyz 503 at once, then stop accepting and let calls finish (drain_s).
+    DrainingServer(server, app.start_draining, config.server.shutdown_delay_s).run()
     return 0
 
 

@@ -114,6 +114,8 @@ class ServerConfig(_Strict):
     max_header_kb: float = Field(default=64, gt=0)      # a request head (431 beyond)
     max_headers: int = Field(default=100, ge=1)         # header lines of a request (431)
     header_timeout_s: float = Field(default=10, gt=0)   # to receive a complete request head
+    drain_s: float = Field(default=30, gt=0)            # SIGTERM: calls in flight get this long
+    shutdown_delay_s: float = Field(default=0, ge=0)    # SIGTERM: /readyz 503, still serving
     allowed_hosts: list[str] | None = None
     allowed_origins: list[str] = Field(default_factory=list)
 

@@ -25,7 +25,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from spendgate.accounting.pricing import PriceCatalog
-from spendgate.accounting.tokens import TokenEstimator
 from spendgate.budgets.alerts import AlertNotifier
 from spendgate.budgets.book import Budget, BudgetBook, describe
 from spendgate.budgets.gate import BudgetGate
@@ -44,11 +43,6 @@ from spendgate.records import UsageRecord
 
 log = logging.getLogger("spendgate.budgets")
 GROUPS = ("upstream", "project", "model", "key")
-
-
-def _load_tokenizers(estimator: TokenEstimator) -> None:
-    for name in ("o200k_base", "cl100k_base"):
-        estimator.encoding(name)
 
 
 def journal_path(store: StoreConfig) -> Path | None:
@@ -71,10 +65,9 @@ class BudgetManager(RecordSink):
     name = "ledger"
 
     def __init__(self, config: Config, catalog: PriceCatalog, registry: CollectorRegistry,
-                 estimator: TokenEstimator, clock: Clock | None = None) -> None:
+                 clock: Clock | None = None) -> None:
         self.clock = clock or system_clock()
         self.config = config
-        self.estimator = estimator
         self.blocked = Counter("spendgate_budget_blocked", "Calls refused by a block budget.",
                                ("budget",), registry=registry)
         self.store_errors = Counter("spendgate_store_errors", "Budget store operations that "
@@ -105,7 +98,7 @@ class BudgetManager(RecordSink):
         return self._gate if self._gate.book.any_block and self.ledger is not None else None
 
     def _build_gate(self, book: BudgetBook, catalog: PriceCatalog) -> BudgetGate:
-        return BudgetGate(book, catalog, self.ledger, self.estimator, self.clock,
+        return BudgetGate(book, catalog, self.ledger, self.clock,
                           self.config.store.on_error, self.blocked_call_counted,
                           self._on_blocked)
 
@@ -159,9 +152,6 @@ class BudgetManager(RecordSink):
     # -- lifetime -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._gate.book.any_block:
-            # Load the tokenizer now: the gate estimates small prompts on the event loop.
-            await asyncio.to_thread(_load_tokenizers, self.estimator)
         self._running = True
         self._start_threads()
 
@@ -187,8 +177,6 @@ class BudgetManager(RecordSink):
             self._open(config)
             if self._running:
                 self._start_threads()
-        if book.any_block:
-            _load_tokenizers(self.estimator)
         if self.notifier is not None:
             self.notifier.reconfigure(config.alerts)
         self._gate = self._build_gate(book, catalog)

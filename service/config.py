@@ -114,6 +114,7 @@ class ServerConfig(_Strict):
     max_header_kb: float = Field(default=64, gt=0)      # a request head (431 beyond)
     max_headers: int = Field(default=100, ge=1)         # header lines of a request (431)
     header_timeout_s: float = Field(default=10, gt=0)   # to receive a complete request head
+    write_timeout_s: float = Field(default=120, gt=0)   # a caller reading nothing: hung up on
     drain_s: float = Field(default=30, gt=0)            # SIGTERM: calls in flight get this long
     shutdown_delay_s: float = Field(default=0, ge=0)    # SIGTERM: /readyz 503, still serving
     allowed_hosts: list[str] | None = None
@@ -219,7 +220,7 @@ class StoreConfig(_Strict):
     # The spend journal (budgets.journal): a SQLite file; None puts it beside a SQLite
     # store's file, else in spendgate-data/; false (or "off") turns it off.
     journal: str | Literal[False] | None = None
-    journal_fsync: Literal["full", "normal", "off"] = "full"
+    journal_fsync: Literal["full", "normal", "off"] = "normal"
 
     @field_validator("journal", mode="before")
     @classmethod

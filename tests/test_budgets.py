@@ -518,7 +518,7 @@ def test_store_down_with_on_error_closed_refuses_block_calls(
     assert "127.0.0.1" in ready.json()["problems"][0]
     private_redis.start()
     assert wait_for(lambda: post().status_code == 200, 15, 0.3)
-    assert proxy.sample("spendgate_store_errors_total", operation="reserve") >= 1
+    assert proxy.sample("spendgate_store_errors_total") >= 1  # reserve, settle or probe
     assert redis.Redis.from_url(private_redis.url).hget(
         f"spendgate:budget:strict:month:{datetime.now(UTC).date().replace(day=1)}",
         "spend") is not None

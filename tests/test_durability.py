@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,25 @@ def sqlite_spend(path: Path) -> int:
         row = db.execute("SELECT spend FROM budget_spend WHERE budget='load' AND win='total'"
                          ).fetchone()
     return int(row[0]) if row else 0
+
+
+def test_fail_closed_recovers_within_a_second_of_the_store_returning(
+        spawn: Any, upstream: FakeUpstream, private_redis: RedisServer) -> None:  # noqa: F811
+    """``store.on_error: closed``: refused (503) and not ready while Redis is away; back, with
+    no call to probe it, ``/readyz`` passes and calls are served within about a second."""
+    proxy: ProxyProcess = spawn(budget_config(upstream, BUDGET, store={
+        "url": private_redis.url, "on_error": "closed", "timeout_s": 0.2}))
+    upstream.queue(*[chat_reply(100) for _ in range(5)])
+    call(proxy, 1)
+    private_redis.kill()
+    r = httpx.post(proxy.url + "/openai/v1/chat/completions", content=chat_body(100),
+                   headers=JSON)
+    assert r.status_code == 503
+    time.sleep(3)  # the breaker's backoff is at its longest
+    assert httpx.get(proxy.url + "/readyz").status_code == 503
+    private_redis.start()
+    back = time.monotonic()
+    assert wait_for(lambda: httpx.get(proxy.url + "/readyz").status_code == 200, 5, 0.02)
+    recovered_s = time.monotonic() - back
+    assert recovered_s < 1.5, recovered_s  # <= 1 s by design; margin for a busy machine
+    call(proxy, 1)

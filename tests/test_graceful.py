@@ -112,3 +112,28 @@ def test_sigterm_finishes_streams_in_flight_and_readyz_turns_503_at_once(
     view = httpx.get(proxy.url + "/admin/budgets",
                      headers={"authorization": "Bearer adm"}).json()["budgets"][0]
     assert view["spend_usd"] == 0.08 and view["reserved_usd"] == 0
+
+
+def test_a_caller_that_reads_nothing_is_hung_up_on_after_write_timeout_s(
+        spawn: Any, upstream: FakeUpstream) -> None:
+    """A stream far larger than the socket buffers, to a caller that never reads: after
+    ``server.write_timeout_s`` the proxy hangs up (499), stops the upstream, and counts the
+    call as any hang-up; without the bound it would hold both connections for good."""
+    proxy: ProxyProcess = spawn(basic_config(upstream, server={"write_timeout_s": 1}))
+    event = orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                          "choices": [{"index": 0, "delta": {"content": "x" * 4000}}]})
+    chunks = [b"data: " + event + b"\n\n"] * 4000 + [b"data: [DONE]\n\n"]  # 16 MB
+    upstream.queue(Reply(content_type="text/event-stream", chunks=chunks, chunk_delay_s=0.0005))
+    body = orjson.dumps({"model": "m", "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", proxy.port))
+    try:
+        sock.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+                     b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        assert proxy.eventually("spendgate_requests_total", 20, status="499") == 1
+        assert upstream.disconnects == 1 and upstream.completed_streams == 0
+    finally:
+        sock.close()

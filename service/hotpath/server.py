@@ -13,6 +13,8 @@ second, stays open for good. ``BoundedHttpToolsProtocol`` adds, per connection:
   the previous response ended, on a kept-alive connection) ends the connection:
   ``408 Request Timeout`` if some of the head had arrived, a plain close if nothing had.
 
+* **Unread answers**: a caller that reads nothing (the transport's buffer stays full) for
+  ``write_timeout_s`` is hung up on (the connection aborted): its call ends as any hang-up.
 * **Unread bodies**: a response that closes the connection before its request's body
   arrived (a 413 decided from ``content-length``, ``Connection: close``) does not close at
   once, which would reset the connection under the answer while the caller still sends
@@ -31,7 +33,7 @@ response.
 
 Built for ``uvicorn.run(app, http=protocol_class(limits))``: a subclass per ``HeadLimits``,
 made at start-up by ``protocol_class``. One protocol object per connection, on the event
-loop; nothing here is thread-safe. Issue 12's write timeout is meant to live here too.
+loop; nothing here is thread-safe.
 
 **Relies on uvicorn internals** (``uvicorn.protocols.http.httptools_impl``, tested with the
 range pinned in pyproject.toml): the parser callbacks ``on_message_begin``, ``on_url``,
@@ -73,16 +75,18 @@ _REFUSALS = {431: b"request head too large: see server.max_header_kb and server.
 
 @dataclass(frozen=True, slots=True)
 class HeadLimits:
-    """Bounds on one request head: bytes, header lines, seconds to receive it."""
+    """Bounds on one request head (bytes, header lines, seconds to receive it), and on how
+    long a caller may leave the proxy unable to write to it (``write_timeout_s``)."""
 
     max_bytes: int = 64 * 1024
     max_headers: int = 100
     timeout_s: float = 10.0
+    write_timeout_s: float = 120.0
 
     @classmethod
     def from_config(cls, server: ServerConfig) -> HeadLimits:
         return cls(max_bytes=int(server.max_header_kb * 1024), max_headers=server.max_headers,
-                   timeout_s=server.header_timeout_s)
+                   timeout_s=server.header_timeout_s, write_timeout_s=server.write_timeout_s)
 
 
 def protocol_class(limits: HeadLimits) -> type[BoundedHttpToolsProtocol]:
@@ -112,6 +116,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_done = True        # the current request's body has been received whole
         self._draining = False        # answered and closing: the rest of the body is dropped
         self._drained = 0             # bytes that arrived after the response was complete
+        self._write_timer: asyncio.TimerHandle | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -121,6 +126,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -197,6 +205,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._head_open and not self.transport.is_closing():
             self._arm_head_timer()  # the next head's time starts with the response's end
+
+    def pause_writing(self) -> None:
+        """The caller stopped reading (the transport's buffer is full): if it stays so for
+        ``write_timeout_s``, the connection is aborted. The call then ends as a hang-up
+        (499, upstream closed, what was generated charged); nothing is buffered meanwhile."""
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s,
+                                                     self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self.flow is not None:
+            super().resume_writing()
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        self.logger.info("a caller read nothing for server.write_timeout_s (%g s): hung up on",
+                         self.limits.write_timeout_s)
+        self.transport.abort()
 
     def _close_after_body(self) -> None:
         """Close after a response, once the caller has sent the rest of its request body

@@ -131,6 +131,10 @@ class Store(ABC):
     @abstractmethod
     def claim(self, name: str, ttl_s: int, now: float) -> bool: ...
 
+    def ping(self, now: float) -> None:
+        """Raise ``StoreError`` unless the store answers (one small read)."""
+        self.totals([("", "")], now)
+
     def close(self) -> None:
         return None
 

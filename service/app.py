@@ -20,6 +20,7 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -36,6 +37,7 @@ from spendgate.config import RESERVED_NAMES, Config, load_config
 from spendgate.config import allowed_hosts as resolve_allowed_hosts
 from spendgate.errors import ConfigError
 from spendgate.exporters.base import RecordSink
+from spendgate.exporters.host_metrics import HostRegistry
 from spendgate.exporters.prometheus import PrometheusSink
 from spendgate.hotpath.attribution import KeyRing
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
@@ -76,7 +78,8 @@ class Spendgate:
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
                  extra_sinks: list[RecordSink] | None = None,
                  config_path: str | None = None,
-                 allowed_hosts: list[str] | None = None) -> None:
+                 allowed_hosts: list[str] | None = None,
+                 worker: tuple[int, Sequence[str]] | None = None) -> None:
         self.config = config
         self.config_path = config_path      # what SIGHUP re-reads (``reload``)
         self.hosts = HostAllowList(allowed_hosts if allowed_hosts is not None
@@ -105,7 +108,11 @@ class Spendgate:
                               gate=self.budgets.proxy_gate(),
                               propagate=self.telemetry.tracing,
                               sample_new_traces=self.telemetry.sample_new_traces)
-        self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
+        # One of ``serve --workers N``: (this worker's index, every worker's metrics socket).
+        self.host_metrics = (HostRegistry(self.registry, worker[0], worker[1],
+                                          self.pipeline.flush) if worker is not None else None)
+        self.api = build_api(self.host_metrics or self.registry, self.pipeline.flush,
+                             self.readiness_problems,
                              self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
                              lambda: self.config.metrics_key)
         self._reload_lock = threading.Lock()
@@ -136,6 +143,8 @@ class Spendgate:
 
     async def startup(self) -> None:
         self.pipeline.start()
+        if self.host_metrics is not None:
+            self.host_metrics.start()
         await self.budgets.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
@@ -152,6 +161,8 @@ class Spendgate:
         self._handle_sighup(False)
         self.pipeline.close()
         await self.budgets.close()  # after the pipeline: its last records are settled
+        if self.host_metrics is not None:
+            self.host_metrics.close()
 
     def reload(self, config: Config | None = None) -> bool:
         """Apply a new config's budgets, keys, prices, alerts, admin and metrics keys; True if

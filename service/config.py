@@ -116,6 +116,7 @@ class ServerConfig(_Strict):
     header_timeout_s: float = Field(default=10, gt=0)   # to receive a complete request head
     write_timeout_s: float = Field(default=120, gt=0)   # a caller reading nothing: hung up on
     drain_s: float = Field(default=30, gt=0)            # SIGTERM: calls in flight get this long
+    workers: int = Field(default=1, ge=1, le=256)       # processes on one port (--workers)
     shutdown_delay_s: float = Field(default=0, ge=0)    # SIGTERM: /readyz 503, still serving
     allowed_hosts: list[str] | None = None
     allowed_origins: list[str] = Field(default_factory=list)

@@ -450,9 +450,9 @@ class Target:
 
 def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
                     src: Path | Tree = REPO, tracing: bool = False,
-                    name: str = "spendgate", budget: bool = False) -> Target:
+                    name: str = "spendgate", budget: bool = False, workers: int = 1) -> Target:
     """``budget``: with one block budget covering every call (its store and journal in
-    ``workdir``), so each call is reserved and settled."""
+    ``workdir``), so each call is reserved and settled. ``workers``: ``serve --workers``."""
     tree = src if isinstance(src, Tree) else Tree.detect(src)
     port = free_port()
     config = workdir / f"{name}.yaml"
@@ -466,6 +466,8 @@ def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
                                 "action": "block"}]
         settings["store"] = {"url": f"sqlite:///{data / 'ledger.sqlite3'}",
                              "journal": str(data / "journal.sqlite3")}
+    if workers > 1:
+        settings["server"] = {"workers": workers}
     config.write_text(json.dumps(settings, indent=2))  # JSON is YAML; no PyYAML needed here
     argv, changes = tree.serve_command("--config", str(config), "--port", str(port),
                                        "--log-level", "warning")
@@ -1029,6 +1031,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget", action="store_true",
                         help="A/B in the same run: spendgate with one block budget covering "
                         "every call (reserved and settled) against spendgate without one")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="A/B in the same run: spendgate with N workers (serve --workers) "
+                        "against one worker; with 2 cores, use --no-pin")
     parser.add_argument("--floor", action="store_true",
                         help="also measure bench/floor_proxy.py, a minimal Python proxy on "
                         "the same stack: the floor under spendgate's figures")
@@ -1065,10 +1070,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     baseline: tuple[str, Tree] | None = None
+    if (args.budget or args.workers > 1) and (other is not None
+                                              or (args.budget and args.workers > 1)):
+        parser.error("--budget, --workers and --baseline-src: one A/B at a time")
     if args.budget:
-        if other is not None:
-            parser.error("--budget and --baseline-src: one A/B at a time")
         baseline = ("spendgate+budget", tree)
+    elif args.workers > 1:
+        baseline = (f"spendgate-{args.workers}-workers", tree)
     elif other is not None:
         suffix = args.baseline_name or other.revision() or other.root.name
         if suffix == (tree.revision() or tree.root.name) and not args.baseline_name:
@@ -1118,11 +1126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
                 pair.append(start_spendgate(nginx, workdir, proxy_cpus, tree, args.tracing))
                 pair.append(start_spendgate(nginx, workdir, proxy_cpus, other, args.tracing,
-                                            name=name, budget=args.budget))
+                                            name=name, budget=args.budget,
+                                            workers=args.workers))
                 for target in pair:
                     check_target(target)
                 env["rss_start_mb"] = {t.name: t.rss_start_mb for t in pair}
-                running_revision(env, tree, None if args.budget else other)
+                running_revision(env, tree, None if args.budget or args.workers > 1 else other)
                 results.update(measure_interleaved(pair, scenarios, plan, workdir))
                 env["rss_end_mb"] = {t.name: rss_mb(t.service.pid) for t in pair
                                      if t.service is not None}

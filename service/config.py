@@ -233,8 +233,11 @@ class StoreConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _store_url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
-            raise ValueError("expected sqlite:///PATH or redis://HOST:PORT/DB")
+        if not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://",
+                                 "redis+sentinel://", "rediss+sentinel://",
+                                 "redis+cluster://", "rediss+cluster://")):
+            raise ValueError("expected sqlite:///PATH, redis://HOST:PORT/DB, "
+                             "redis+sentinel://HOST:PORT/SERVICE or redis+cluster://HOST:PORT")
         return value
 
 

@@ -61,9 +61,10 @@ def serve_workers(count: int, sock: socket.socket, run_worker: Worker) -> int:
 
     def spawn(index: int) -> None:
         pid = os.fork()
-        if pid == 0:  # the worker: default signal handling, its own everything
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if pid == 0:  # the worker: its own signal handling, its own everything
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app handles it (reload)
             status = 1
             try:
                 status = run_worker(sock, index, paths)

@@ -86,6 +86,8 @@ async def upstream_main(port: int, chunks: int, interval_s: float) -> None:
                         % (chunks, chunks + 10))
                 writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
                 await writer.drain()
+                if re.search(rb"(?i)\r\nconnection:\s*close", head):
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

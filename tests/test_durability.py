@@ -144,3 +144,38 @@ def test_fail_closed_recovers_within_a_second_of_the_store_returning(
     recovered_s = time.monotonic() - back
     assert recovered_s < 1.5, recovered_s  # <= 1 s by design; margin for a busy machine
     call(proxy, 1)
+
+
+def test_journal_slots_adoption_and_replay_apply_each_batch_once(tmp_path: Path) -> None:
+    """In one process, with the real journal and SQLite store: a second journal on the same
+    path takes the next slot; a slot left by a dead process is adopted by the next one to
+    start; replaying a batch the store already applied (a crash between the store's answer
+    and the journal's delete) does not count it twice."""
+    from spendgate.budgets.journal import Journal
+    from spendgate.budgets.ledger import Ledger
+    from spendgate.budgets.store.base import Charge, SettleBatch
+    from spendgate.budgets.store.sqlite import SQLiteStore
+
+    path = tmp_path / "journal.sqlite3"
+    first, second = Journal(path), Journal(path)
+    assert (first.path, second.path) == (path, tmp_path / "journal.sqlite3.1")
+    store = SQLiteStore(tmp_path / "ledger.sqlite3", 1.0, 3600)
+    applied = SettleBatch("dead-process", 7, [], [Charge("b", "total", 5, 0)])
+    store.settle(applied, 0.0)  # reached the store, but the process died before done()
+    second.stamp(applied)
+    second.append(SettleBatch("", 0, [], [Charge("b", "total", 11, 0)]))  # never sent
+    second.append(SettleBatch("", 0, [], [Charge("b", "total", 13, 0)]))
+    second.close()  # the process is gone: its lock is free
+    first.close()
+    third = Journal(path)  # takes slot 0, adopts slot 1
+    assert third.path == path
+    errors: list[str] = []
+    ledger = Ledger(store, time.time, errors.append, third)
+    assert ledger.pending() == 5 + 11 + 13
+    ledger.record(SettleBatch("", 0, [], [Charge("b", "total", 17, 0)]))
+    assert ledger.pending() == 0 and errors == []
+    assert store.totals([("b", "total")], 0.0)[("b", "total")] == (5 + 11 + 13 + 17, 0)
+    ledger.close()
+    again = Journal(path)  # nothing left anywhere
+    assert again.leftover().stamped == [] and again.leftover().unstamped == []
+    again.close()

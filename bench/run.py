@@ -539,8 +539,10 @@ def start_litellm(command: list[str], nginx: Nginx, workdir: Path,
          "litellm_params": {**model, "api_base": nginx.base_url + "/sse/v1"}},
     ]}, indent=2))
     env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
-    for variable in ("DATABASE_URL", "LITELLM_MASTER_KEY", "REDIS_HOST", "REDIS_URL"):
+    for variable in ("DATABASE_URL", "REDIS_HOST", "REDIS_URL"):
         env.pop(variable, None)
+    # LiteLLM (1.108) refuses to start without a master key: the key wrk sends is the one.
+    env["LITELLM_MASTER_KEY"] = AUTH_HEADER.split()[1]
     argv = [*command, "--host", HOST, "--port", str(port), "--config", str(config),
             "--num_workers", "1"]
     service = Service("litellm", argv, workdir / "litellm.log", cpus=cpus, env=env,

@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (
+    AUTH_HEADER,
     BENCH_DIR,
     HOST,
     REPO,
@@ -106,7 +107,7 @@ async def load_main(url: str, streams: int, out: str) -> None:
     body = json.dumps({"model": "gpt-4o-mini", "stream": True,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()
     request = (f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
-               f"authorization: Bearer sk-bench\r\nconnection: close\r\n"
+               f"authorization: {AUTH_HEADER}\r\nconnection: close\r\n"
                f"content-length: {len(body)}\r\n\r\n").encode() + body
     latencies: list[int] = []
     events = errors = 0
@@ -201,6 +202,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="spendgate-streams-"))
     services: list[Service] = []
     results: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {} if args.litellm else {"litellm": "not measured (no --litellm)"}
     try:
         port = free_port()
         services.append(Service("upstream", [sys.executable, __file__, "--_upstream", str(port),
@@ -208,36 +210,45 @@ def main() -> int:
                                 workdir / "upstream.log", cpus=load_cpus))
         wait_http(f"http://{HOST}:{port}/healthz", services[-1], 30)
         upstream = f"http://{HOST}:{port}"
-        targets: list[tuple[str, str, Service | None]] = [("direct", upstream + PATH, None)]
+        targets: list[tuple[str, str, list[str] | None, dict[str, str] | None, Path]] = [
+            ("direct", upstream + PATH, None, None, workdir)]
         sg_port = free_port()
         config = workdir / "spendgate.yaml"
         config.write_text(json.dumps({"upstreams": {"bench": {
             "url": upstream, "provider": "openai", "timeout_s": 60}}}))
         argv, changes = Tree.detect(REPO).serve_command(
             "--config", str(config), "--port", str(sg_port), "--log-level", "warning")
-        targets.append(("spendgate", f"http://{HOST}:{sg_port}/bench{PATH}",
-                        Service("spendgate", argv, workdir / "spendgate.log", cpus=proxy_cpus,
-                                env={**os.environ, **changes}, cwd=workdir)))
+        targets.append(("spendgate", f"http://{HOST}:{sg_port}/bench{PATH}", argv,
+                        {**os.environ, **changes}, workdir))
         fl_port = free_port()
-        targets.append(("floor", f"http://{HOST}:{fl_port}{PATH}", Service(
-            "floor", [sys.executable, str(BENCH_DIR / "floor_proxy.py"), "--upstream", upstream,
-                      "--port", str(fl_port)], workdir / "floor.log", cpus=proxy_cpus)))
+        targets.append(("floor", f"http://{HOST}:{fl_port}{PATH}",
+                        [sys.executable, str(BENCH_DIR / "floor_proxy.py"), "--upstream",
+                         upstream, "--port", str(fl_port)], None, workdir))
         if args.litellm:
             ll_port = free_port()
             ll_config = workdir / "litellm.yaml"
             ll_config.write_text(json.dumps({"model_list": [{"model_name": "gpt-4o-mini",
                 "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-bench",
                                    "api_base": upstream + "/v1"}}]}))
-            targets.append(("litellm", f"http://{HOST}:{ll_port}{PATH}", Service(
-                "litellm", [args.litellm, "--host", HOST, "--port", str(ll_port), "--config",
-                            str(ll_config), "--num_workers", "1"], workdir / "litellm.log",
-                cpus=proxy_cpus, env={**os.environ, "LITELLM_LOG": "ERROR"}, cwd=workdir)))
-        for name, url, service in targets:
-            if service is not None:
+            targets.append(("litellm", f"http://{HOST}:{ll_port}{PATH}",
+                            [args.litellm, "--host", HOST, "--port", str(ll_port), "--config",
+                             str(ll_config), "--num_workers", "1"],
+                            {**os.environ, "LITELLM_LOG": "ERROR",
+                             "LITELLM_MASTER_KEY": AUTH_HEADER.split()[1]}, workdir))
+        for name, url, command, env, cwd in targets:
+            service = None
+            if command is not None:  # one proxy at a time, alone on its core
+                service = Service(name, command, workdir / f"{name}.log", cpus=proxy_cpus,
+                                  env=env, cwd=cwd)
                 services.append(service)
                 health = url.rsplit(PATH, 1)[0].removesuffix("/bench") + (
                     "/health/liveliness" if name == "litellm" else "/healthz")
-                wait_http(health, service, 180)
+                try:
+                    wait_http(health, service, 180)
+                except RuntimeError as error:
+                    notes[name] = f"failed to run: {str(error).splitlines()[0]}"
+                    service.stop()
+                    continue
             pid = service.pid if service else None
             results[name] = {}
             measure(name, url, pid, 20, workdir, load_cpus)  # warm-up
@@ -250,9 +261,10 @@ def main() -> int:
         for service in services:
             service.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report = render(results, counts, args, environment_line())
+    report = render(results, counts, args, environment_line(), notes)
     print(report)
-    Path(args.out).write_text(json.dumps({"results": results, "report_markdown": report,
+    Path(args.out).write_text(json.dumps({"results": results, "notes": notes,
+                                          "report_markdown": report,
                                           "chunks": args.chunks,
                                           "interval_ms": args.interval_ms}, indent=2) + "\n")
     return 0
@@ -269,7 +281,7 @@ def environment_line() -> str:
 
 
 def render(results: dict[str, dict[str, Any]], counts: list[int], args: Any,
-           machine: str) -> str:
+           machine: str, notes: dict[str, str]) -> str:
     lines = ["## Streams at scale", "", machine,
              f"{args.chunks} chunks per stream, one every {args.interval_ms:g} ms; proxy and "
              "upstream + load generator on separate cores (when there are two).", "",
@@ -280,8 +292,8 @@ def render(results: dict[str, dict[str, Any]], counts: list[int], args: Any,
         for n in counts:
             m = results.get(name, {}).get(str(n))
             if m is None:
-                if name == "litellm":
-                    lines.append(f"| litellm | {n} | not measured (no --litellm) | | | | | | |")
+                if name in notes:
+                    lines.append(f"| {name} | {n} | {notes[name]} | | | | | | |")
                 continue
             base = results["direct"][str(n)]
             added = ("–" if name == "direct" or m["p50_ms"] is None or base["p50_ms"] is None

@@ -14,7 +14,9 @@ second, stays open for good. ``BoundedHttpToolsProtocol`` adds, per connection:
   ``408 Request Timeout`` if some of the head had arrived, a plain close if nothing had.
 
 * **Unread answers**: a caller that reads nothing (the transport's buffer stays full) for
-  ``write_timeout_s`` is hung up on (the connection aborted): its call ends as any hang-up.
+  ``write_timeout_s`` is hung up on (the connection aborted): a stream then ends as any
+  hang-up (499, upstream closed); a non-streamed answer was already whole and keeps its
+  status.
 * **Unread bodies**: a response that closes the connection before its request's body
   arrived (a 413 decided from ``content-length``, ``Connection: close``) does not close at
   once, which would reset the connection under the answer while the caller still sends

@@ -2,7 +2,8 @@
 
 A raw ASGI app on the same server stack as spendgate (uvicorn, uvloop, httptools, one
 process) that reads the request body, POSTs it with a pooled aiohttp session to the upstream
-path, and returns the upstream's status, content type and body. No routing, parsing,
+path, and returns the upstream's status, content type and body (an SSE body chunk by chunk,
+as it arrives). No routing, parsing,
 metering or metrics. What spendgate adds on top of this is spendgate's own work; what this
 adds over direct-to-nginx is the cost of any proxy written this way on this machine.
 
@@ -56,6 +57,15 @@ class FloorProxy:
         assert self.session is not None
         async with self.session.post(self.upstream + scope["path"], data=body,
                                      headers=headers) as response:
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("text/event-stream"):  # streamed: chunk by chunk
+                await send({"type": "http.response.start", "status": response.status,
+                            "headers": [(b"content-type", content_type.encode())]})
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+                return
             data = await response.read()
             await send({"type": "http.response.start", "status": response.status,
                         "headers": [(b"content-type",

@@ -20,6 +20,7 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -40,6 +41,7 @@ from spendgate.config import allowed_hosts as resolve_allowed_hosts
 from spendgate.errors import ConfigError
 from spendgate.exporters.access_log import AccessLogSink
 from spendgate.exporters.base import RecordSink
+from spendgate.exporters.host_metrics import HostRegistry
 from spendgate.exporters.prometheus import PrometheusSink
 from spendgate.exporters.recent import RecentCalls
 from spendgate.hotpath.attribution import KeyRing
@@ -82,7 +84,8 @@ class Spendgate:
     def __init__(self, config: Config, registry: CollectorRegistry | None = None,
                  extra_sinks: list[RecordSink] | None = None,
                  config_path: str | None = None,
-                 allowed_hosts: list[str] | None = None) -> None:
+                 allowed_hosts: list[str] | None = None,
+                 worker: tuple[int, Sequence[str]] | None = None) -> None:
         self.config = config
         self.config_path = config_path      # what SIGHUP re-reads (``reload``)
         self.hosts = HostAllowList(allowed_hosts if allowed_hosts is not None
@@ -95,7 +98,7 @@ class Spendgate:
                                       config.metrics.pair_limit,
                                       exemplars=self.telemetry.tracing)
         estimator = TokenEstimator()
-        self.budgets = BudgetManager(config, self.catalog, self.registry, estimator)
+        self.budgets = BudgetManager(config, self.catalog, self.registry)
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
@@ -117,7 +120,11 @@ class Spendgate:
                               gate=self.budgets.proxy_gate(),
                               propagate=self.telemetry.tracing,
                               sample_new_traces=self.telemetry.sample_new_traces)
-        self.api = build_api(self.registry, self.pipeline.flush, self.readiness_problems,
+        # One of ``serve --workers N``: (this worker's index, every worker's metrics socket).
+        self.host_metrics = (HostRegistry(self.registry, worker[0], worker[1],
+                                          self.pipeline.flush) if worker is not None else None)
+        self.api = build_api(self.host_metrics or self.registry, self.pipeline.flush,
+                             self.readiness_problems,
                              self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
                              lambda: self.config.metrics_key,
                              ConsoleSources(self.recent.snapshot, self.metrics.errors_by_kind,
@@ -128,6 +135,11 @@ class Spendgate:
                                        self.registry) if sources else None)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
+        self.draining = False     # SIGTERM received: /readyz fails while calls finish
+
+    def start_draining(self) -> None:
+        """The server is shutting down (``hotpath.server.DrainingServer``): not ready."""
+        self.draining = True
 
     def _price(self, model: str, upstream: str | None) -> tuple[bool, str]:
         """The console's price lookup: (known, ``spendgate prices MODEL`` text)."""
@@ -140,6 +152,8 @@ class Spendgate:
 
     def readiness_problems(self) -> list[str]:
         problems = []
+        if self.draining:
+            problems.append("draining: shutting down, calls in flight are finishing")
         if self.client.closed:
             problems.append("upstream client closed")
         if not self.pipeline.running:
@@ -156,6 +170,8 @@ class Spendgate:
 
     async def startup(self) -> None:
         self.pipeline.start()
+        if self.host_metrics is not None:
+            self.host_metrics.start()
         await self.budgets.start()
         if self.reconcile is not None:
             self.reconcile.start()
@@ -176,6 +192,8 @@ class Spendgate:
         if self.reconcile is not None:
             await asyncio.to_thread(self.reconcile.close)
         await self.budgets.close()  # after the pipeline: its last records are settled
+        if self.host_metrics is not None:
+            self.host_metrics.close()
 
     def reload(self, config: Config | None = None) -> bool:
         """Apply a new config's budgets, keys, prices, alerts, admin and metrics keys; True if

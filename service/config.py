@@ -162,6 +162,10 @@ class ServerConfig(_Strict):
     max_header_kb: float = Field(default=64, gt=0)      # a request head (431 beyond)
     max_headers: int = Field(default=100, ge=1)         # header lines of a request (431)
     header_timeout_s: float = Field(default=10, gt=0)   # to receive a complete request head
+    write_timeout_s: float = Field(default=120, gt=0)   # a caller reading nothing: hung up on
+    drain_s: float = Field(default=30, gt=0)            # SIGTERM: calls in flight get this long
+    workers: int = Field(default=1, ge=1, le=256)       # processes on one port (--workers)
+    shutdown_delay_s: float = Field(default=0, ge=0)    # SIGTERM: /readyz 503, still serving
     allowed_hosts: list[str] | None = None
     allowed_origins: list[str] = Field(default_factory=list)
     access_log: Literal["text", "json", "off"] = "text"  # one line per call, to stderr
@@ -328,12 +332,26 @@ class StoreConfig(_Strict):
     # Per UTC day, upstream and model: spend and tokens by type, kept this many days
     # (what ``spendgate reconcile`` compares with the provider's bill).
     history_days: int = Field(default=35, ge=1, le=400)
+    # The spend journal (budgets.journal): a SQLite file; None puts it beside a SQLite
+    # store's file, else in spendgate-data/; false (or "off") turns it off.
+    journal: str | Literal[False] | None = None
+    journal_fsync: Literal["full", "normal", "off"] = "normal"
+
+    @field_validator("journal", mode="before")
+    @classmethod
+    def _journal(cls, value: Any) -> Any:
+        if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "")):
+            return False
+        return value
 
     @field_validator("url")
     @classmethod
     def _store_url(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
-            raise ValueError("expected sqlite:///PATH or redis://HOST:PORT/DB")
+        if not value.startswith(("sqlite:///", "redis://", "rediss://", "unix://",
+                                 "redis+sentinel://", "rediss+sentinel://",
+                                 "redis+cluster://", "rediss+cluster://")):
+            raise ValueError("expected sqlite:///PATH, redis://HOST:PORT/DB, "
+                             "redis+sentinel://HOST:PORT/SERVICE or redis+cluster://HOST:PORT")
         return value
 
 

@@ -11,6 +11,8 @@ def safe_url(url: str) -> str:
     parts = urlsplit(url)
     if not parts.scheme:
         return url
+    if "," in parts.netloc:  # several nodes (redis+sentinel://, redis+cluster://)
+        return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"

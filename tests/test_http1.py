@@ -370,6 +370,27 @@ def test_connections_idle_too_long_are_not_reused(run: Run) -> None:
     run(scenario())
 
 
+def test_idle_connections_are_closed_after_idle_s_without_further_traffic(run: Run) -> None:
+    """A burst leaves many pooled connections; with no call after it, each is still closed
+    once idle for ``idle_s`` (the upstream sees them close), not kept for good."""
+    async def scenario() -> None:
+        upstream = FakeUpstream().start()
+        try:
+            client = Pool(idle_s=0.5)
+            endpoint = Endpoint("http", "127.0.0.1", upstream.port, 5.0, 5.0)
+            upstream.queue(*[Reply(delay_s=0.1) for _ in range(20)])
+            await asyncio.gather(*(fetch(client, endpoint) for _ in range(20)))
+            assert client.idle_count(endpoint.key) == 20
+            await asyncio.sleep(0.3)
+            assert client.idle_count(endpoint.key) == 20
+            await asyncio.sleep(0.5)
+            assert client.idle_count(endpoint.key) == 0
+            await client.close()
+        finally:
+            upstream.stop()
+    run(scenario())
+
+
 def test_concurrent_requests_each_get_a_connection_and_the_pool_keeps_them(run: Run) -> None:
     async def scenario() -> None:
         upstream = FakeUpstream().start()

@@ -5,8 +5,7 @@ Protocol). When a ``block`` budget covers the call, it reserves the call's worst
 every such budget at once, atomically in the store, and refuses the call with
 ``BudgetExceeded`` (429) when one has no room. Worst case, in nano-dollars rounded up::
 
-    prompt  = min(body bytes, 1.5 x tiktoken estimate + 32) for bodies up to 8 KiB, else
-              body bytes (a token is at least one byte of text), + 1600 per image part
+    prompt  = body bytes (a token is at least one byte of text), + 1600 per image part
     output  = max_tokens (x n), else the catalog's max_output_tokens, else 32768;
               0 for embeddings
     cost    = prompt x the highest input-side rate + output x the highest output-side rate,
@@ -37,7 +36,6 @@ from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 from spendgate.accounting.pricing import PriceCatalog
-from spendgate.accounting.tokens import EncodingDataError, TokenEstimator
 from spendgate.budgets.book import Budget, BudgetBook
 from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.store.base import Hold, StoreError
@@ -47,7 +45,6 @@ from spendgate.money import to_nano, usd
 from spendgate.providers.base import RequestInfo
 from spendgate.records import CallOutcome
 
-SMALL_BODY = 8192
 IMAGE_TOKENS_WORST = 1600
 DEFAULT_OUTPUT_TOKENS = 32768
 
@@ -61,24 +58,16 @@ class Reservation:
     worst_case_nano: int
 
 
-def prompt_tokens_bound(info: RequestInfo, protocol: str, estimator: TokenEstimator) -> int:
+def prompt_tokens_bound(info: RequestInfo) -> int:
+    """The body's size in bytes (a byte-level BPE token is at least one byte of text, and
+    JSON never encodes text in fewer bytes than UTF-8), plus the worst case of each image
+    part. No tokenizer runs on the hot path: this costs a few microseconds per call."""
     body = info.upstream_body
-    bound = len(body)
-    if bound <= SMALL_BODY and info.json is not None:
-        try:
-            estimate = estimator.estimate_prompt(
-                info.operation, info.json, info.model,
-                protocol="anthropic" if protocol == "anthropic" else "openai")
-        except (EncodingDataError, ValueError, TypeError, RecursionError):
-            estimate = None  # a body the estimator cannot read is bounded by its bytes
-        if estimate is not None:
-            bound = min(bound, estimate * 3 // 2 + 32)
     images = body.count(b'"image_url"') + body.count(b'"input_image"') + body.count(b'"image"')
-    return bound + images * IMAGE_TOKENS_WORST
+    return len(body) + images * IMAGE_TOKENS_WORST
 
 
-def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
-                    estimator: TokenEstimator) -> int:
+def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog) -> int:
     """The most this call can cost, rounded up to a nano-dollar (see the module docstring)."""
     info = outcome.request
     if info is None or not info.metered:
@@ -93,7 +82,9 @@ def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog,
             entry = catalog.entries.get(resolved.matched)
             output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
         output *= info.choices
-    prompt = prompt_tokens_bound(info, outcome.protocol, estimator)
+    # The byte bound can only overstate the prompt, so the context tier it falls in is never
+    # cheaper than the one the call will be priced at: the reservation stays an upper bound.
+    prompt = prompt_tokens_bound(info)
     tier = (info.json or {}).get("service_tier")
     p_in, p_out = resolved.price.worst_rates(tier if isinstance(tier, str) else None, prompt)
     per_mtok = (prompt * p_in + output * p_out) * catalog.multiplier(outcome.upstream)
@@ -130,14 +121,13 @@ class BudgetGate:
     """
 
     def __init__(self, book: BudgetBook, catalog: PriceCatalog, ledger: Ledger | None,
-                 estimator: TokenEstimator, clock: Clock,
+                 clock: Clock,
                  on_error: Literal["open", "closed"], count_blocked: Callable[[str], None],
                  on_blocked: Callable[[Budget, Window, int, int, int], None] | None = None,
                  ) -> None:
         self.book = book
         self.catalog = catalog
         self.ledger = ledger
-        self.estimator = estimator
         self.clock = clock
         self.on_error = on_error
         self._count_blocked = count_blocked
@@ -156,7 +146,7 @@ class BudgetGate:
         if not covering:
             return
         now = self.clock()
-        worst = worst_case_nano(outcome, self.catalog, self.estimator)
+        worst = worst_case_nano(outcome, self.catalog)
         windows = {b.name: b.window(now) for b in covering}
         holds = tuple(Hold(b.name, windows[b.name].id, b.limit,
                            worst if b.max_reserve is None else min(worst, b.max_reserve),

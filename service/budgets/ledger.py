@@ -1,13 +1,18 @@
 """The ledger: a ``Store`` plus what keeps spend safe when the store is down or slow.
 
 * A circuit breaker (``StoreHealth``): after a failure the store is not asked again for a
-  backoff (0.5 s doubling to 5 s), so a dead Redis costs the hot path nothing; the
-  ``ledger-sync`` thread, callers and the next call probe it when the backoff ends.
+  backoff (0.25 s doubling to 0.75 s, each jittered down to half), so a dead Redis costs
+  the hot path next to nothing; the ``ledger-sync`` thread probes it every 0.25 s once the
+  backoff ends, with or without traffic, so a store that is back is seen within a second
+  (``store.on_error: closed`` stops refusing, ``/readyz`` passes again).
 * Nothing recorded is lost: a settlement the store did not take is kept in memory (a batch
   that may have been applied is retried under its own sequence number, which the store
   applies once;
   newer spend is summed per budget window and per dimensions, so memory stays bounded
   through any outage) and written when the store answers again.
+* Nothing recorded is lost when the process dies either: with a ``Journal`` every batch is
+  on local disk before it is sent, and leaves it once the store acknowledged it; what an
+  earlier process left there is sent first (``journal.py``).
 * ``known(budget, window)``: the last totals the store reported plus spend not written yet,
   which the gate uses to keep blocking exhausted budgets while the store is unreachable.
 
@@ -19,11 +24,13 @@ any thread; ``reserve`` from the event loop. Lifetime: ``start`` once, ``close``
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from spendgate.budgets.journal import Journal
 from spendgate.budgets.store.base import (
     Charge,
     DayCharge,
@@ -41,6 +48,8 @@ from spendgate.money import usd
 
 log = logging.getLogger("spendgate.ledger")
 _MAX_PENDING_RELEASES = 100_000   # beyond this, leases reclaim the reservations instead
+_MAX_BACKOFF_S = 0.75            # + the sync thread's 0.25 s tick: back within 1 s
+_COMPACT_ROWS = 1000              # unsent journal rows summed into one past this
 
 
 class StoreDown(StoreError):
@@ -65,8 +74,10 @@ class StoreHealth:
     def failed(self, operation: str, error: BaseException) -> None:
         self.errors += 1
         self._count(operation)
-        self._backoff = min(max(self._backoff * 2, 0.5), 5.0)
-        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(max(self._backoff * 2, 0.25), _MAX_BACKOFF_S)
+        # Jittered, so replicas that lost the store together do not probe (nor fail and
+        # pass /readyz) in lockstep.
+        self._retry_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
         if self.down_since is None:
             self.down_since = self._clock()
             log.error("budget store failed (%s): %s; spend is kept locally until it is back",
@@ -80,6 +91,10 @@ class StoreHealth:
         self._backoff = 0.0
         self._retry_at = 0.0
 
+    def count_journal_error(self, error: StoreError) -> None:
+        self._count("journal")
+        log.error("%s; that spend is kept in memory only", error)
+
     def problem(self) -> str | None:
         if self.down_since is None:
             return None
@@ -89,13 +104,14 @@ class StoreHealth:
 class Ledger:
     """Store access for the gate (hot path), the settlement sink and the readers."""
 
-    def __init__(self, store: Store, clock: Clock, count_error: Callable[[str], None]) -> None:
+    def __init__(self, store: Store, clock: Clock, count_error: Callable[[str], None],
+                 journal: Journal | None = None) -> None:
         self.store = store
         self.clock = clock
         self.health = StoreHealth(count_error, clock)
         self._lock = threading.Lock()          # guards the fields below
         self._flushing = threading.Lock()      # one writer to the store at a time
-        self._retry: SettleBatch | None = None
+        self._sent: list[SettleBatch] = []   # stamped, not yet acknowledged, in order
         self._charges: dict[tuple[str, str], list[int]] = {}   # -> [amount, ttl]
         self._dims: dict[tuple[str, Dims], list[int]] = {}
         self._days: dict[tuple[str, str, str, str], list[int]] = {}   # daily history
@@ -103,6 +119,18 @@ class Ledger:
         self._known: Totals = {}
         self.source = uuid.uuid4().hex[:16]   # this process, as a writer to the store
         self._seq = 0
+        self.journal = journal
+        self._journal_rows = 0               # unstamped rows in the journal
+        if journal is not None:
+            leftover = journal.leftover()
+            self._sent = leftover.stamped
+            for batch in leftover.unstamped:
+                self._merge(batch)
+            self._journal_rows = len(leftover.unstamped)
+            if leftover.stamped or leftover.unstamped:
+                log.warning("spend journal %s: %s of spend left by an earlier process is "
+                            "being sent to the budget store", journal.path,
+                            usd(self.pending()))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sync, name="spendgate-ledger-sync",
                                         daemon=True)
@@ -129,27 +157,47 @@ class Ledger:
     # -- settlement (pipeline thread) --------------------------------------------------------
 
     def record(self, batch: SettleBatch) -> Totals | None:
-        """Apply ``batch`` now, or keep it for later; the totals it touched, when applied."""
+        """Journal ``batch``, then apply it now or keep it for later; the totals it touched,
+        when applied."""
         if not batch:
             return None
         with self._flushing:
             with self._lock:
-                idle = self._retry is None and not self._charges and not self._dims \
+                idle = not self._sent and not self._charges and not self._dims \
                     and not self._releases and not self._days
             if idle and self.health.usable():
                 self._stamp(batch)
+                self._journal("stamp", batch)
                 try:
                     totals = self.store.settle(batch, self.clock())
                 except Exception as error:  # StoreError, or a reply we could not read
                     self.health.failed("settle", error)
                     with self._lock:
-                        self._retry = batch  # may have been applied: retry under its id
+                        self._sent.append(batch)  # may have been applied: retry under its id
                     return None
                 self.health.ok()
+                self._journal("done", batch)
                 self._remember(totals)
                 return totals
+            self._journal("append", batch)
             self._merge(batch)
             return self._flush() if self.health.usable() else None
+
+    def _journal(self, operation: str, batch: SettleBatch) -> None:
+        """Write ``batch`` to the journal (``append``, ``stamp``, ``compact``, ``done``); a
+        failing journal (disk full) is counted and logged, and the spend stays in memory."""
+        journal = self.journal
+        if journal is None:
+            return
+        try:
+            getattr(journal, operation)(batch)
+        except StoreError as error:
+            self.health.count_journal_error(error)
+            return
+        if operation == "append":
+            self._journal_rows += 1
+        elif operation in ("stamp", "compact"):
+            self._journal_rows = int(operation == "compact")
 
     def _stamp(self, batch: SettleBatch) -> None:
         """Number a batch as it is first sent: each only after the previous one applied."""
@@ -174,36 +222,46 @@ class Ledger:
         """Write what is pending; called with ``_flushing`` held."""
         totals: Totals = {}
         while True:
+            fresh = False
             with self._lock:
-                batch = self._retry
+                batch = self._sent[0] if self._sent else None
                 if batch is None and (self._charges or self._dims or self._releases
                                       or self._days):
-                    batch = SettleBatch(
-                        "", 0, self._releases,
-                        [Charge(b, w, a, t) for (b, w), (a, t) in self._charges.items()],
-                        [DimCharge(w, d, a, t) for (w, d), (a, t) in self._dims.items()],
-                        [DayCharge(*k, a, t) for k, (a, t) in self._days.items()])
+                    batch = self._pending_batch()
                     self._stamp(batch)
-                    self._retry, self._charges, self._dims, self._releases = batch, {}, {}, []
+                    self._sent.append(batch)
+                    self._charges, self._dims, self._releases = {}, {}, []
                     self._days = {}
+                    fresh = True
             if batch is None:
                 return totals
+            if fresh:  # this stamped batch now stands for every unsent row of the journal
+                self._journal("stamp", batch)
             try:
                 totals.update(self.store.settle(batch, self.clock()))
             except Exception as error:  # StoreError, or a reply we could not read
                 self.health.failed("settle", error)
                 return None
             self.health.ok()
+            self._journal("done", batch)
             with self._lock:
-                self._retry = None
+                self._sent.remove(batch)
             self._remember(totals)
+
+    def _pending_batch(self) -> SettleBatch:
+        """What is pending, as one unstamped batch; called with ``_lock`` held."""
+        return SettleBatch(
+            "", 0, list(self._releases),
+            [Charge(b, w, a, t) for (b, w), (a, t) in self._charges.items()],
+            [DimCharge(w, d, a, t) for (w, d), (a, t) in self._dims.items()],
+            [DayCharge(*k, a, t) for k, (a, t) in self._days.items()])
 
     def pending(self) -> int:
         """Spend (nano-dollars) recorded here and not yet in the store."""
         with self._lock:
             waiting = sum(a for a, _ in self._charges.values())
-            if self._retry is not None:
-                waiting += sum(c.amount for c in self._retry.charges)
+            for batch in self._sent:
+                waiting += sum(c.amount for c in batch.charges)
             return waiting
 
     def _remember(self, totals: Totals) -> None:
@@ -214,8 +272,8 @@ class Ledger:
         spend, reserved = self._known.get((budget, window), (0, 0))
         with self._lock:
             spend += self._charges.get((budget, window), [0])[0]
-            if self._retry is not None:
-                spend += sum(c.amount for c in self._retry.charges
+            for batch in self._sent:
+                spend += sum(c.amount for c in batch.charges
                              if (c.budget, c.window) == (budget, window))
         return spend, reserved
 
@@ -248,22 +306,46 @@ class Ledger:
     def _sync(self) -> None:
         while not self._stop.wait(0.25):
             with self._lock:
-                waiting = self._retry is not None or bool(self._charges or self._dims
-                                                          or self._releases or self._days)
+                waiting = bool(self._sent or self._charges or self._dims or self._releases
+                               or self._days)
             if waiting and self.health.usable():
                 try:
                     with self._flushing:
                         self._flush()
                 except Exception:  # keep syncing: the batch stays queued for the next try
                     log.exception("budget ledger sync failed")
+            elif self.health.down_since is not None and self.health.usable():
+                self.probe()
+            elif self._journal_rows > _COMPACT_ROWS:
+                with self._flushing:  # a long outage: one row for all unsent spend
+                    with self._lock:
+                        batch = self._pending_batch()
+                    self._journal("compact", batch)
+
+    def probe(self) -> None:
+        """Ask the store a cheap question, to learn whether it is back."""
+        try:
+            self.store.ping(self.clock())
+        except Exception as error:  # StoreError, or a reply we could not read
+            self.health.failed("probe", error)
+            return
+        self.health.ok()
 
     def close(self) -> None:
-        """Stop the sync thread, try a last write, close the store."""
+        """Stop the sync thread, try a last write, close the journal and the store."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
         with self._flushing:
             if self._flush() is None and self.pending():
-                log.error("budget store unreachable at shutdown: %s of recorded spend "
-                          "could not be written to it", usd(self.pending()))
+                if self.journal is not None:
+                    log.warning("budget store unreachable at shutdown: %s of recorded spend "
+                                "stays in the spend journal %s and is sent when the proxy "
+                                "next starts", usd(self.pending()), self.journal.path)
+                else:
+                    log.error("budget store unreachable at shutdown: %s of recorded spend "
+                              "could not be written to it (store.journal is off)",
+                              usd(self.pending()))
+            if self.journal is not None:
+                self.journal.close()
         self.store.close()

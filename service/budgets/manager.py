@@ -19,23 +19,24 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
 from spendgate.accounting.pricing import PriceCatalog
-from spendgate.accounting.tokens import TokenEstimator
 from spendgate.budgets.alerts import AlertNotifier
 from spendgate.budgets.book import Budget, BudgetBook, describe
 from spendgate.budgets.gate import BudgetGate
 from spendgate.budgets.history import RANGES, buckets
+from spendgate.budgets.journal import Journal
 from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.metrics import BudgetCollector
 from spendgate.budgets.settlement import LedgerSink
 from spendgate.budgets.store import StoreError, open_store
 from spendgate.budgets.store.base import Dims, HistoryKey, Totals
 from spendgate.budgets.windows import WINDOW_KINDS, Clock, Window, iso, system_clock, window_at
-from spendgate.config import Config
+from spendgate.config import Config, StoreConfig
 from spendgate.errors import ConfigError
 from spendgate.exporters.base import RecordSink
 from spendgate.money import nano_to_float
@@ -45,9 +46,16 @@ log = logging.getLogger("spendgate.budgets")
 GROUPS = ("upstream", "project", "model", "key")
 
 
-def _load_tokenizers(estimator: TokenEstimator) -> None:
-    for name in ("o200k_base", "cl100k_base"):
-        estimator.encoding(name)
+def journal_path(store: StoreConfig) -> Path | None:
+    """Where the spend journal lives: ``store.journal``, else beside a SQLite store's file,
+    else ``spendgate-data/journal.sqlite3``; None when turned off."""
+    if store.journal is False:
+        return None
+    if store.journal:
+        return Path(store.journal)
+    if store.url.startswith("sqlite:///"):
+        return Path(store.url.removeprefix("sqlite:///")).with_name("journal.sqlite3")
+    return Path("spendgate-data/journal.sqlite3")
 
 
 def wants_ledger(config: Config) -> bool:
@@ -60,10 +68,9 @@ class BudgetManager(RecordSink):
     takes_charges = True    # a GPU upstream's idle cost is spend of that upstream
 
     def __init__(self, config: Config, catalog: PriceCatalog, registry: CollectorRegistry,
-                 estimator: TokenEstimator, clock: Clock | None = None) -> None:
+                 clock: Clock | None = None) -> None:
         self.clock = clock or system_clock()
         self.config = config
-        self.estimator = estimator
         self.blocked = Counter("spendgate_budget_blocked", "Calls refused by a block budget.",
                                ("budget",), registry=registry)
         self.store_errors = Counter("spendgate_store_errors", "Budget store operations that "
@@ -94,7 +101,7 @@ class BudgetManager(RecordSink):
         return self._gate if self._gate.book.any_block and self.ledger is not None else None
 
     def _build_gate(self, book: BudgetBook, catalog: PriceCatalog) -> BudgetGate:
-        return BudgetGate(book, catalog, self.ledger, self.estimator, self.clock,
+        return BudgetGate(book, catalog, self.ledger, self.clock,
                           self.config.store.on_error, self.blocked_call_counted,
                           self._on_blocked)
 
@@ -105,11 +112,19 @@ class BudgetManager(RecordSink):
                                store_config.reservation_lease_s, store_config.key_prefix)
         except StoreError as error:
             raise ConfigError([f"store.url: {error}"]) from None
-        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error)
+        journal = None
+        if (path := journal_path(store_config)) is not None:
+            try:
+                journal = Journal(path, store_config.journal_fsync)
+            except StoreError as error:
+                store.close()
+                raise ConfigError([str(error)]) from None
+        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error, journal)
         self.notifier = AlertNotifier(config.alerts, ledger.claim, self.clock)
         self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals,
                                 history_days=store_config.history_days)
-        log.info("budget ledger: %s", store.description)
+        log.info("budget ledger: %s; spend journal: %s", store.description,
+                 journal.path if journal is not None else "off")
 
     def blocked_call_counted(self, budget: str) -> None:
         self.blocked.labels(budget).inc()
@@ -141,9 +156,6 @@ class BudgetManager(RecordSink):
     # -- lifetime -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._gate.book.any_block:
-            # Load the tokenizer now: the gate estimates small prompts on the event loop.
-            await asyncio.to_thread(_load_tokenizers, self.estimator)
         self._running = True
         self._start_threads()
 
@@ -169,8 +181,6 @@ class BudgetManager(RecordSink):
             self._open(config)
             if self._running:
                 self._start_threads()
-        if book.any_block:
-            _load_tokenizers(self.estimator)
         if self.notifier is not None:
             self.notifier.reconfigure(config.alerts)
         self._gate = self._build_gate(book, catalog)

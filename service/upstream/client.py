@@ -15,7 +15,8 @@ Pooling: idle connections are kept per ``(scheme, host, port)``, last in first o
 reused only after a complete response that allowed it (``http1.Response``) and only if
 nothing is waiting in the socket (``Connection.reusable``: a zero-timeout poll, about a
 microsecond); one idle longer than ``idle_s`` is closed instead (servers and NATs drop idle
-connections silently). A
+connections silently), and a timer closes those left idle that long when no call comes to
+reuse them (a burst's connections do not stay open for good). A
 pooled connection that turns out dead before any response byte arrives (the server closed
 it as the request went out) is replaced once by a fresh connection when the request may be
 replayed (RFC 9112 §9.3.1: an idempotent method, or an ``Idempotency-Key`` header), as
@@ -92,6 +93,7 @@ class Pool:
         self._idle: dict[PoolKey, list[Connection]] = {}
         self._ssl_context, self._ca_file, self._idle_s = ssl_context, ca_file, idle_s
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None   # closes what idles past idle_s
 
     @property
     def closed(self) -> bool:
@@ -166,6 +168,24 @@ class Pool:
         while idle and now - idle[0].idle_since >= self._idle_s:
             idle.pop(0).close()
         idle.append(conn)
+        if self._sweep is None:  # with no traffic after a burst, nothing else would close them
+            self._sweep = asyncio.get_running_loop().call_later(self._idle_s, self._swept)
+
+    def _swept(self) -> None:
+        """Close every connection idle for ``idle_s``; come back while any is left."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        oldest = now
+        for key, idle in list(self._idle.items()):
+            while idle and now - idle[0].idle_since >= self._idle_s:
+                idle.pop(0).close()
+            if idle:
+                oldest = min(oldest, idle[0].idle_since)
+            else:
+                del self._idle[key]
+        if self._idle and not self._closed:
+            self._sweep = loop.call_later(max(oldest + self._idle_s - now, 0.01), self._swept)
 
     def forget(self, conn: Connection) -> None:
         """A pooled connection was closed by the server while idle."""
@@ -179,6 +199,9 @@ class Pool:
     async def close(self) -> None:
         """Close every idle connection; busy ones close when their response is closed."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -12,20 +12,27 @@ from spendgate.budgets.store.base import Store, StoreError
 
 
 def open_store(url: str, timeout_s: float, lease_s: float, prefix: str = "spendgate:") -> Store:
-    """``sqlite:///relative/path``, ``sqlite:////absolute/path`` or ``redis://host:port/db``
-    (``rediss://`` for TLS). Raises ``StoreError`` when a SQLite file cannot be opened."""
+    """``sqlite:///relative/path``, ``sqlite:////absolute/path``, ``redis://host:port/db``
+    (``rediss://`` for TLS), ``redis+sentinel://`` or ``redis+cluster://``
+    (``store.redis_topology``). Raises ``StoreError`` when a SQLite file cannot be opened or
+    a URL is malformed."""
     if url.startswith("sqlite:///"):
         from pathlib import Path
 
         from spendgate.budgets.store.sqlite import SQLiteStore
 
         return SQLiteStore(Path(url.removeprefix("sqlite:///")), timeout_s, lease_s)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    from spendgate.budgets.store.redis_topology import SCHEMES
+
+    if url.startswith(SCHEMES):
         from spendgate.budgets.store.redis import RedisStore
 
-        return RedisStore(url, timeout_s, lease_s, prefix)
+        try:
+            return RedisStore(url, timeout_s, lease_s, prefix)
+        except ValueError as error:  # a malformed sentinel or cluster URL
+            raise StoreError(str(error)) from None
     raise StoreError(f"store.url: unsupported scheme in {url.split(':', 1)[0]!r} "
-                     "(sqlite:/// or redis://)")
+                     "(sqlite:///, redis://, redis+sentinel:// or redis+cluster://)")
 
 
 __all__ = ["Store", "StoreError", "open_store"]

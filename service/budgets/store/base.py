@@ -156,6 +156,10 @@ class Store(ABC):
     def history(self, days: Sequence[str]) -> dict[HistoryKey, int]:
         """The daily history rows of ``days`` (``YYYY-MM-DD``, UTC)."""
 
+    def ping(self, now: float) -> None:
+        """Raise ``StoreError`` unless the store answers (one small read)."""
+        self.totals([("", "")], now)
+
     def close(self) -> None:
         return None
 

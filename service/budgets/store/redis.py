@@ -14,9 +14,11 @@ Each script runs atomically in Redis, so the check-and-increment of ``reserve`` 
 any number of replicas. Amounts travel as decimal strings and are added with ``HINCRBY``
 (exact 64-bit integers); only the admission comparison is done in Lua numbers (doubles),
 exact up to 2^53 nano-dollars (9 million USD) and within 1e-16 of the truth beyond.
-Scripts touch keys they compute from the prefix: a standalone Redis (or one shard), not a
-cluster. Two clients: a sync one (any thread, its own pool) and an asyncio one for the hot
-path, created in the loop on first use. No retries inside the client: the ledger retries.
+Scripts touch keys they compute from the prefix. ``store.url`` may name a standalone Redis,
+a Sentinel-managed one or a Redis Cluster (``redis_topology.py``); in a cluster the prefix
+becomes a hash tag (``{spendgate:}budget:...``), so every key lives in one slot. Two clients:
+a sync one (any thread, its own pool) and an asyncio one for the hot path, created in the
+loop on first use. No retries inside the client: the ledger retries.
 """
 
 from __future__ import annotations
@@ -29,9 +31,6 @@ from typing import Any
 import orjson
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from spendgate.budgets.store.base import (
     DIM_CAP,
@@ -45,6 +44,7 @@ from spendgate.budgets.store.base import (
     StoreError,
     Totals,
 )
+from spendgate.budgets.store.redis_topology import Topology
 from spendgate.labels import OTHER
 from spendgate.redact import safe_url
 
@@ -142,13 +142,16 @@ class RedisStore(Store):
                  ) -> None:
         super().__init__(timeout_s, lease_s)
         self.description = f"redis {safe_url(url)}"
-        self.prefix = prefix
-        self._url = url
+        self._topology = Topology.parse(url)
+        # In a cluster every key of the store shares one hash slot (the prefix is the hash
+        # tag), so each script's keys (all budgets of a call, its dimensions) are on one
+        # node and each reservation stays atomic across budgets.
+        self.prefix = f"{{{prefix}}}" if self._topology.kind == "cluster" else prefix
         options: dict[str, Any] = {"socket_timeout": timeout_s,
                                    "socket_connect_timeout": timeout_s}
-        self._sync = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        self._sync = self._topology.sync_client(options)
         self._options = options
-        self._async: redis.asyncio.Redis | None = None
+        self._async: Any = None
         self._reserve_sync = self._sync.register_script(_RESERVE)
         self._settle_sync = self._sync.register_script(_SETTLE)
         self._reserve_async: Any = None
@@ -194,8 +197,7 @@ class RedisStore(Store):
     async def reserve_async(self, rid: str, holds: Sequence[Hold],
                             now: float) -> Refusal | None:
         if self._async is None:
-            self._async = redis.asyncio.Redis.from_url(
-                self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options)
+            self._async = self._topology.async_client(self._options)
             self._reserve_async = self._async.register_script(_RESERVE)
         keys, args = self._reserve_args(rid, holds, now)
         with self._errors():

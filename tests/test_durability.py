@@ -1,0 +1,181 @@
+"""Nothing lost across crashes and restarts: the spend journal, against real processes.
+
+Each test runs ``spendgate serve`` in front of the fake provider, makes its budget store
+unreachable (a private ``redis-server`` killed, or the default SQLite file held locked by
+another connection), sends calls, then ends the proxy (SIGKILL or SIGTERM) before the store
+is back, brings the store back, restarts the proxy in the same directory and finds every
+cent in the store. A call is $0.10 (``budget_helpers.PRICE``). The proxy is ended only once
+``/metrics`` answered: a scrape waits until every call that ended before it reached every
+sink, the ledger (and so the journal) included.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.budget_helpers import (  # noqa: F401  (fixtures)
+    RedisServer,
+    budget_config,
+    chat_body,
+    chat_reply,
+    private_redis,
+    wait_for,
+)
+from tests.conftest import ProxyProcess
+from tests.fake_upstream import FakeUpstream
+
+NANO_PER_CALL = 100_000_000  # $0.10
+JSON = {"content-type": "application/json"}
+BUDGET = [{"name": "load", "limit_usd": 1_000_000, "window": "total", "action": "block"}]
+
+
+def call(proxy: ProxyProcess, n: int) -> None:
+    with httpx.Client(timeout=10) as http:
+        for _ in range(n):
+            r = http.post(proxy.url + "/openai/v1/chat/completions", content=chat_body(100),
+                          headers=JSON)
+            assert r.status_code == 200, r.text
+
+
+def end(proxy: ProxyProcess, how: signal.Signals) -> None:
+    proxy.metrics_text()  # every call that ended is recorded, and journaled
+    assert proxy.proc is not None
+    proxy.proc.send_signal(how)
+    proxy.proc.wait(20)
+
+
+def redis_spend(server: RedisServer) -> int:
+    return int(server.client().hget("journal:budget:load:total", "spend") or 0)
+
+
+def redis_outage_then(how: signal.Signals, spawn: Any, upstream: FakeUpstream,
+                      server: RedisServer) -> ProxyProcess:
+    proxy: ProxyProcess = spawn(budget_config(
+        upstream, BUDGET, store={"url": server.url, "key_prefix": "journal:", "timeout_s": 0.2}))
+    upstream.queue(*[chat_reply(100) for _ in range(40)])
+    call(proxy, 3)
+    assert wait_for(lambda: redis_spend(server) == 3 * NANO_PER_CALL)
+    server.client().save()
+    server.kill()
+    call(proxy, 12)  # store.on_error: open, so served while Redis is away
+    end(proxy, how)
+    assert "journal" in proxy.log() or how == signal.SIGKILL
+    server.start()  # same port and directory: the snapshot taken before the outage
+    assert redis_spend(server) == 3 * NANO_PER_CALL
+    proxy.start()
+    assert wait_for(lambda: redis_spend(server) == 15 * NANO_PER_CALL, 10)
+    return proxy
+
+
+def test_sigkill_during_a_redis_outage_loses_no_cent(
+        spawn: Any, upstream: FakeUpstream, private_redis: RedisServer) -> None:  # noqa: F811
+    proxy = redis_outage_then(signal.SIGKILL, spawn, upstream, private_redis)
+    # Replayed exactly once: a second restart adds nothing, and new calls add theirs.
+    end(proxy, signal.SIGKILL)
+    proxy.start()
+    call(proxy, 2)
+    assert wait_for(lambda: redis_spend(private_redis) == 17 * NANO_PER_CALL, 10)
+    proxy.metrics_text()
+    assert redis_spend(private_redis) == 17 * NANO_PER_CALL
+
+
+def test_sigterm_during_a_redis_outage_loses_no_cent(
+        spawn: Any, upstream: FakeUpstream, private_redis: RedisServer) -> None:  # noqa: F811
+    proxy = redis_outage_then(signal.SIGTERM, spawn, upstream, private_redis)
+    assert "stays in the spend journal" in proxy.log()
+
+
+def test_sigkill_with_the_default_sqlite_store_held_locked_loses_no_cent(
+        spawn: Any, upstream: FakeUpstream) -> None:
+    """The default store, a local SQLite file, made unavailable by a writer holding its lock
+    (another process's long transaction), then the proxy killed."""
+    proxy: ProxyProcess = spawn(budget_config(upstream, BUDGET, admin_key="adm"))
+    ledger = proxy.config_path.parent / "spendgate-data" / "ledger.sqlite3"
+    upstream.queue(*[chat_reply(100) for _ in range(40)])
+    call(proxy, 2)
+    assert wait_for(lambda: sqlite_spend(ledger) == 2 * NANO_PER_CALL)
+    holder = sqlite3.connect(ledger, isolation_level=None, timeout=5)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        call(proxy, 9)
+        end(proxy, signal.SIGKILL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert sqlite_spend(ledger) == 2 * NANO_PER_CALL
+    assert (ledger.parent / "journal.sqlite3").exists()
+    proxy.start()
+    assert wait_for(lambda: sqlite_spend(ledger) == 11 * NANO_PER_CALL, 10)
+    view = httpx.get(proxy.url + "/admin/budgets",
+                     headers={"authorization": "Bearer adm"}).json()["budgets"][0]
+    assert view["spend_usd"] == 1.1 and view["reserved_usd"] == 0
+
+
+def sqlite_spend(path: Path) -> int:
+    with sqlite3.connect(path, timeout=5) as db:
+        row = db.execute("SELECT spend FROM budget_spend WHERE budget='load' AND win='total'"
+                         ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_fail_closed_recovers_within_a_second_of_the_store_returning(
+        spawn: Any, upstream: FakeUpstream, private_redis: RedisServer) -> None:  # noqa: F811
+    """``store.on_error: closed``: refused (503) and not ready while Redis is away; back, with
+    no call to probe it, ``/readyz`` passes and calls are served within about a second."""
+    proxy: ProxyProcess = spawn(budget_config(upstream, BUDGET, store={
+        "url": private_redis.url, "on_error": "closed", "timeout_s": 0.2}))
+    upstream.queue(*[chat_reply(100) for _ in range(5)])
+    call(proxy, 1)
+    private_redis.kill()
+    r = httpx.post(proxy.url + "/openai/v1/chat/completions", content=chat_body(100),
+                   headers=JSON)
+    assert r.status_code == 503
+    time.sleep(3)  # the breaker's backoff is at its longest
+    assert httpx.get(proxy.url + "/readyz").status_code == 503
+    private_redis.start()
+    back = time.monotonic()
+    assert wait_for(lambda: httpx.get(proxy.url + "/readyz").status_code == 200, 5, 0.02)
+    recovered_s = time.monotonic() - back
+    assert recovered_s < 2.5, recovered_s  # <= 1 s by design; margin for a busy machine
+    call(proxy, 1)
+
+
+def test_journal_slots_adoption_and_replay_apply_each_batch_once(tmp_path: Path) -> None:
+    """In one process, with the real journal and SQLite store: a second journal on the same
+    path takes the next slot; a slot left by a dead process is adopted by the next one to
+    start; replaying a batch the store already applied (a crash between the store's answer
+    and the journal's delete) does not count it twice."""
+    from spendgate.budgets.journal import Journal
+    from spendgate.budgets.ledger import Ledger
+    from spendgate.budgets.store.base import Charge, SettleBatch
+    from spendgate.budgets.store.sqlite import SQLiteStore
+
+    path = tmp_path / "journal.sqlite3"
+    first, second = Journal(path), Journal(path)
+    assert (first.path, second.path) == (path, tmp_path / "journal.sqlite3.1")
+    store = SQLiteStore(tmp_path / "ledger.sqlite3", 1.0, 3600)
+    applied = SettleBatch("dead-process", 7, [], [Charge("b", "total", 5, 0)])
+    store.settle(applied, 0.0)  # reached the store, but the process died before done()
+    second.stamp(applied)
+    second.append(SettleBatch("", 0, [], [Charge("b", "total", 11, 0)]))  # never sent
+    second.append(SettleBatch("", 0, [], [Charge("b", "total", 13, 0)]))
+    second.close()  # the process is gone: its lock is free
+    first.close()
+    third = Journal(path)  # takes slot 0, adopts slot 1
+    assert third.path == path
+    errors: list[str] = []
+    ledger = Ledger(store, time.time, errors.append, third)
+    assert ledger.pending() == 5 + 11 + 13
+    ledger.record(SettleBatch("", 0, [], [Charge("b", "total", 17, 0)]))
+    assert ledger.pending() == 0 and errors == []
+    assert store.totals([("b", "total")], 0.0)[("b", "total")] == (5 + 11 + 13 + 17, 0)
+    ledger.close()
+    again = Journal(path)  # nothing left anywhere
+    assert again.leftover().stamped == [] and again.leftover().unstamped == []
+    again.close()

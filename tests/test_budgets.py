@@ -120,25 +120,25 @@ def test_worst_case_without_max_tokens_uses_the_catalog_maximum() -> None:
 
 
 def test_worst_case_uses_the_requested_tier_and_the_prompts_context_tier() -> None:
-    est, prices = TokenEstimator(), PriceCatalog.load()
+    prices = PriceCatalog.load()
     msgs = [{"role": "user", "content": "hi"}]
     priority = outcome_for(orjson.dumps({"model": "gpt-5", "service_tier": "priority",
                                          "max_tokens": 1000, "messages": msgs}))
-    assert prompt_tokens_bound(priority.request, "openai", est) == 44  # type: ignore[arg-type]
-    # gpt-5 priority: input 2.5, output 20 per Mtok: 44 x 2.5 + 1000 x 20 = 20110 micro-USD
-    assert worst_case_nano(priority, prices, est) == 20_110_000
-    # through an upstream with price_multiplier 0.8: 20110 x 0.8 = 16088 micro-USD
+    assert prompt_tokens_bound(priority.request) == 105  # type: ignore[arg-type]  # bytes
+    # gpt-5 priority: input 2.5, output 20 per Mtok: 105 x 2.5 + 1000 x 20 = 20262.5 micro-USD
+    assert worst_case_nano(priority, prices) == 20_262_500
+    # through an upstream with price_multiplier 0.8: 20262.5 x 0.8 = 16210 micro-USD
     discounted = PriceCatalog.load(multipliers={"openai": Decimal("0.8")})
     assert priority.upstream == "openai"
-    assert worst_case_nano(priority, discounted, est) == 16_088_000
+    assert worst_case_nano(priority, discounted) == 16_210_000
     standard = outcome_for(orjson.dumps({"model": "gpt-5", "max_tokens": 1000, "messages": msgs}))
-    # base: 44 x 1.25 + 1000 x 10 = 10055 micro-USD
-    assert worst_case_nano(standard, prices, est) == 10_055_000
+    # base: 79 bytes x 1.25 + 1000 x 10 = 10098.75 micro-USD
+    assert worst_case_nano(standard, prices) == 10_098_750
     long = orjson.dumps({"model": "gpt-5.4", "max_tokens": 1000,
                          "messages": [{"role": "user", "content": "x" * 300_000}]})
     assert len(long) == 300_079  # bounded by its bytes: over 272k, so the above_272k rates
     # 300079 x 5 + 1000 x 22.5 = 1,500,395 + 22,500 = 1,522,895 micro-USD
-    assert worst_case_nano(outcome_for(long), prices, est) == 1_522_895_000
+    assert worst_case_nano(outcome_for(long), prices) == 1_522_895_000
 
 
 def test_prompt_bound_covers_the_tokenizer_count_and_images() -> None:

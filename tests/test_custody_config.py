@@ -39,7 +39,7 @@ def test_new_protocols_parse() -> None:
         "bedrock": {"url": "https://bedrock-runtime.us-east-1.amazonaws.com",
                     "provider": "bedrock", "aws": {"region": "us-east-1"}},
         "vertex": {"url": "https://us-central1-aiplatform.googleapis.com", "provider": "gemini",
-                   "google_credentials": "${UNSET_SA_FILE}"}}}, environ={})
+                   "google_credentials": "${UNSET_SA_FILE:-}"}}}, environ={})
     assert config.upstreams["bedrock"].aws is not None
     assert config.upstreams["vertex"].google_credentials is None  # empty: the caller's token
 

@@ -163,8 +163,12 @@ def test_reconcile_config_keys_and_defaults() -> None:
             config.reconcile.drift_warn_ratio) == (21600, 7, 0.02)
     assert config.store.history_days == 35
     unset = parse_config({"upstreams": {"openai": {"url": "https://api.openai.com",
-                                                   "admin_key": "${ADMIN}"}}}, {})
-    assert unset.upstreams["openai"].admin_key is None   # unset: no reconciliation
+                                                   "admin_key": "${ADMIN:-}"}}}, {})
+    assert unset.upstreams["openai"].admin_key is None   # allowed empty: no reconciliation
+    with pytest.raises(ConfigError) as error:  # unset without a default: loud
+        parse_config({"upstreams": {"openai": {"url": "https://api.openai.com",
+                                               "admin_key": "${ADMIN}"}}}, {})
+    assert error.value.problems[0].startswith("upstreams.openai.admin_key: ${ADMIN} is not set")
     with pytest.raises(ConfigError) as error:
         parse_config({"reconcile": {"interval": 60}})
     assert error.value.problems == ["reconcile.interval: unknown key"]

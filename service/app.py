@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from spendgate.accounting.batches import BatchBook
 from spendgate.accounting.builder import RecordBuilder
 from spendgate.accounting.pipeline import RecordPipeline
 from spendgate.accounting.pricing import Price, PriceCatalog
@@ -93,7 +94,9 @@ class Spendgate:
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
-                                     max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
+                                     max_decoded=int(config.server.max_decoded_mb * 1024 * 1024),
+                                     # shared by replicas through the ledger's store, if any
+                                     batches=BatchBook(shared=lambda: self.budgets.ledger))
         sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
                                    *(extra_sinks or [])]
         self.pipeline = RecordPipeline(self.builder, sinks,

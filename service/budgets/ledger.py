@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from spendgate.budgets.store.base import (
     Charge,
@@ -40,6 +41,7 @@ from spendgate.money import usd
 
 log = logging.getLogger("spendgate.ledger")
 _MAX_PENDING_RELEASES = 100_000   # beyond this, leases reclaim the reservations instead
+_T = TypeVar("_T")
 
 
 class StoreDown(StoreError):
@@ -231,6 +233,25 @@ class Ledger:
         except StoreError as error:
             self.health.failed("claim", error)
             raise
+
+    def remember(self, name: str, value: str, ttl_s: int) -> None:
+        """``Store.remember`` behind the breaker; raises ``StoreError``."""
+        self._ask("remember", lambda: self.store.remember(name, value, ttl_s, self.clock()))
+
+    def recall(self, name: str) -> str | None:
+        """``Store.recall`` behind the breaker; raises ``StoreError``."""
+        return self._ask("recall", lambda: self.store.recall(name, self.clock()))
+
+    def _ask(self, operation: str, ask: Callable[[], _T]) -> _T:
+        if not self.health.usable():
+            raise StoreDown(self.health.last_error or "store down")
+        try:
+            answer = ask()
+        except StoreError as error:
+            self.health.failed(operation, error)
+            raise
+        self.health.ok()
+        return answer
 
     # -- lifetime ----------------------------------------------------------------------------
 

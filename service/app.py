@@ -94,9 +94,9 @@ class Spendgate:
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
-                                     max_decoded=int(config.server.max_decoded_mb * 1024 * 1024),
                                      # shared by replicas through the ledger's store, if any
-                                     batches=BatchBook(shared=lambda: self.budgets.ledger))
+                                     batches=BatchBook(shared=lambda: self.budgets.ledger),
+                                     max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
         sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
                                    *(extra_sinks or [])]
         self.pipeline = RecordPipeline(self.builder, sinks,

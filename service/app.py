@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from spendgate.accounting.batches import BatchBook
 from spendgate.accounting.builder import RecordBuilder
 from spendgate.accounting.describe import describe_price
 from spendgate.accounting.gpu import GpuCosts
@@ -102,6 +103,8 @@ class Spendgate:
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
+                                     # shared by replicas through the ledger's store, if any
+                                     batches=BatchBook(shared=lambda: self.budgets.ledger),
                                      max_decoded=int(config.server.max_decoded_mb * 1024 * 1024))
         self.recent = RecentCalls()     # the console's last calls
         access = ([AccessLogSink(config.server.access_log)]

@@ -171,7 +171,8 @@ def test_reconcile_config_keys_and_defaults() -> None:
     assert error.value.problems[0].startswith("upstreams.openai.admin_key: ${ADMIN} is not set")
     with pytest.raises(ConfigError) as error:
         parse_config({"reconcile": {"interval": 60}})
-    assert error.value.problems == ["reconcile.interval: unknown key"]
+    assert error.value.problems == [
+        "reconcile.interval: unknown key (did you mean interval_s?)"]
 
 
 # ---- the ledger's daily history, on both backends -----------------------------------------

@@ -107,7 +107,10 @@ class RecordBuilder:
             lines = []
         if not lines:
             return [self.build(outcome)]
-        return [self._line_record(outcome, line, i == 0) for i, line in enumerate(lines)]
+        assert info.batch_ref is not None  # _batch returns lines only for batch results
+        owner = self.batches.owner(outcome.upstream, info.batch_ref) or Owner(
+            outcome.project, outcome.user, outcome.virtual_key)
+        return [self._line_record(outcome, line, owner, i == 0) for i, line in enumerate(lines)]
 
     def _batch(self, outcome: CallOutcome) -> list[BatchLine]:
         """Remember a batch's creator and output file; the result lines to account."""
@@ -137,11 +140,8 @@ class RecordBuilder:
             return []  # not batch results, or already accounted
         return lines
 
-    def _line_record(self, outcome: CallOutcome, line: BatchLine, first: bool) -> UsageRecord:
-        info = outcome.request
-        assert info is not None and info.batch_ref is not None
-        owner = self.batches.owner(outcome.upstream, info.batch_ref) or Owner(
-            outcome.project, outcome.user, outcome.virtual_key)
+    def _line_record(self, outcome: CallOutcome, line: BatchLine, owner: Owner,
+                     first: bool) -> UsageRecord:
         model = line.model or "unknown"
         quote, priced, source = None, True, None
         if not line.usage.is_empty:

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.store.base import (
@@ -50,6 +51,7 @@ log = logging.getLogger("spendgate.ledger")
 _MAX_PENDING_RELEASES = 100_000   # beyond this, leases reclaim the reservations instead
 _MAX_BACKOFF_S = 0.75            # + the sync thread's 0.25 s tick: back within 1 s
 _COMPACT_ROWS = 1000              # unsent journal rows summed into one past this
+_T = TypeVar("_T")
 
 
 class StoreDown(StoreError):
@@ -297,6 +299,25 @@ class Ledger:
         except StoreError as error:
             self.health.failed("claim", error)
             raise
+
+    def remember(self, name: str, value: str, ttl_s: int) -> None:
+        """``Store.remember`` behind the breaker; raises ``StoreError``."""
+        self._ask("remember", lambda: self.store.remember(name, value, ttl_s, self.clock()))
+
+    def recall(self, name: str) -> str | None:
+        """``Store.recall`` behind the breaker; raises ``StoreError``."""
+        return self._ask("recall", lambda: self.store.recall(name, self.clock()))
+
+    def _ask(self, operation: str, ask: Callable[[], _T]) -> _T:
+        if not self.health.usable():
+            raise StoreDown(self.health.last_error or "store down")
+        try:
+            answer = ask()
+        except StoreError as error:
+            self.health.failed(operation, error)
+            raise
+        self.health.ok()
+        return answer
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ Operations, each atomic in the store:
   provider's bill.
 * ``totals``, ``dims``: reads. ``claim(name, ttl_s)``: true for the first caller only (alert
   dedupe across replicas).
+* ``remember(name, value, ttl_s)`` / ``recall(name)``: a small string every replica can read
+  back until ``ttl_s`` ends (who created a batch; ``accounting.batches``).
 
 Every operation is bounded by ``timeout_s`` and raises ``StoreError`` on any failure (each
 backend translates its library's errors in one place); values live until their window ends
@@ -165,3 +167,11 @@ class Store(ABC):
 
     async def aclose(self) -> None:
         return None
+
+    @abstractmethod
+    def remember(self, name: str, value: str, ttl_s: int, now: float) -> None:
+        """Keep ``value`` under ``name`` (replacing any) until ``ttl_s`` after ``now``."""
+
+    @abstractmethod
+    def recall(self, name: str, now: float) -> str | None:
+        """What ``remember`` kept under ``name``; None when nothing, or it expired."""

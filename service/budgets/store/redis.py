@@ -9,6 +9,7 @@ Keys (``P`` is ``store.key_prefix``; budget names are user text, window ids neve
     P day:{day}                  hash   JSON [upstream, model, kind] -> amount (daily history)
     P claim:{name}               string alert dedupe (SET NX)
     P settled:{source}           string last batch seq applied from a process (one day)
+    P memo:{name}                string ``remember``'s value (batch owners), until its TTL
 
 Each script runs atomically in Redis, so the check-and-increment of ``reserve`` holds under
 any number of replicas. Amounts travel as decimal strings and are added with ``HINCRBY``
@@ -269,3 +270,13 @@ class RedisStore(Store):
         if self._async is not None:
             await self._async.aclose()
             self._async = None
+
+    def remember(self, name: str, value: str, ttl_s: int, now: float) -> None:
+        kwargs: dict[str, Any] = {"ex": ttl_s} if ttl_s > 0 else {}
+        with self._errors():
+            self._sync.set(f"{self.prefix}memo:{name}", value.encode(), **kwargs)
+
+    def recall(self, name: str, now: float) -> str | None:
+        with self._errors():
+            value = self._sync.get(f"{self.prefix}memo:{name}")
+        return value.decode() if isinstance(value, bytes) else None

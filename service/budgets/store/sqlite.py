@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS day_usage (day TEXT NOT NULL, upstream TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, expires REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settled (source TEXT PRIMARY KEY, seq INTEGER NOT NULL,
     expires REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL)
+    WITHOUT ROWID;
 """
 _PRUNE_EVERY_S = 60.0
 _SETTLED_TTL_S = 86400
@@ -285,3 +287,18 @@ class SQLiteStore(Store):
             self._executor.submit(shut).result(10)
         self._executor.shutdown(wait=False)
 
+    def remember(self, name: str, value: str, ttl_s: int, now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            # Memos are written rarely (once per batch): pruning here keeps the table bounded.
+            db.execute("DELETE FROM memos WHERE expires IS NOT NULL AND expires<?", (now,))
+            db.execute("INSERT OR REPLACE INTO memos VALUES (?, ?, ?)",
+                       (name, value, _expires(now, ttl_s)))
+        self._transaction(write)
+
+    def recall(self, name: str, now: float) -> str | None:
+        def read() -> str | None:
+            assert self._db is not None
+            row = self._db.execute("SELECT value FROM memos WHERE name=? AND "
+                                   "(expires IS NULL OR expires>=?)", (name, now)).fetchone()
+            return str(row[0]) if row else None
+        return self._run(read)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -34,7 +34,7 @@ from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.metrics import BudgetCollector
 from spendgate.budgets.settlement import LedgerSink
 from spendgate.budgets.store import StoreError, open_store
-from spendgate.budgets.store.base import Dims, HistoryKey, Totals
+from spendgate.budgets.store.base import Dims, HistoryKey, Store, Totals
 from spendgate.budgets.windows import WINDOW_KINDS, Clock, Window, iso, system_clock, window_at
 from spendgate.config import Config, StoreConfig
 from spendgate.errors import ConfigError
@@ -43,6 +43,7 @@ from spendgate.money import nano_to_float
 from spendgate.records import UsageRecord
 
 log = logging.getLogger("spendgate.budgets")
+_R = TypeVar("_R")
 GROUPS = ("upstream", "project", "model", "key")
 
 
@@ -192,13 +193,7 @@ class BudgetManager(RecordSink):
 
     def history(self, days: Sequence[str]) -> dict[HistoryKey, int]:
         """The ledger's daily history of ``days`` (reconciliation); raises ``StoreError``."""
-        if self.ledger is None:
-            raise StoreError("no budget store configured")
-        try:
-            return self.ledger.store.history(days)
-        except StoreError as error:
-            self.ledger.health.failed("read", error)
-            raise
+        return self._read(lambda store: store.history(days))
 
     def budgets_view(self) -> dict[str, Any]:
         """``GET /admin/budgets``. Blocking (store reads): call off the event loop."""
@@ -244,10 +239,14 @@ class BudgetManager(RecordSink):
         }
 
     def _dims(self, window_id: str) -> dict[Dims, int]:
+        return self._read(lambda store: store.dims(window_id))
+
+    def _read(self, read: Callable[[Store], _R]) -> _R:
+        """One read of the shared store; a failure is counted and raised (``StoreError``)."""
         if self.ledger is None:
             raise StoreError("no budget store configured (set store.url, budgets or admin_key)")
         try:
-            return self.ledger.store.dims(window_id)
+            return read(self.ledger.store)
         except StoreError as error:
             self.ledger.health.failed("read", error)
             raise

@@ -274,7 +274,7 @@ def test_check_config_runs_every_check_in_the_pass_of_a_schema_error(tmp_path: P
         "server: {host: 0.0.0.0, port: many}\n"
         "upstreams:\n  local: {url: 'http://127.0.0.1:9', provider: openai, timout_s: 5}\n"
         f"pricing: {{catalog: '{tmp_path / 'absent.json'}'}}\n"
-        "telemetry: {sampler: coin_flip}\n")
+        "telemetry: {endpoint: 'http://127.0.0.1:4318', sampler: coin_flip}\n")
     every = subprocess.run([*run, str(many)], capture_output=True, text=True, env={"PATH": ""})
     assert every.returncode == 1
     assert [line.split(": ", 1)[0] for line in every.stdout.splitlines()] == [

@@ -221,7 +221,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_head_timer()  # the next head's time starts with the response's end
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        super()._start_asgi_task(cycle, _CutsOnPurpose(app, cycle))
+        # Typed with spendgate.asgi's looser shapes, not uvicorn's TypedDicts.
+        super()._start_asgi_task(cycle, cast(Any, _CutsOnPurpose(app, cycle)))
 
     def pause_writing(self) -> None:
         """The caller stopped reading (the transport's buffer is full): if it stays so for

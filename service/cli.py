@@ -17,7 +17,14 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from spendgate import __version__
-from spendgate.config import ALLOWED_HOSTS_ENV, Config, allowed_hosts, load_config
+from spendgate.config import (
+    ALLOWED_HOSTS_ENV,
+    Config,
+    allowed_hosts,
+    load_config,
+    load_config_leniently,
+    related,
+)
 from spendgate.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -99,10 +106,10 @@ def _serve(args: argparse.Namespace, config: Config, host: str, port: int, hosts
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as error:
-        for problem in error.problems:
+    # The checks below run on what parsed even when the schema found problems (one pass).
+    config, found = load_config_leniently(args.file)
+    if config is None:
+        for problem in found:
             print(problem)
         return 1
     from prometheus_client import CollectorRegistry
@@ -129,6 +136,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             problems += error.problems
         except (OSError, ValueError) as error:
             problems.append(f"pricing.catalog: {error}")
+    # A check failing twice (the catalog, for gpu.compare_to too) is said once.
+    problems = found + [p for p in dict.fromkeys(problems) if not related(p, found)]
     for problem in problems:
         print(problem)
     if problems:

@@ -29,7 +29,9 @@ empty ``api_key`` means "forward the caller's credential"; an empty ``keys[].key
 nothing (keys stay on; ``Config.empty_keys`` names them). Unknown keys are errors naming
 their path, with the closest known key suggested. ``load_config`` raises ``ConfigError``
 carrying every problem at once (unset variables, schema and cross-field checks, in one
-pass), one ``path: message`` line each. A ``Config`` is immutable once loaded.
+pass), one ``path: message`` line each. ``load_config_leniently`` also gives, beside those
+problems, the config with the rejected parts at their defaults, so ``check-config`` runs its
+other checks in the same pass. A ``Config`` is immutable once loaded.
 
 ``store.url``: ``sqlite:///relative/path`` (under the working directory) or
 ``sqlite:////absolute/path``; the store logs the resolved absolute path at start.
@@ -604,9 +606,7 @@ def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = 
     if not isinstance(data, dict):
         raise ConfigError(["(top level): must be a mapping"])
     unset: list[str] = []
-    data = interpolate(data, os.environ if environ is None else environ, unset)
-    if not data.get("upstreams"):
-        data = {**data, "upstreams": DEFAULT_CONFIG["upstreams"]}
+    data = _prepared(data, environ, unset)
     problems = list(unset)
     try:
         config = Config.model_validate(data)
@@ -621,11 +621,25 @@ def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = 
     return config
 
 
+def _prepared(data: dict[str, Any], environ: dict[str, str] | os._Environ[str] | None,
+              unset: list[str] | None = None) -> dict[str, Any]:
+    """``data`` interpolated (unset variables added to ``unset``), with the default
+    upstreams when it names none."""
+    data = interpolate(data, os.environ if environ is None else environ, unset)
+    if not data.get("upstreams"):
+        data = {**data, "upstreams": DEFAULT_CONFIG["upstreams"]}
+    return data
+
+
 def load_config(path: str | Path | None = None,
                 environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
     """Read and validate a config file; ``None`` gives the embedded default."""
+    return parse_config(_read_tree(path), environ)
+
+
+def _read_tree(path: str | Path | None) -> Any:
     if path is None:
-        return parse_config(None, environ)
+        return None
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
@@ -634,4 +648,76 @@ def load_config(path: str | Path | None = None,
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError([f"{path}: not valid YAML ({error})"]) from None
-    return parse_config(data if data is not None else {}, environ)
+    return data if data is not None else {}
+
+
+def load_config_leniently(path: str | Path | None = None,
+                          environ: dict[str, str] | os._Environ[str] | None = None
+                          ) -> tuple[Config | None, list[str]]:
+    """What ``check-config`` checks: the problems ``load_config`` finds, and a config to run
+    the checks beyond the schema on (catalog, telemetry, allowed hosts, credentials), so
+    those come in the same pass. Without problems, the config itself; with some, the file
+    with each part the schema rejected left out (its default in its place: ``salvage``);
+    None when nothing can be read (not a file, not YAML, not a mapping).
+
+    A check's problem about a key the schema already rejected (or one above it) would be
+    about the default standing in for it: ``related`` tells which."""
+    try:
+        return load_config(path, environ), []
+    except ConfigError as error:
+        problems = list(error.problems)
+    try:
+        data = _read_tree(path)
+    except ConfigError:
+        return None, problems
+    if not isinstance(data, dict):
+        return None, problems
+    return salvage(_prepared(data, environ)), problems
+
+
+def salvage(data: dict[str, Any], rounds: int = 8) -> Config | None:
+    """``data`` validated with every part the schema rejects removed, so that its default
+    applies (a bad field), or the entry holding it goes (a missing required field, an
+    entry's own check): what parses of it. None if the top level itself fails."""
+    for _ in range(rounds):
+        try:
+            return Config.model_validate(data)
+        except ValidationError as error:
+            rejected = {_existing(data, tuple(item["loc"])) for item in error.errors()}
+        if () in rejected:
+            return None
+        data = _pruned(data, rejected, ())
+    return None
+
+
+def _existing(data: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The longest start of ``loc`` that is a path in ``data`` (a missing key's entry; a
+    union member's name in an error's location is no key of the data)."""
+    for depth, part in enumerate(loc):
+        if isinstance(data, dict):
+            found = part in data
+        else:
+            found = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not found:
+            return loc[:depth]
+        data = data[part]
+    return loc
+
+
+def _pruned(value: Any, rejected: set[tuple[int | str, ...]],
+            at: tuple[int | str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _pruned(v, rejected, (*at, k)) for k, v in value.items()
+                if (*at, k) not in rejected}
+    if isinstance(value, list):
+        return [_pruned(v, rejected, (*at, i)) for i, v in enumerate(value)
+                if (*at, i) not in rejected]
+    return value
+
+
+def related(problem: str, problems: list[str]) -> bool:
+    """Whether ``problem``'s key path (before ``": "``) is one of ``problems``' paths, or
+    above one (``server.allowed_hosts`` above ``server.allowed_hosts.0``)."""
+    path = problem.split(": ", 1)[0]
+    return any(known == path or known.startswith(path + ".")
+               for known in (other.split(": ", 1)[0] for other in problems))

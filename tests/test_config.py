@@ -262,3 +262,30 @@ def test_prices_with_tiers_fees_and_multiplier_in_the_config(tmp_path: Path) -> 
                                                           "price_multiplier": -1}}}))
     assert subprocess.run(spendgate_command("check-config", str(config)),
                           capture_output=True, text=True).returncode != 0
+
+
+def test_check_config_runs_every_check_in_the_pass_of_a_schema_error(tmp_path: Path) -> None:
+    """A schema error does not hide the catalog, telemetry and allowed-hosts checks: they
+    run on what parsed, and one run names every problem; a check does not report again a
+    key the schema rejected (the default standing in for it)."""
+    run = spendgate_command("check-config")
+    many = tmp_path / "many.yaml"
+    many.write_text(
+        "server: {host: 0.0.0.0, port: many}\n"
+        "upstreams:\n  local: {url: 'http://127.0.0.1:9', provider: openai, timout_s: 5}\n"
+        f"pricing: {{catalog: '{tmp_path / 'absent.json'}'}}\n"
+        "telemetry: {endpoint: 'http://127.0.0.1:4318', sampler: coin_flip}\n")
+    every = subprocess.run([*run, str(many)], capture_output=True, text=True, env={"PATH": ""})
+    assert every.returncode == 1
+    assert [line.split(": ", 1)[0] for line in every.stdout.splitlines()] == [
+        "server.port", "upstreams.local.timout_s", "pricing.catalog", "telemetry.sampler",
+        "server.allowed_hosts"], every.stdout
+    assert "absent.json" in every.stdout and "'coin_flip' is not supported" in every.stdout
+    assert "required when serving on 0.0.0.0" in every.stdout
+    rejected = tmp_path / "rejected.yaml"
+    rejected.write_text("server: {host: 0.0.0.0, allowed_hosts: ['not a host']}\n")
+    once = subprocess.run([*run, str(rejected)], capture_output=True, text=True,
+                          env={"PATH": ""})
+    assert once.returncode == 1
+    assert len(once.stdout.splitlines()) == 1, once.stdout
+    assert once.stdout.startswith("server.allowed_hosts: ") and "required" not in once.stdout

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ProxyProcess, basic_config
+from tests.conftest import ROOT, ProxyProcess, basic_config, free_port
 from tests.fake_upstream import FakeUpstream
 from tests.otlp_receiver import OTLPReceiver
 
@@ -236,3 +238,66 @@ def test_idle_connections_that_never_send_a_request_are_closed(
         for sock in socks:
             sock.close()
     assert httpx.get(bounded.url + "/healthz").status_code == 200
+
+
+# An ASGI app under the protocol alone, each path ending its response the way it names:
+# cut on purpose (``asgi.CUT_SHORT`` set, returning or cancelled) or unfinished by mistake.
+_CUTTING_APP = '''
+import asyncio, importlib.util, sys
+spec = importlib.util.spec_from_file_location("sourcetree", sys.argv[1])
+tree = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tree)
+tree.install(tree.Path(sys.argv[2]))
+import uvicorn
+from spendgate.asgi import CUT_SHORT
+from spendgate.hotpath.server import HeadLimits, protocol_class
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"half", "more_body": True})
+    if scope["path"] != "/bug":
+        scope[CUT_SHORT] = True
+    if scope["path"] == "/cancelled":
+        raise asyncio.CancelledError
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), lifespan="off",
+            http=protocol_class(HeadLimits()), log_level="info")
+'''
+_UNFINISHED = "ASGI callable returned without completing response"
+
+
+def test_a_cut_on_purpose_is_truncated_and_not_logged_an_unfinished_response_is(
+        tmp_path: Path) -> None:
+    script, log_path, port = tmp_path / "app.py", tmp_path / "app.log", free_port()
+    script.write_text(_CUTTING_APP)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, str(script), str(ROOT / "scripts/sourcetree.py"),
+                                 str(ROOT), str(port)], stdout=log, stderr=log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while "Uvicorn running on" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+
+        def truncated(path: str) -> bytes:
+            got = b""
+            with httpx.stream("GET", url + path) as r, \
+                    pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked"):
+                for chunk in r.iter_raw():
+                    got += chunk
+            return got
+
+        assert truncated("/cut") == truncated("/cancelled") == b"half"
+        assert _UNFINISHED not in log_path.read_text()
+        assert "Exception in ASGI application" not in log_path.read_text()
+        assert truncated("/bug") == b"half"
+        deadline = time.monotonic() + 5
+        while _UNFINISHED not in log_path.read_text():  # an app's mistake is still an error
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
-from spendgate.asgi import Receive, Scope, Send
+from spendgate.asgi import CUT_SHORT, Receive, Scope, Send
 from spendgate.config import Config, UpstreamConfig
 from spendgate.errors import (
     BadRequest,
@@ -194,14 +194,16 @@ class ProxyApp:
         except ProxyError as error:
             if outcome.status == 0:
                 await _reply_error(send, error, outcome)
-            else:
+            else:  # the caller has the head: its answer stays truncated, the cause recorded
                 outcome.error_type = error.error_type
                 outcome.error_message = error.message
+                scope[CUT_SHORT] = True
         except asyncio.CancelledError:
             # The server cancelled the call (its shutdown timeout): recorded as cut, not as
             # a success, then the cancellation goes on.
             outcome.error_type = outcome.error_type or "cancelled"
             outcome.error_message = outcome.error_message or "cut by the proxy's shutdown"
+            scope[CUT_SHORT] = True
             raise
         except Exception:
             log.exception("proxy failure on a call to %s", upstream.name)

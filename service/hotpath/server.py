@@ -25,6 +25,12 @@ second, stays open for good. ``BoundedHttpToolsProtocol`` adds, per connection:
   ``DRAIN_BYTES`` bytes, as nginx's lingering close. On a kept-alive connection the rest
   of such a body is dropped too, up to ``DRAIN_BYTES``.
 
+* **Cuts on purpose**: a response the app cut short deliberately (it set ``asgi.CUT_SHORT`` in
+  the scope: a stream the upstream broke off, one cut by the shutdown timeout) ends with the
+  connection closed, the caller's answer truncated (no terminating chunk), and no
+  ``ASGI callable returned without completing response`` error: the app recorded the call
+  and its cause. Any other incomplete response is still logged by uvicorn as an app failure.
+
 A refusal never reaches the ASGI app: no route, no record, nothing logged from its headers
 (an 8 MB header never becomes a log line or a span attribute). The answer is written, the
 sending side shut (FIN), and what the caller goes on sending is read and dropped for at most
@@ -40,8 +46,9 @@ loop; nothing here is thread-safe.
 **Relies on uvicorn internals** (``uvicorn.protocols.http.httptools_impl``, tested with the
 range pinned in pyproject.toml): the parser callbacks ``on_message_begin``, ``on_url``,
 ``on_header``, ``on_headers_complete``, ``on_message_complete``; ``on_response_complete``
-(the end of each response); the attributes ``parser``, ``transport``, ``cycle`` (and its
-``transport``, ``response_complete``), ``flow``,
+(the end of each response); ``_start_asgi_task`` (each cycle's app is started there); the
+attributes ``parser``, ``transport``, ``cycle`` (and its ``transport``, ``response_started``,
+``response_complete``, ``disconnected``, which ``run_asgi`` reads before logging), ``flow``,
 ``server_state.default_headers``, ``logger``; and ``_unset_keepalive_if_required``,
 ``_should_upgrade``, ``handle_websocket_upgrade``, ``_unsupported_upgrade_warning`` and
 ``send_400_response``, which ``data_received`` calls as uvicorn's own does.
@@ -60,8 +67,13 @@ from typing import Any, ClassVar, cast
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
+from spendgate.asgi import CUT_SHORT, ASGIApp, Receive, Scope, Send
 from spendgate.config import ServerConfig
 
 LINGER_S = 2.0   # after a refusal, how long what the caller still sends is read and dropped
@@ -208,6 +220,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_open and not self.transport.is_closing():
             self._arm_head_timer()  # the next head's time starts with the response's end
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # Typed with spendgate.asgi's looser shapes, not uvicorn's TypedDicts.
+        super()._start_asgi_task(cycle, cast(Any, _CutsOnPurpose(app, cycle)))
+
     def pause_writing(self) -> None:
         """The caller stopped reading (the transport's buffer is full): if it stays so for
         ``write_timeout_s``, the connection is aborted. The call then ends as a hang-up
@@ -297,6 +313,37 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._linger = self.loop.call_later(LINGER_S, transport.close)
         else:
             transport.close()
+
+
+class _CutsOnPurpose:
+    """The app as one request cycle runs it: a response the app cut short on purpose
+    (``CUT_SHORT`` in its scope, set before it returned or let a cancellation go on) closes
+    the connection here, so the cycle does not log it as an incomplete response (module
+    docstring). A cancellation is then not raised on: ``run_asgi`` would only log and
+    swallow it. One per request; lives as long as its cycle's task."""
+
+    __slots__ = ("app", "cycle")
+
+    def __init__(self, app: ASGIApp, cycle: RequestResponseCycle) -> None:
+        self.app = app
+        self.cycle = cycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self._cut(scope):
+                raise
+        else:
+            self._cut(scope)
+
+    def _cut(self, scope: Scope) -> bool:
+        cycle = self.cycle
+        if not scope.get(CUT_SHORT) or not cycle.response_started or cycle.response_complete:
+            return False  # not a cut: uvicorn answers or logs it as ever
+        cycle.disconnected = True  # ours to close: what run_asgi reads before logging
+        cycle.transport.close()   # what was written is flushed first: a truncated answer
+        return True
 
 
 class _DrainingClose:

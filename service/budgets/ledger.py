@@ -342,6 +342,8 @@ class Ledger:
                     with self._lock:
                         batch = self._pending_batch()
                     self._journal("compact", batch)
+            if self.journal is not None:
+                self.journal.forget_done()
 
     def probe(self) -> None:
         """Ask the store a cheap question, to learn whether it is back."""

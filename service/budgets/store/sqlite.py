@@ -2,7 +2,16 @@
 
 Every operation of ``base.Store`` runs as one transaction on a dedicated thread that owns
 the connection; ``sqlite3`` errors and timeouts become ``StoreError`` in one place
-(``_guarded``, ``_run``).
+(``_guarded``, ``_run``). Two exceptions, the per-call operations, for which the hand-off
+to that thread and back cost as much as the transaction itself (a few indexed rows of a
+local file):
+
+* the hot path's ``reserve_async`` runs on the event loop, on a connection of its own that
+  never waits for a lock (``busy_timeout`` 0) nor checkpoints the WAL; only when another
+  writer holds the file (a settlement, another process) does it go to the store's thread,
+  which waits up to ``timeout_s`` as every other operation does;
+* ``settle`` runs on the caller's thread (the record pipeline's or the ledger's sync
+  thread), on a connection of its own that waits up to ``timeout_s`` for the write lock.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -60,12 +70,16 @@ _PRUNE_EVERY_S = 60.0
 _SETTLED_TTL_S = 86400
 
 
+class _Busy(Exception):
+    """Another connection holds the file's write lock."""
+
+
 def _expires(now: float, ttl_s: int) -> float | None:
     return None if ttl_s <= 0 else now + ttl_s
 
 
 class SQLiteStore(Store):
-    """A WAL-mode SQLite file, used from one dedicated thread that owns the connection.
+    """A WAL-mode SQLite file: one connection per use (module docstring).
 
     Write transactions are ``BEGIN IMMEDIATE``, so several processes may share the file.
     Commits are ``synchronous=NORMAL``: a crashed process loses nothing committed.
@@ -79,6 +93,9 @@ class SQLiteStore(Store):
         self._path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spendgate-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
+        self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
+        self._settle_lock = threading.Lock()
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,13 +135,18 @@ class SQLiteStore(Store):
         db = self._db
         if db is None:
             raise StoreError(f"{self.description} is closed")
+        return self._write_on(db, fn)
+
+    @staticmethod
+    def _write_on(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return result
 
     # -- operations -------------------------------------------------------------------------
@@ -134,6 +156,10 @@ class SQLiteStore(Store):
 
     async def reserve_async(self, rid: str, holds: Sequence[Hold],
                             now: float) -> Refusal | None:
+        try:
+            return self._reserve_on_loop(rid, holds, now)
+        except _Busy:
+            pass  # another writer has the file: wait for it on the store's thread
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self._executor, self._guarded, self._write,
                                    lambda db: self._reserve(db, rid, holds, now))
@@ -142,6 +168,36 @@ class SQLiteStore(Store):
         except TimeoutError:
             raise StoreError(f"{self.description} did not answer in {self.timeout_s:g} s"
                              ) from None
+
+    def _reserve_on_loop(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
+        """One reservation transaction on the loop's connection; ``_Busy`` when the write
+        lock is taken (nothing was done), ``StoreError`` on any other failure."""
+        try:
+            db = self._loop_db
+            if db is None:
+                db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
+                                     check_same_thread=False)  # closed from close()'s thread
+                # The file is already in WAL mode; synchronous is per connection. The WAL
+                # is checkpointed by the store thread's commits, never on the loop.
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA wal_autocheckpoint=0")
+                self._loop_db = db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise _Busy from None
+                raise
+            try:
+                refusal = self._reserve(db, rid, holds, now)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return refusal
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.description}: {error}") from None
 
     def _reserve(self, db: sqlite3.Connection, rid: str, holds: Sequence[Hold],
                  now: float) -> Refusal | None:
@@ -169,7 +225,21 @@ class SQLiteStore(Store):
         return None
 
     def settle(self, batch: SettleBatch, now: float) -> Totals:
-        return self._transaction(lambda db: self._settle(db, batch, now))
+        """On the caller's thread (the record pipeline's or the ledger's, never the loop),
+        on a connection of its own that waits up to ``timeout_s`` for the write lock: the
+        hand-off to the store's thread and back cost as much as the transaction itself."""
+        with self._settle_lock:
+            try:
+                db = self._settle_db
+                if db is None:
+                    db = sqlite3.connect(self._path, timeout=self.timeout_s,
+                                         isolation_level=None, check_same_thread=False)
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    self._settle_db = db
+                totals: Totals = self._write_on(db, lambda db: self._settle(db, batch, now))
+                return totals
+            except sqlite3.Error as error:
+                raise StoreError(f"{self.description}: {error}") from None
 
     def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
         touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
@@ -279,6 +349,16 @@ class SQLiteStore(Store):
         return self._transaction(write)
 
     def close(self) -> None:
+        if self._loop_db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._loop_db.close()
+            self._loop_db = None
+        with self._settle_lock:
+            if self._settle_db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._settle_db.close()
+                self._settle_db = None
+
         def shut() -> None:
             if self._db is not None:
                 self._db.close()

@@ -1,9 +1,11 @@
 """The spend journal: settled costs kept on local disk until the budget store has them.
 
 The ``Ledger`` appends every ``SettleBatch`` here before it is sent to the store, and
-removes it once the store acknowledged it, so spend survives the process dying (SIGKILL,
-OOM, SIGTERM) while the store is down or slow. On start, whatever a previous process left
-is loaded and sent again, exactly once:
+removes it once the store acknowledged it (lazily: ``done``), so spend survives the process
+dying (SIGKILL, OOM, SIGTERM) while the store is down or slow. A batch that a local store
+(SQLite) commits at once, its lock free, skips the journal: that commit is the same local
+disk (``Store.settle_now``); one that would wait for the lock is journaled first. On
+start, whatever a previous process left is loaded and sent again, exactly once:
 
 * a batch already *stamped* (``source``, ``seq``: it may have reached the store before the
   process died) is sent again under the same stamp, which the store applies at most once

@@ -96,6 +96,7 @@ class SQLiteStore(Store):
         self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
         self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
         self._settle_lock = threading.Lock()
+        self._settle_waits = False                          # its busy_timeout is timeout_s
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,15 +229,41 @@ class SQLiteStore(Store):
         """On the caller's thread (the record pipeline's or the ledger's, never the loop),
         on a connection of its own that waits up to ``timeout_s`` for the write lock: the
         hand-off to the store's thread and back cost as much as the transaction itself."""
+        totals = self._settle_here(batch, now, wait=True)
+        assert totals is not None
+        return totals
+
+    def settle_now(self, batch: SettleBatch, now: float) -> Totals | None:
+        """As ``settle``, but None at once, having written nothing, when another connection
+        holds the write lock."""
+        return self._settle_here(batch, now, wait=False)
+
+    def _settle_here(self, batch: SettleBatch, now: float, wait: bool) -> Totals | None:
         with self._settle_lock:
             try:
                 db = self._settle_db
                 if db is None:
-                    db = sqlite3.connect(self._path, timeout=self.timeout_s,
-                                         isolation_level=None, check_same_thread=False)
+                    db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
+                                         check_same_thread=False)
                     db.execute("PRAGMA synchronous=NORMAL")
-                    self._settle_db = db
-                totals: Totals = self._write_on(db, lambda db: self._settle(db, batch, now))
+                    self._settle_db, self._settle_waits = db, False
+                if wait != self._settle_waits:
+                    db.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000) if wait else 0}")
+                    self._settle_waits = wait
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as error:
+                    if not wait and error.sqlite_errorcode in (sqlite3.SQLITE_BUSY,
+                                                               sqlite3.SQLITE_LOCKED):
+                        return None
+                    raise
+                try:
+                    totals = self._settle(db, batch, now)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
                 return totals
             except sqlite3.Error as error:
                 raise StoreError(f"{self.description}: {error}") from None
@@ -275,10 +302,13 @@ class SQLiteStore(Store):
     @staticmethod
     def _add_dim(db: sqlite3.Connection, d: DimCharge, now: float) -> None:
         dims = d.dims
-        known = db.execute("SELECT 1 FROM dim_spend WHERE win=? AND upstream=? AND project=? "
-                           "AND model=? AND vkey=?", (d.window, *dims)).fetchone()
-        if not known and db.execute("SELECT count(*) FROM dim_spend WHERE win=?",
-                                    (d.window,)).fetchone()[0] >= DIM_CAP:
+        known = db.execute("UPDATE dim_spend SET spend=spend+?, expires=? WHERE win=? AND "
+                           "upstream=? AND project=? AND model=? AND vkey=?",
+                           (d.amount, _expires(now, d.ttl_s), d.window, *dims)).rowcount
+        if known:  # the usual case: one statement
+            return
+        if db.execute("SELECT count(*) FROM dim_spend WHERE win=?",
+                      (d.window,)).fetchone()[0] >= DIM_CAP:
             dims = (OTHER, OTHER, OTHER, OTHER)
         db.execute("INSERT INTO dim_spend VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
                    "(win, upstream, project, model, vkey) DO UPDATE SET "
@@ -289,19 +319,23 @@ class SQLiteStore(Store):
     def _add_day(db: sqlite3.Connection, h: DayCharge, now: float,
                  day_rows: dict[str, int]) -> None:
         upstream, model = h.upstream, h.model
-        known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND model=? "
-                           "AND kind=?", (h.day, upstream, model, h.kind)).fetchone()
+        if db.execute("UPDATE day_usage SET amount=amount+?, expires=? WHERE day=? AND "
+                      "upstream=? AND model=? AND kind=?", (h.amount, _expires(now, h.ttl_s),
+                                                            h.day, upstream, model, h.kind)
+                      ).rowcount:
+            return  # the usual case: one statement
+        # A new row: within the day's cap, else summed under OTHER.
+        if h.day not in day_rows:
+            day_rows[h.day] = db.execute("SELECT count(*) FROM day_usage WHERE day=?",
+                                         (h.day,)).fetchone()[0]
+        known = None
+        if day_rows[h.day] >= HISTORY_CAP:
+            upstream, model = OTHER, OTHER
+            known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND "
+                               "model=? AND kind=?", (h.day, upstream, model, h.kind)
+                               ).fetchone()
         if not known:
-            if h.day not in day_rows:
-                day_rows[h.day] = db.execute("SELECT count(*) FROM day_usage WHERE day=?",
-                                             (h.day,)).fetchone()[0]
-            if day_rows[h.day] >= HISTORY_CAP:
-                upstream, model = OTHER, OTHER
-                known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND "
-                                   "model=? AND kind=?", (h.day, upstream, model, h.kind)
-                                   ).fetchone()
-            if not known:
-                day_rows[h.day] += 1
+            day_rows[h.day] += 1
         db.execute("INSERT INTO day_usage VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
                    "(day, upstream, model, kind) DO UPDATE SET "
                    "amount=amount+excluded.amount, expires=excluded.expires",

@@ -4,7 +4,8 @@ The ``Ledger`` appends every ``SettleBatch`` here before it is sent to the store
 removes it once the store acknowledged it (lazily: ``done``), so spend survives the process
 dying (SIGKILL, OOM, SIGTERM) while the store is down or slow. A batch that a local store
 (SQLite) commits at once, its lock free, skips the journal: that commit is the same local
-disk (``Store.settle_now``); one that would wait for the lock is journaled first. On
+disk (``Store.settle_now``; not with ``fsync: full``, which the store does not promise);
+one that would wait for the lock is journaled first. On
 start, whatever a previous process left is loaded and sent again, exactly once:
 
 * a batch already *stamped* (``source``, ``seq``: it may have reached the store before the
@@ -134,6 +135,7 @@ class Journal:
     """This process's journal (module docstring). Raises ``StoreError`` if it cannot open."""
 
     def __init__(self, path: Path, fsync: str = "normal") -> None:
+        self.fsync = fsync
         self._lock = threading.Lock()
         self._done: list[tuple[str, int]] = []  # acknowledged, not yet deleted (``done``)
         try:

@@ -192,7 +192,10 @@ class Ledger:
 
     def _settle_now(self, batch: SettleBatch) -> Totals | None:
         """A local store's one commit instead of the journal's two and the store's
-        (``Store.settle_now``); None when it did not take ``batch`` at once."""
+        (``Store.settle_now``); None when it did not take ``batch`` at once, or the journal
+        promises more than the store's commit (``fsync: full``: survives a power cut)."""
+        if self.journal is not None and self.journal.fsync == "full":
+            return None
         try:
             totals = self.store.settle_now(batch, self.clock())
         except Exception:  # not applied (one atomic commit): the journal's way counts it

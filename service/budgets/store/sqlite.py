@@ -74,6 +74,11 @@ class _Busy(Exception):
     """Another connection holds the file's write lock."""
 
 
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock (any extended code of SQLITE_BUSY or _LOCKED)."""
+    return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _expires(now: float, ttl_s: int) -> float | None:
     return None if ttl_s <= 0 else now + ttl_s
 
@@ -186,7 +191,7 @@ class SQLiteStore(Store):
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as error:
-                if error.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                if _busy(error):
                     raise _Busy from None
                 raise
             try:
@@ -253,8 +258,7 @@ class SQLiteStore(Store):
                 try:
                     db.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as error:
-                    if not wait and error.sqlite_errorcode in (sqlite3.SQLITE_BUSY,
-                                                               sqlite3.SQLITE_LOCKED):
+                    if not wait and _busy(error):
                         return None
                     raise
                 try:

@@ -144,8 +144,16 @@ class SQLiteStore(Store):
         return self._write_on(db, fn)
 
     @staticmethod
-    def _write_on(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db.execute("BEGIN IMMEDIATE")
+    def _write_on(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
+                  busy_ok: bool = False) -> T:
+        """``fn`` in one write transaction; ``busy_ok``: ``_Busy`` (nothing done) when
+        another connection holds the write lock."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if busy_ok and _busy(error):
+                raise _Busy from None
+            raise
         try:
             result = fn(db)
             db.execute("COMMIT")
@@ -188,20 +196,8 @@ class SQLiteStore(Store):
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA wal_autocheckpoint=0")
                 self._loop_db = db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as error:
-                if _busy(error):
-                    raise _Busy from None
-                raise
-            try:
-                refusal = self._reserve(db, rid, holds, now)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return refusal
+            return self._write_on(db, lambda db: self._reserve(db, rid, holds, now),
+                                  busy_ok=True)
         except sqlite3.Error as error:
             raise StoreError(f"{self.description}: {error}") from None
 
@@ -255,20 +251,10 @@ class SQLiteStore(Store):
                 if wait != self._settle_waits:
                     db.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000) if wait else 0}")
                     self._settle_waits = wait
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as error:
-                    if not wait and _busy(error):
-                        return None
-                    raise
-                try:
-                    totals = self._settle(db, batch, now)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-                return totals
+                return self._write_on(db, lambda db: self._settle(db, batch, now),
+                                      busy_ok=not wait)
+            except _Busy:
+                return None
             except sqlite3.Error as error:
                 raise StoreError(f"{self.description}: {error}") from None
 

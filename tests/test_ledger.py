@@ -187,6 +187,63 @@ def test_two_sqlite_stores_share_one_file(tmp_path: Path) -> None:
         second.close()
 
 
+def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
+        tmp_path: Path) -> None:
+    """Reserve on the loop and settle at once never wait for a lock another process holds:
+    the reservation goes to the store's thread (bounded by ``timeout_s``), ``settle_now``
+    writes nothing, and the ledger journals the batch before waiting for the store."""
+    import sqlite3
+
+    from spendgate.budgets.journal import Journal
+
+    path = tmp_path / "ledger.sqlite3"
+    store = SQLiteStore(path, 0.3, 60)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    errors: list[str] = []
+    ledger = Ledger(store, lambda: 1000.0, errors.append, journal)
+    assert asyncio.run(store.reserve_async("r1", [hold("a", 10)], 1000.0)) is None
+    holder = sqlite3.connect(path, isolation_level=None, timeout=5)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match=r"did not answer|locked"):
+            asyncio.run(store.reserve_async("r2", [hold("a", 10)], 1000.0))
+        batch = SettleBatch("t", 1, [("r1", "a", W)], [Charge("a", W, 7, 3600)])
+        assert store.settle_now(batch, 1000.0) is None
+        assert ledger.record(SettleBatch("", 0, [("r1", "a", W)], [Charge("a", W, 7, 3600)])
+                             ) is None
+        assert errors == ["settle"] and ledger.pending() == 7
+        assert len(journal.leftover().stamped) == 1   # on disk before the store answered
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    ledger.start()
+    assert wait_for(lambda: ledger.pending() == 0, 5)
+    assert store.totals([("a", W)], 0)[("a", W)] == (7, 0)
+    assert asyncio.run(store.reserve_async("r3", [hold("a", 10)], 1000.0)) is None
+    assert store.totals([("a", W)], 0)[("a", W)] == (7, 10)
+    ledger.close()
+    again = Journal(tmp_path / "journal.sqlite3")  # acknowledged rows deleted at close
+    assert again.leftover().stamped == [] and again.leftover().unstamped == []
+    again.close()
+
+
+@pytest.mark.parametrize("fsync", ["normal", "full"])
+def test_sqlite_settles_without_the_journal_unless_it_promises_more(
+        tmp_path: Path, fsync: str) -> None:
+    """A batch the SQLite store takes at once is one commit, not journaled; with
+    ``journal_fsync: full`` (power-cut safe, which the store is not) it is journaled first
+    (its row stays until the next write or tick deletes it)."""
+    from spendgate.budgets.journal import Journal
+
+    store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 60)
+    journal = Journal(tmp_path / "journal.sqlite3", fsync)
+    ledger = Ledger(store, lambda: 1000.0, lambda _: None, journal)
+    assert ledger.record(SettleBatch("", 0, [], [Charge("a", W, 5, 3600)])) == {
+        ("a", W): (5, 0)}
+    assert len(journal.leftover().stamped) == (fsync == "full")
+    ledger.close()
+
+
 def test_sqlite_spend_survives_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/nested/dir/ledger.sqlite3"
     store = open_store(url, 2.0, 60)

@@ -1,9 +1,12 @@
 """The spend journal: settled costs kept on local disk until the budget store has them.
 
 The ``Ledger`` appends every ``SettleBatch`` here before it is sent to the store, and
-removes it once the store acknowledged it, so spend survives the process dying (SIGKILL,
-OOM, SIGTERM) while the store is down or slow. On start, whatever a previous process left
-is loaded and sent again, exactly once:
+removes it once the store acknowledged it (lazily: ``done``), so spend survives the process
+dying (SIGKILL, OOM, SIGTERM) while the store is down or slow. A batch that a local store
+(SQLite) commits at once, its lock free, skips the journal: that commit is the same local
+disk (``Store.settle_now``; not with ``fsync: full``, which the store does not promise);
+one that would wait for the lock is journaled first. On
+start, whatever a previous process left is loaded and sent again, exactly once:
 
 * a batch already *stamped* (``source``, ``seq``: it may have reached the store before the
   process died) is sent again under the same stamp, which the store applies at most once
@@ -132,7 +135,9 @@ class Journal:
     """This process's journal (module docstring). Raises ``StoreError`` if it cannot open."""
 
     def __init__(self, path: Path, fsync: str = "normal") -> None:
+        self.fsync = fsync
         self._lock = threading.Lock()
+        self._done: list[tuple[str, int]] = []  # acknowledged, not yet deleted (``done``)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             own: _Slot | None = None
@@ -198,13 +203,26 @@ class Journal:
         self._write(["DELETE FROM entries WHERE source=''"], [("", 0, encode(batch))])
 
     def done(self, batch: SettleBatch) -> None:
-        """The store acknowledged ``batch``: forget it."""
+        """The store acknowledged ``batch``: forget it. Deleted with the next write (one
+        commit per batch instead of two), or by ``forget_done`` (the ledger's next tick,
+        0.25 s), or at ``close``; a process that dies before has it replayed on restart,
+        which the store applies at most once."""
         with self._lock:
-            try:
-                self._own.db.execute("DELETE FROM entries WHERE source=? AND seq=?",
-                                     (batch.source, batch.seq))
-            except sqlite3.Error as error:  # replayed later, and applied once: harmless
-                log.warning("spend journal %s: %s", self.path, error)
+            self._done.append((batch.source, batch.seq))
+
+    def forget_done(self) -> None:
+        """Delete the rows of acknowledged batches now."""
+        with self._lock:
+            if self._done:
+                try:
+                    self._delete_done()  # autocommit
+                except sqlite3.Error as error:  # replayed later, and applied once: harmless
+                    log.warning("spend journal %s: %s", self.path, error)
+                self._done.clear()
+
+    def _delete_done(self) -> None:
+        """Called with ``_lock`` held; forgets them only once the caller has committed."""
+        self._own.db.executemany("DELETE FROM entries WHERE source=? AND seq=?", self._done)
 
     def unstamped_rows(self) -> int:
         with self._lock:
@@ -217,6 +235,8 @@ class Journal:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    if self._done:
+                        self._delete_done()
                     for statement in statements:
                         db.execute(statement)
                     db.executemany("INSERT INTO entries (source, seq, body) VALUES (?, ?, ?)",
@@ -225,10 +245,12 @@ class Journal:
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
+                self._done.clear()
             except sqlite3.Error as error:
                 raise StoreError(f"spend journal {self.path}: {error}") from None
 
     def close(self) -> None:
+        self.forget_done()
         with self._lock:
             self._own.close()
 

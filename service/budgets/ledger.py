@@ -12,7 +12,9 @@
   through any outage) and written when the store answers again.
 * Nothing recorded is lost when the process dies either: with a ``Journal`` every batch is
   on local disk before it is sent, and leaves it once the store acknowledged it; what an
-  earlier process left there is sent first (``journal.py``).
+  earlier process left there is sent first (``journal.py``). A local store that takes a
+  batch at once (``Store.settle_now``: SQLite, its lock free) is that local disk, so the
+  batch skips the journal; one that would have to wait is journaled first, as any other.
 * ``known(budget, window)``: the last totals the store reported plus spend not written yet,
   which the gate uses to keep blocking exhausted budgets while the store is unreachable.
 
@@ -169,6 +171,9 @@ class Ledger:
                     and not self._releases and not self._days
             if idle and self.health.usable():
                 self._stamp(batch)
+                totals = self._settle_now(batch)
+                if totals is not None:
+                    return totals
                 self._journal("stamp", batch)
                 try:
                     totals = self.store.settle(batch, self.clock())
@@ -184,6 +189,21 @@ class Ledger:
             self._journal("append", batch)
             self._merge(batch)
             return self._flush() if self.health.usable() else None
+
+    def _settle_now(self, batch: SettleBatch) -> Totals | None:
+        """A local store's one commit instead of the journal's two and the store's
+        (``Store.settle_now``); None when it did not take ``batch`` at once, or the journal
+        promises more than the store's commit (``fsync: full``: survives a power cut)."""
+        if self.journal is not None and self.journal.fsync == "full":
+            return None
+        try:
+            totals = self.store.settle_now(batch, self.clock())
+        except Exception:  # not applied (one atomic commit): the journal's way counts it
+            return None
+        if totals is not None:
+            self.health.ok()
+            self._remember(totals)
+        return totals
 
     def _journal(self, operation: str, batch: SettleBatch) -> None:
         """Write ``batch`` to the journal (``append``, ``stamp``, ``compact``, ``done``); a
@@ -342,6 +362,8 @@ class Ledger:
                     with self._lock:
                         batch = self._pending_batch()
                     self._journal("compact", batch)
+            if self.journal is not None:
+                self.journal.forget_done()
 
     def probe(self) -> None:
         """Ask the store a cheap question, to learn whether it is back."""

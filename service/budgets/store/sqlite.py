@@ -2,7 +2,16 @@
 
 Every operation of ``base.Store`` runs as one transaction on a dedicated thread that owns
 the connection; ``sqlite3`` errors and timeouts become ``StoreError`` in one place
-(``_guarded``, ``_run``).
+(``_guarded``, ``_run``). Two exceptions, the per-call operations, for which the hand-off
+to that thread and back cost as much as the transaction itself (a few indexed rows of a
+local file):
+
+* the hot path's ``reserve_async`` runs on the event loop, on a connection of its own that
+  never waits for a lock (``busy_timeout`` 0) nor checkpoints the WAL; only when another
+  writer holds the file (a settlement, another process) does it go to the store's thread,
+  which waits up to ``timeout_s`` as every other operation does;
+* ``settle`` runs on the caller's thread (the record pipeline's or the ledger's sync
+  thread), on a connection of its own that waits up to ``timeout_s`` for the write lock.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -60,12 +70,21 @@ _PRUNE_EVERY_S = 60.0
 _SETTLED_TTL_S = 86400
 
 
+class _Busy(Exception):
+    """Another connection holds the file's write lock."""
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock (any extended code of SQLITE_BUSY or _LOCKED)."""
+    return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _expires(now: float, ttl_s: int) -> float | None:
     return None if ttl_s <= 0 else now + ttl_s
 
 
 class SQLiteStore(Store):
-    """A WAL-mode SQLite file, used from one dedicated thread that owns the connection.
+    """A WAL-mode SQLite file: one connection per use (module docstring).
 
     Write transactions are ``BEGIN IMMEDIATE``, so several processes may share the file.
     Commits are ``synchronous=NORMAL``: a crashed process loses nothing committed.
@@ -79,6 +98,10 @@ class SQLiteStore(Store):
         self._path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spendgate-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
+        self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
+        self._settle_lock = threading.Lock()
+        self._settle_waits = False                          # its busy_timeout is timeout_s
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,13 +141,26 @@ class SQLiteStore(Store):
         db = self._db
         if db is None:
             raise StoreError(f"{self.description} is closed")
-        db.execute("BEGIN IMMEDIATE")
+        return self._write_on(db, fn)
+
+    @staticmethod
+    def _write_on(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
+                  busy_ok: bool = False) -> T:
+        """``fn`` in one write transaction; ``busy_ok``: ``_Busy`` (nothing done) when
+        another connection holds the write lock."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if busy_ok and _busy(error):
+                raise _Busy from None
+            raise
         try:
             result = fn(db)
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
         return result
 
     # -- operations -------------------------------------------------------------------------
@@ -134,6 +170,10 @@ class SQLiteStore(Store):
 
     async def reserve_async(self, rid: str, holds: Sequence[Hold],
                             now: float) -> Refusal | None:
+        try:
+            return self._reserve_on_loop(rid, holds, now)
+        except _Busy:
+            pass  # another writer has the file: wait for it on the store's thread
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self._executor, self._guarded, self._write,
                                    lambda db: self._reserve(db, rid, holds, now))
@@ -142,6 +182,24 @@ class SQLiteStore(Store):
         except TimeoutError:
             raise StoreError(f"{self.description} did not answer in {self.timeout_s:g} s"
                              ) from None
+
+    def _reserve_on_loop(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
+        """One reservation transaction on the loop's connection; ``_Busy`` when the write
+        lock is taken (nothing was done), ``StoreError`` on any other failure."""
+        try:
+            db = self._loop_db
+            if db is None:
+                db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
+                                     check_same_thread=False)  # closed from close()'s thread
+                # The file is already in WAL mode; synchronous is per connection. The WAL
+                # is checkpointed by the store thread's commits, never on the loop.
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA wal_autocheckpoint=0")
+                self._loop_db = db
+            return self._write_on(db, lambda db: self._reserve(db, rid, holds, now),
+                                  busy_ok=True)
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.description}: {error}") from None
 
     def _reserve(self, db: sqlite3.Connection, rid: str, holds: Sequence[Hold],
                  now: float) -> Refusal | None:
@@ -169,7 +227,36 @@ class SQLiteStore(Store):
         return None
 
     def settle(self, batch: SettleBatch, now: float) -> Totals:
-        return self._transaction(lambda db: self._settle(db, batch, now))
+        """On the caller's thread (the record pipeline's or the ledger's, never the loop),
+        on a connection of its own that waits up to ``timeout_s`` for the write lock: the
+        hand-off to the store's thread and back cost as much as the transaction itself."""
+        totals = self._settle_here(batch, now, wait=True)
+        assert totals is not None
+        return totals
+
+    def settle_now(self, batch: SettleBatch, now: float) -> Totals | None:
+        """As ``settle``, but None at once, having written nothing, when another connection
+        holds the write lock."""
+        return self._settle_here(batch, now, wait=False)
+
+    def _settle_here(self, batch: SettleBatch, now: float, wait: bool) -> Totals | None:
+        with self._settle_lock:
+            try:
+                db = self._settle_db
+                if db is None:
+                    db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
+                                         check_same_thread=False)
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    self._settle_db, self._settle_waits = db, False
+                if wait != self._settle_waits:
+                    db.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000) if wait else 0}")
+                    self._settle_waits = wait
+                return self._write_on(db, lambda db: self._settle(db, batch, now),
+                                      busy_ok=not wait)
+            except _Busy:
+                return None
+            except sqlite3.Error as error:
+                raise StoreError(f"{self.description}: {error}") from None
 
     def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
         touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
@@ -205,10 +292,13 @@ class SQLiteStore(Store):
     @staticmethod
     def _add_dim(db: sqlite3.Connection, d: DimCharge, now: float) -> None:
         dims = d.dims
-        known = db.execute("SELECT 1 FROM dim_spend WHERE win=? AND upstream=? AND project=? "
-                           "AND model=? AND vkey=?", (d.window, *dims)).fetchone()
-        if not known and db.execute("SELECT count(*) FROM dim_spend WHERE win=?",
-                                    (d.window,)).fetchone()[0] >= DIM_CAP:
+        known = db.execute("UPDATE dim_spend SET spend=spend+?, expires=? WHERE win=? AND "
+                           "upstream=? AND project=? AND model=? AND vkey=?",
+                           (d.amount, _expires(now, d.ttl_s), d.window, *dims)).rowcount
+        if known:  # the usual case: one statement
+            return
+        if db.execute("SELECT count(*) FROM dim_spend WHERE win=?",
+                      (d.window,)).fetchone()[0] >= DIM_CAP:
             dims = (OTHER, OTHER, OTHER, OTHER)
         db.execute("INSERT INTO dim_spend VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
                    "(win, upstream, project, model, vkey) DO UPDATE SET "
@@ -219,19 +309,23 @@ class SQLiteStore(Store):
     def _add_day(db: sqlite3.Connection, h: DayCharge, now: float,
                  day_rows: dict[str, int]) -> None:
         upstream, model = h.upstream, h.model
-        known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND model=? "
-                           "AND kind=?", (h.day, upstream, model, h.kind)).fetchone()
+        if db.execute("UPDATE day_usage SET amount=amount+?, expires=? WHERE day=? AND "
+                      "upstream=? AND model=? AND kind=?", (h.amount, _expires(now, h.ttl_s),
+                                                            h.day, upstream, model, h.kind)
+                      ).rowcount:
+            return  # the usual case: one statement
+        # A new row: within the day's cap, else summed under OTHER.
+        if h.day not in day_rows:
+            day_rows[h.day] = db.execute("SELECT count(*) FROM day_usage WHERE day=?",
+                                         (h.day,)).fetchone()[0]
+        known = None
+        if day_rows[h.day] >= HISTORY_CAP:
+            upstream, model = OTHER, OTHER
+            known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND "
+                               "model=? AND kind=?", (h.day, upstream, model, h.kind)
+                               ).fetchone()
         if not known:
-            if h.day not in day_rows:
-                day_rows[h.day] = db.execute("SELECT count(*) FROM day_usage WHERE day=?",
-                                             (h.day,)).fetchone()[0]
-            if day_rows[h.day] >= HISTORY_CAP:
-                upstream, model = OTHER, OTHER
-                known = db.execute("SELECT 1 FROM day_usage WHERE day=? AND upstream=? AND "
-                                   "model=? AND kind=?", (h.day, upstream, model, h.kind)
-                                   ).fetchone()
-            if not known:
-                day_rows[h.day] += 1
+            day_rows[h.day] += 1
         db.execute("INSERT INTO day_usage VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
                    "(day, upstream, model, kind) DO UPDATE SET "
                    "amount=amount+excluded.amount, expires=excluded.expires",
@@ -279,6 +373,16 @@ class SQLiteStore(Store):
         return self._transaction(write)
 
     def close(self) -> None:
+        if self._loop_db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._loop_db.close()
+            self._loop_db = None
+        with self._settle_lock:
+            if self._settle_db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._settle_db.close()
+                self._settle_db = None
+
         def shut() -> None:
             if self._db is not None:
                 self._db.close()

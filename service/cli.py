@@ -115,17 +115,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from spendgate.accounting.gpu import GpuCosts
+    from spendgate.accounting.pricing import PriceCatalog
     from spendgate.app import build_catalog
     from spendgate.telemetry import check_telemetry
     from spendgate.upstream.credentials import signer_for
 
     # Every check, each reported: one pass shows every problem.
     problems: list[str] = []
+    catalogs: list[PriceCatalog] = []  # the catalog, once built: gpu.compare_to is checked in it
     checks: list[Callable[[], object]] = [
-        lambda: build_catalog(config), lambda: check_telemetry(config),
+        lambda: catalogs.append(build_catalog(config)), lambda: check_telemetry(config),
         lambda: allowed_hosts(config.server, fallback=os.environ.get(ALLOWED_HOSTS_ENV)),
-        # gpu.compare_to names a catalog model
-        lambda: GpuCosts.build(config, build_catalog(config), CollectorRegistry())]
+        lambda: [GpuCosts.build(config, catalog, CollectorRegistry()) for catalog in catalogs]]
     # Each upstream's extras installed and credentials found.
     checks += [partial(signer_for, name, upstream)
                for name, upstream in config.upstreams.items()]
@@ -136,8 +137,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             problems += error.problems
         except (OSError, ValueError) as error:
             problems.append(f"pricing.catalog: {error}")
-    # A check failing twice (the catalog, for gpu.compare_to too) is said once.
-    problems = found + [p for p in dict.fromkeys(problems) if not related(p, found)]
+    problems = found + [p for p in problems if not related(p, found)]
     for problem in problems:
         print(problem)
     if problems:

@@ -256,9 +256,11 @@ class Journal:
 
 
 def _merge(batches: list[SettleBatch]) -> SettleBatch:
-    """The sum of unstamped batches: charges and dims added per key, releases kept."""
+    """The sum of unstamped batches: charges, dims and daily history added per key, releases
+    kept."""
     charges: dict[tuple[str, str], list[int]] = {}
     dims: dict[tuple[str, tuple[str, str, str, str]], list[int]] = {}
+    days: dict[tuple[str, str, str, str], list[int]] = {}
     out = SettleBatch()
     for batch in batches:
         out.releases.extend(batch.releases)
@@ -266,11 +268,9 @@ def _merge(batches: list[SettleBatch]) -> SettleBatch:
             charges.setdefault((c.budget, c.window), [0, c.ttl_s])[0] += c.amount
         for d in batch.dims:
             dims.setdefault((d.window, d.dims), [0, d.ttl_s])[0] += d.amount
-    out.charges = [Charge(b, w, a, t) for (b, w), (a, t) in charges.items()]
-    out.dims = [DimCharge(w, k, a, t) for (w, k), (a, t) in dims.items()]
-    days: dict[tuple[str, str, str, str], list[int]] = {}
-    for batch in batches:
         for h in batch.days:
             days.setdefault((h.day, h.upstream, h.model, h.kind), [0, h.ttl_s])[0] += h.amount
+    out.charges = [Charge(b, w, a, t) for (b, w), (a, t) in charges.items()]
+    out.dims = [DimCharge(w, k, a, t) for (w, k), (a, t) in dims.items()]
     out.days = [DayCharge(*k, a, t) for k, (a, t) in days.items()]
     return out

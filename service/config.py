@@ -357,12 +357,18 @@ class StoreConfig(_Strict):
         return value
 
 
-class BudgetConfig(_Strict):
-    name: str = Field(min_length=1)
+class Selectors(_Strict):
+    """Which calls a budget or limit covers (``spendgate.selectors``): unset matches all."""
+
     project: str | None = None
     upstream: str | None = None
     model: str | None = None
     key: str | None = None
+    tags: dict[str, str] | None = None
+
+
+class BudgetConfig(Selectors):
+    name: str = Field(min_length=1)
     limit_usd: Decimal = Field(gt=0)
     window: Literal["day", "week", "month", "total"] = "month"
     timezone: str = "UTC"

@@ -8,13 +8,16 @@ not touched by the proxy afterwards. The pipeline turns it into one immutable ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from spendgate.providers.base import RequestInfo, StreamTracker
 from spendgate.usage import Usage
 
+NO_TAGS: Mapping[str, str] = MappingProxyType({})
 STATUS_CLIENT_CLOSED = 499  # nginx's convention: the caller hung up before the response ended
 
 
@@ -42,6 +45,7 @@ class CallOutcome:
         "start_unix",
         "started",
         "status",
+        "tags",
         "trace",
         "tracker",
         "ttft_s",
@@ -60,6 +64,7 @@ class CallOutcome:
         self.project = "default"
         self.user: str | None = None
         self.virtual_key: str | None = None  # the key's project-scoped name, never the secret
+        self.tags: Mapping[str, str] = NO_TAGS  # x-spendgate-tags under the key's fixed tags
         self.request: RequestInfo | None = None
         self.status = 0
         self.error_type: str | None = None
@@ -143,6 +148,9 @@ class UsageRecord:
     method: str = ""
     path: str = ""
     error_message: str | None = None
+    # The call's tags (x-spendgate-tags, a virtual key's fixed tags winning): key -> value.
+    # Shared, never mutated.
+    tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)
 
     @property
     def usage_estimated(self) -> bool:

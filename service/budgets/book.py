@@ -1,9 +1,7 @@
 """Budgets as configured, and which calls each one covers.
 
-A budget (``BudgetConfig``) covers a call when every selector it sets matches: ``project``,
-``upstream``, ``model`` (the model the caller asked for, case-insensitive) and ``key`` (the
-virtual key's name: its ``name`` in ``keys``, else ``project#index``, its position in the
-list). A selector with ``*``, ``?`` or ``[`` is a glob (``model: "gpt-5*"``).
+A budget (``BudgetConfig``) covers a call when every selector it sets matches
+(``spendgate.selectors``: ``project``, ``upstream``, ``model``, ``key``, ``tags``).
 
 A ``BudgetBook`` never changes; reload builds a new one. Thread-safe.
 """
@@ -12,21 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import ROUND_FLOOR
-from fnmatch import fnmatchcase
 from typing import Any
 
 from spendgate.budgets.windows import Window, iso, window_at, zone
 from spendgate.config import BudgetConfig
 from spendgate.money import nano_to_float, to_nano
+from spendgate.records import NO_TAGS
+from spendgate.selectors import Selector, Tags
 
 _MEMO_MAX = 4096
-_GLOB = frozenset("*?[")
 
 
 class Budget:
     """One configured budget. Immutable except for its cached current window."""
 
-    __slots__ = ("_selectors", "_window", "block", "config", "limit", "max_reserve", "name",
+    __slots__ = ("_window", "block", "config", "limit", "max_reserve", "name", "selector",
                  "thresholds", "tz")
 
     def __init__(self, config: BudgetConfig) -> None:
@@ -38,20 +36,12 @@ class Budget:
                             else to_nano(config.max_reserve_usd))
         self.thresholds = tuple(sorted(set(config.alert_at)))
         self.tz = zone(config.timezone)
-        self._selectors = [(field, value.lower() if field == "model" else value,
-                            bool(_GLOB & set(value)))
-                           for field in ("upstream", "project", "model", "key")
-                           if (value := getattr(config, field)) is not None]
+        self.selector = Selector(config)
         self._window: Window | None = None
 
-    def matches(self, upstream: str, project: str, model: str | None, key: str) -> bool:
-        """Every selector set matches; ``model`` None: whatever the model (its selector is
-        not consulted), for a call whose model could not be read."""
-        values = {"upstream": upstream, "project": project, "model": (model or "").lower(),
-                  "key": key}
-        return all((f == "model" and model is None)
-                   or (fnmatchcase(values[f], v) if glob else values[f] == v)
-                   for f, v, glob in self._selectors)
+    def matches(self, upstream: str, project: str, model: str | None, key: str,
+                tags: Tags = NO_TAGS) -> bool:
+        return self.selector.matches(upstream, project, model, key, tags)
 
     def window(self, now: float) -> Window:
         """The window containing ``now``; cached until it ends."""
@@ -61,8 +51,7 @@ class Budget:
         return current
 
     def selectors(self) -> dict[str, str]:
-        return {f: str(getattr(self.config, f)) for f in ("upstream", "project", "model", "key")
-                if getattr(self.config, f) is not None}
+        return Selector.describe(self.config)
 
 
 class BudgetBook:
@@ -73,22 +62,31 @@ class BudgetBook:
         self.by_name = {b.name: b for b in self.budgets}
         self.any_block = any(b.block for b in self.budgets)
         self._memo: dict[tuple[str, str, str, str], tuple[Budget, ...]] = {}
+        self._by_tags = tuple(b for b in self.budgets if b.selector.uses_tags)
+        self._plain = tuple(b for b in self.budgets if not b.selector.uses_tags)
 
-    def match(self, upstream: str, project: str, model: str, key: str) -> tuple[Budget, ...]:
+    def match(self, upstream: str, project: str, model: str, key: str,
+              tags: Tags = NO_TAGS) -> tuple[Budget, ...]:
+        """The budgets covering a call. Budgets without tag selectors are memoised; the few
+        with them are asked each time (a call's tags are free-form: no memo could bound them)."""
         memo_key = (upstream, project, model, key)
         found = self._memo.get(memo_key)
         if found is None:
-            found = tuple(b for b in self.budgets if b.matches(upstream, project, model, key))
+            found = tuple(b for b in self._plain if b.matches(upstream, project, model, key))
             if len(self._memo) >= _MEMO_MAX:
                 self._memo.clear()   # bounded against floods of made-up project names
             self._memo[memo_key] = found
+        if self._by_tags and tags:
+            found += tuple(b for b in self._by_tags
+                           if b.matches(upstream, project, model, key, tags))
         return found
 
-    def block_any_model(self, upstream: str, project: str, key: str) -> Budget | None:
+    def block_any_model(self, upstream: str, project: str, key: str,
+                        tags: Tags = NO_TAGS) -> Budget | None:
         """A block budget that would cover this call whatever its model, if there is one.
         Not memoised: asked only for calls whose body nobody could read."""
         return next((b for b in self.budgets
-                     if b.block and b.matches(upstream, project, None, key)), None)
+                     if b.block and b.matches(upstream, project, None, key, tags)), None)
 
 
 def describe(budget: Budget, spend: int, reserved: int, now: float) -> dict[str, Any]:

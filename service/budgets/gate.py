@@ -142,7 +142,8 @@ class BudgetGate:
             self._refuse_unreadable(outcome)
         model = (info.model if info else None) or "unknown"
         covering = [b for b in book.match(outcome.upstream, outcome.project, model,
-                                          outcome.virtual_key or "") if b.block]
+                                          outcome.virtual_key or "", outcome.tags)
+                    if b.block]
         if not covering:
             return
         now = self.clock()
@@ -170,7 +171,7 @@ class BudgetGate:
 
     def _refuse_unreadable(self, outcome: CallOutcome) -> None:
         budget = self.book.block_any_model(outcome.upstream, outcome.project,
-                                           outcome.virtual_key or "")
+                                           outcome.virtual_key or "", outcome.tags)
         if budget is not None:
             raise BadRequest(
                 "the request body is not JSON spendgate can read (as orjson or Python's json "

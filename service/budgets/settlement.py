@@ -100,7 +100,7 @@ class LedgerSink(RecordSink):
                 continue
             amount = cost * NANO
             for budget in book.match(record.upstream, record.project, record.model,
-                                     record.virtual_key or ""):
+                                     record.virtual_key or "", record.tags):
                 if budget.name in held:
                     window_id, ttl = held[budget.name]
                 else:

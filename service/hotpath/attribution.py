@@ -27,11 +27,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from spendgate.config import UpstreamConfig, VirtualKey
 from spendgate.errors import BadRequest, Unauthorized
+from spendgate.records import NO_TAGS
 
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 DEFAULT_PROJECT = "default"
@@ -45,6 +46,8 @@ class Admission:
     user: str | None
     key_name: str | None          # the key's name, else "project#index": never the secret
     drop_caller_credentials: bool
+    # x-spendgate-tags under the key's fixed tags (shared, never mutated)
+    tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)
 
 
 class KeyRing:

@@ -231,6 +231,7 @@ class ProxyApp:
             raise ForbiddenOrigin(FORBIDDEN_ORIGIN)
         admission = admit(headers, key, upstream.config)
         outcome.project, outcome.user = admission.project, admission.user
+        outcome.tags = admission.tags
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))
         method: str = scope["method"]
         info = upstream.provider.parse_request(metered_method(method, headers), target.view,

@@ -1,0 +1,66 @@
+"""Which calls a budget or a rate limit covers: its selectors.
+
+A selector set (``config.Selectors``) covers a call when every selector it sets matches:
+``project``, ``upstream``, ``model`` (the model the caller asked for, case-insensitive),
+``key`` (the virtual key's name: its ``name`` in ``keys``, else ``project#index``) and
+``tags`` (every ``key: value`` given is among the call's tags). A value with ``*``, ``?``
+or ``[`` is a glob (``model: "gpt-5*"``, ``tags: {feature: "search-*"}``).
+
+A ``Selector`` never changes; thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+
+from spendgate.config import Selectors
+from spendgate.records import NO_TAGS
+
+FIELDS = ("upstream", "project", "model", "key")
+_GLOB = frozenset("*?[")
+
+Tags = Mapping[str, str]
+
+
+def _is_glob(value: str) -> bool:
+    return bool(_GLOB & set(value))
+
+
+class Selector:
+    """The selectors of one budget or limit, compiled once."""
+
+    __slots__ = ("_fields", "_tags")
+
+    def __init__(self, config: Selectors) -> None:
+        self._fields = [(field, value.lower() if field == "model" else value, _is_glob(value))
+                        for field in FIELDS
+                        if (value := getattr(config, field)) is not None]
+        self._tags = [(k, v, _is_glob(v)) for k, v in (config.tags or {}).items()]
+
+    @property
+    def uses_tags(self) -> bool:
+        return bool(self._tags)
+
+    def matches(self, upstream: str, project: str, model: str | None, key: str,
+                tags: Tags = NO_TAGS) -> bool:
+        """Every selector set matches; ``model`` None: whatever the model (its selector is
+        not consulted), for a call whose model could not be read."""
+        values = {"upstream": upstream, "project": project, "model": (model or "").lower(),
+                  "key": key}
+        if not all((f == "model" and model is None)
+                   or (fnmatchcase(values[f], v) if glob else values[f] == v)
+                   for f, v, glob in self._fields):
+            return False
+        for name, want, glob in self._tags:
+            have = tags.get(name)
+            if have is None or not (fnmatchcase(have, want) if glob else have == want):
+                return False
+        return True
+
+    @staticmethod
+    def describe(config: Selectors) -> dict[str, str]:
+        """The selectors set, as the admin API shows them (a tag as ``tag:KEY``)."""
+        shown = {f: str(getattr(config, f)) for f in FIELDS if getattr(config, f) is not None}
+        shown.update({f"tag:{k}": v for k, v in (config.tags or {}).items()})
+        return shown

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from spendgate.accounting.batches import BatchBook
 from spendgate.accounting.builder import RecordBuilder
@@ -136,6 +136,11 @@ class Spendgate:
         # Admin-API reconciliation (reconcile/): a thread of its own, never on a call's path.
         self.reconcile = (ReconcileJob(sources, self.budgets.history, config.reconcile,
                                        self.registry) if sources else None)
+        # SIGHUP reloads by result: a rejected one (a bad config or keys_file) keeps the
+        # running config, so it is counted where an alert can see it, not only logged.
+        self.reloads = Counter("spendgate_config_reloads", "Config reloads (SIGHUP) by result: "
+                               "applied, or rejected (the running config stays).",
+                               ("result",), registry=self.registry)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
         self.draining = False     # SIGTERM received: /readyz fails while calls finish
@@ -216,16 +221,19 @@ class Spendgate:
             try:
                 new = config if config is not None else load_config(self.config_path)
                 catalog = build_catalog(new)
-                applied = ("keys", "pricing", "budgets", "alerts", "admin_key", "metrics_key")
+                applied = ("keys", "keys_file", "pricing", "budgets", "alerts", "admin_key",
+                           "metrics_key")
                 merged = self.config.model_copy(update={f: getattr(new, f) for f in applied})
                 self.budgets.update(merged, catalog)
             except ConfigError as error:
                 log.error("reload rejected, the running config stays:\n%s",
                           "\n".join(error.problems))
+                self.reloads.labels("rejected").inc()
                 return False
             except (OSError, ValueError) as error:
                 log.error("reload rejected, the running config stays: pricing.catalog: %s",
                           error)
+                self.reloads.labels("rejected").inc()
                 return False
             self.catalog = catalog
             self.builder.use_catalog(catalog)
@@ -238,6 +246,7 @@ class Spendgate:
                         "restart" if ignored else "")
             for problem in merged.empty_keys():
                 log.warning("%s", problem)
+            self.reloads.labels("applied").inc()
             return True
 
     def _handle_sighup(self, install: bool) -> None:

@@ -5,7 +5,8 @@ Contract keys (issue-defined; acceptance checks use them)::
     server:    {host, port, max_body_mb}
     upstreams: {NAME: {url, provider, api_key, timeout_s, pricing: {input_per_mtok, ...}}}
     pricing:   {catalog: builtin | PATH, overrides: {MODEL: {input_per_mtok, ...}}}
-    keys:      [{key, project}]
+    keys:      [{key, project, models, upstreams, expires, max_reserve_usd}]
+    keys_file: PATH
 
 Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials``
 (credentials the proxy signs Bedrock / Vertex AI requests with: ``upstream/credentials.py``),
@@ -43,6 +44,7 @@ import ipaddress
 import os
 import re
 import types
+from datetime import datetime
 from decimal import Decimal
 from difflib import get_close_matches
 from pathlib import Path
@@ -61,6 +63,7 @@ from pydantic import (
 )
 
 from spendgate.errors import ConfigError
+from spendgate.keyfile import read_keys_file
 
 # Paths the proxy serves itself; an upstream may not take these names.
 RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "admin", "docs", "openapi.json",
@@ -284,10 +287,38 @@ class PricingConfig(_Strict):
 
 
 class VirtualKey(_Strict):
+    """A virtual key and what it may use (``hotpath.attribution.KeyRing`` enforces it).
+
+    ``models``: globs of the models it may ask for, case-insensitive (as a budget's model
+    selector); ``upstreams``: the upstream names it may call; ``expires``: when it stops
+    working (an ISO 8601 time with its time zone: a time without one is rejected, it would be
+    ambiguous); ``max_reserve_usd``: the most one of its calls may cost at worst (the
+    reservation ``budgets.gate`` computes), a call over it is refused. None: no restriction.
+    """
+
     key: str                # empty (its ${VAR} unset): no call can use it
     project: str = Field(min_length=1)
     # How budgets, records and metrics name the key (never the secret); default project#index.
     name: str | None = Field(default=None, min_length=1)
+    models: list[str] | None = Field(default=None, min_length=1)
+    upstreams: list[str] | None = Field(default=None, min_length=1)
+    expires: datetime | None = None
+    max_reserve_usd: Decimal | None = Field(default=None, gt=0)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not m.strip() for m in value):
+            raise ValueError("a model pattern is empty (leave models out for any model)")
+        return value
+
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError(f"{value.isoformat()} has no time zone: write it with one "
+                             "(2027-01-01T00:00:00Z, or +02:00)")
+        return value
 
 
 class MetricsConfig(_Strict):
@@ -422,6 +453,9 @@ class Config(_Strict):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     keys: list[VirtualKey] | None = None
+    # More keys, from a file (``spendgate.keyfile``), added to ``keys`` when the config is
+    # read (so ``keys`` is the union), and re-read with it on SIGHUP.
+    keys_file: str | None = Field(default=None, min_length=1)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -588,6 +622,13 @@ def cross_field_problems(data: dict[str, Any]) -> list[str]:
     names = [str(k["name"]) for k in keys if k.get("name") is not None]
     if len(names) != len(set(names)):
         problems.append("keys: the same name is given to two keys")
+    configured = upstreams if isinstance(upstreams, dict) else {}
+    for i, k in enumerate(keys):
+        allowed = k.get("upstreams")
+        for name in allowed if isinstance(allowed, list) else ():
+            if name not in configured:
+                problems.append(f"keys.{i}.upstreams: {name!r} is not an upstream of this "
+                                f"config ({', '.join(sorted(map(str, configured)))})")
     budget_names = [str(b.get("name")) for b in budgets if b.get("name")]
     if twice := sorted({n for n in budget_names if budget_names.count(n) > 1}):
         problems.append(f"budgets: budget names must be unique: {twice} repeated")
@@ -614,6 +655,10 @@ def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = 
     unset: list[str] = []
     data = _prepared(data, environ, unset)
     problems = list(unset)
+    from_file: list[str] = []
+    inline = _inline_keys(data)
+    data = _with_file_keys(data, from_file)
+    problems += from_file
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
@@ -623,8 +668,37 @@ def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = 
         config = None
     problems += cross_field_problems(data)
     if problems or config is None:
-        raise ConfigError(problems)
+        raise ConfigError([_file_key_path(p, inline) for p in problems])
     return config
+
+
+def _inline_keys(data: dict[str, Any]) -> int:
+    keys = data.get("keys")
+    return len(keys) if isinstance(keys, list) else 0
+
+
+def _with_file_keys(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """``data`` with the entries of its ``keys_file`` after its own ``keys`` (the union:
+    ``cross_field_problems`` rejects a secret or name in both); the file's problems added to
+    ``problems``. ``keys`` that is not a list is left for the schema to reject."""
+    path, keys = data.get("keys_file"), data.get("keys")
+    if not isinstance(path, str) or not path or not isinstance(keys, list | None):
+        return data
+    entries, found = read_keys_file(path)
+    problems += found
+    return {**data, "keys": [*(keys or ()), *entries]}
+
+
+_KEY_PATH = re.compile(r"^keys\.(\d+)(?=[.:])")
+
+
+def _file_key_path(problem: str, inline: int) -> str:
+    """A problem of the merged ``keys`` list's entry N, beyond the config's own ``inline``
+    entries, named by where it is: ``keys_file.(N - inline)``."""
+    match = _KEY_PATH.match(problem)
+    if match is None or int(match.group(1)) < inline:
+        return problem
+    return f"keys_file.{int(match.group(1)) - inline}{problem[match.end():]}"
 
 
 def _prepared(data: dict[str, Any], environ: dict[str, str] | os._Environ[str] | None,
@@ -678,7 +752,7 @@ def load_config_leniently(path: str | Path | None = None,
         return None, problems
     if not isinstance(data, dict):
         return None, problems
-    return salvage(_prepared(data, environ)), problems
+    return salvage(_with_file_keys(_prepared(data, environ), [])), problems
 
 
 def salvage(data: dict[str, Any], rounds: int = 8) -> Config | None:

@@ -31,6 +31,7 @@ class CallOutcome:
         "duration_s",
         "error_message",
         "error_type",
+        "key_max_reserve",
         "method",
         "overhead_s",
         "path",
@@ -64,6 +65,7 @@ class CallOutcome:
         self.project = "default"
         self.user: str | None = None
         self.virtual_key: str | None = None  # the key's project-scoped name, never the secret
+        self.key_max_reserve: int | None = None  # its max_reserve_usd in nano-dollars
         self.tags: Mapping[str, str] = NO_TAGS  # x-spendgate-tags under the key's fixed tags
         self.request: RequestInfo | None = None
         self.status = 0

@@ -98,8 +98,12 @@ class BudgetManager(RecordSink):
         return self._gate
 
     def proxy_gate(self) -> BudgetGate | None:
-        """What the hot path should ask: the gate when a budget blocks, else nothing."""
-        return self._gate if self._gate.book.any_block and self.ledger is not None else None
+        """What the hot path should ask: the gate when a budget blocks or a virtual key has
+        a ``max_reserve_usd`` ceiling, else nothing."""
+        if self._gate.book.any_block and self.ledger is not None:
+            return self._gate
+        ceilings = any(k.max_reserve_usd is not None for k in self.config.keys or ())
+        return self._gate if ceilings else None
 
     def _build_gate(self, book: BudgetBook, catalog: PriceCatalog) -> BudgetGate:
         return BudgetGate(book, catalog, self.ledger, self.clock,

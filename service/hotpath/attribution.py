@@ -29,10 +29,14 @@ import binascii
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from spendgate.config import UpstreamConfig, VirtualKey
-from spendgate.errors import BadRequest, Unauthorized
+from spendgate.errors import BadRequest, KeyExpired, ModelNotAllowed, Unauthorized
+from spendgate.money import to_nano
+from spendgate.providers.base import RequestInfo
 from spendgate.records import NO_TAGS
+from spendgate.selectors import model_glob_matches
 
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 DEFAULT_PROJECT = "default"
@@ -50,24 +54,48 @@ class Admission:
     tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """One configured virtual key as the hot path checks it: never the secret.
+
+    ``models``: lower-cased globs (None: any model); ``upstreams``: names (None: any);
+    ``expires``: Unix time it stops working at (None: never); ``max_reserve``: nano-dollars,
+    the most one call may cost at worst (``budgets.gate`` enforces it; None: no ceiling)."""
+
+    project: str
+    name: str                   # the key's name, else "project#index"
+    models: tuple[str, ...] | None = None
+    upstreams: frozenset[str] | None = None
+    expires: float | None = None
+    max_reserve: int | None = None
+
+    @classmethod
+    def of(cls, key: VirtualKey, index: int) -> KeyEntry:
+        return cls(key.project, key.name or f"{key.project}#{index}",
+                   tuple(m.lower() for m in key.models) if key.models is not None else None,
+                   frozenset(key.upstreams) if key.upstreams is not None else None,
+                   key.expires.timestamp() if key.expires is not None else None,
+                   to_nano(key.max_reserve_usd) if key.max_reserve_usd is not None else None)
+
+
 class KeyRing:
     """The configured virtual keys. Immutable; thread-safe. An empty key (its variable
     unset) is left out: it would match an empty credential; keys stay on all the same."""
 
     def __init__(self, keys: Sequence[VirtualKey] | None) -> None:
         self.enabled = keys is not None
-        self._keys = [(k.key.encode(), k.project, k.name or f"{k.project}#{i}")
+        self._keys = [(k.key.encode(), KeyEntry.of(k, i))
                       for i, k in enumerate(keys or ()) if k.key]
 
-    def match(self, presented: bytes) -> tuple[str, str] | None:
-        """(project, key name) of the key ``presented`` is, compared with every key."""
-        found: tuple[str, str] | None = None
-        for secret, project, name in self._keys:
+    def match(self, presented: bytes) -> KeyEntry | None:
+        """The key ``presented`` is, compared with every key."""
+        found: KeyEntry | None = None
+        for secret, entry in self._keys:
             if hmac.compare_digest(secret, presented) and found is None:
-                found = (project, name)
+                found = entry
         return found
 
-    def match_credential(self, value: bytes) -> tuple[str, str] | None:
+    def match_credential(self, value: bytes) -> KeyEntry | None:
         """``match`` for a credential header's value: the key it carries, in any scheme."""
         for secret in credential_secrets(value):
             found = self.match(secret)
@@ -100,8 +128,8 @@ def credential_secrets(value: bytes) -> list[bytes]:
 
 
 def authenticate(headers: dict[bytes, bytes], keyring: KeyRing,
-                 query_key: bytes | None = None) -> tuple[str, str] | None:
-    """The (project, key name) of the call's virtual key; None when keys are off.
+                 query_key: bytes | None = None) -> KeyEntry | None:
+    """The call's virtual key; None when keys are off.
     ``query_key``: a key the caller sent in the query (the protocol's ``key_query``).
 
     Raises ``Unauthorized`` when keys are on and none matches."""
@@ -119,7 +147,7 @@ def authenticate(headers: dict[bytes, bytes], keyring: KeyRing,
                        "(x-spendgate-key, authorization or x-api-key)")
 
 
-def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
+def admit(headers: dict[bytes, bytes], key: KeyEntry | None,
           upstream: UpstreamConfig) -> Admission:
     """Attribute an authenticated call (``key`` from ``authenticate``); raises
     ``BadRequest`` for an attribution header over ``MAX_ATTRIBUTION_BYTES``."""
@@ -135,9 +163,47 @@ def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
     # A key sent as the caller's credential must not travel on; one sent in
     # x-spendgate-key leaves the caller's credential to the custody rule.
     drop = upstream.api_key is not None or not headers.get(b"x-spendgate-key")
-    return Admission(key[0], user, key[1], drop)
+    return Admission(key.project, user, key.name, drop)
 
 
 def _too_long(user: bytes | None) -> BadRequest:
     name = "x-spendgate-user" if len(user or b"") > MAX_ATTRIBUTION_BYTES else "x-spendgate-project"
     return BadRequest(f"{name} is over {MAX_ATTRIBUTION_BYTES} bytes")
+
+
+# Methods that generate nothing: under a key with ``models`` they pass without a model.
+_READS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+MODEL_CHARS = 100   # of a refused model name, in a message (the caller's choice)
+
+
+def check_key(key: KeyEntry, upstream: str, now: float) -> None:
+    """What a key allows that headers tell: not expired (``KeyExpired``, 401), and the
+    upstream among its ``upstreams`` (``ModelNotAllowed``, 403)."""
+    if key.expires is not None and now >= key.expires:
+        raise KeyExpired(f"virtual key {key.name!r} expired at "
+                         f"{datetime.fromtimestamp(key.expires, UTC).isoformat()}")
+    if key.upstreams is not None and upstream not in key.upstreams:
+        raise ModelNotAllowed(f"virtual key {key.name!r} may not use upstream {upstream!r} "
+                              f"(its upstreams: {', '.join(sorted(key.upstreams))})")
+
+
+def check_model(key: KeyEntry, info: RequestInfo, method: str) -> None:
+    """The model the caller asked for among the key's ``models`` (``ModelNotAllowed``, 403).
+
+    A request that names no model spendgate can read passes only when it cannot generate
+    anything: a read or a delete (``GET``, ``HEAD``, ``OPTIONS``, ``DELETE``: model lists,
+    batch status, file downloads). A metered call without a readable model, or a ``POST``
+    whose model is elsewhere (a batch's input file, a multipart upload), is refused: the
+    key's limit could not be held to it."""
+    if key.models is None:
+        return
+    model = info.model
+    if model is None:
+        if info.metered or method.upper() not in _READS:
+            raise ModelNotAllowed(f"virtual key {key.name!r} may use only some models "
+                                  f"({', '.join(key.models)}), and this request names none "
+                                  "spendgate can read")
+        return
+    if not model_glob_matches(key.models, model):
+        raise ModelNotAllowed(f"virtual key {key.name!r} may not use model "
+                              f"{model[:MODEL_CHARS]!r} (its models: {', '.join(key.models)})")

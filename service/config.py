@@ -13,7 +13,10 @@ Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials
 ``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
 ``metrics.gen_ai`` (the GenAI convention histograms too; see ``telemetry``),
-``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
+``keys[].name`` (how budgets and records name a key), ``keys[].models``, ``upstreams``,
+``expires`` and ``max_reserve_usd`` (what a key may use: ``VirtualKey``), ``keys_file`` (more
+keys from a file: ``spendgate.keyfile``; its problems are named ``keys_file.N...``),
+``store.reservation_lease_s`` and
 ``budgets[].max_reserve_usd`` (see ``budgets.gate``); ``upstreams.NAME.price_multiplier`` and,
 in a price, ``tiers``, ``web_search_per_query``, ``web_fetch_per_request`` and the
 ``cache_write_1h``/audio/image ``_per_mtok`` rates (``accounting.rates``);

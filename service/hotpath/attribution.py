@@ -10,11 +10,15 @@ nothing about which key nearly matched) and never forwarded. The key fixes the p
 keyed caller cannot charge another project by header. Without ``keys``, the project comes
 from ``x-spendgate-project``, else ``default``.
 
-Two steps, both on headers alone, before the proxy reads a byte of the body:
-``authenticate`` (401 without a valid key: an unauthenticated caller never makes the proxy
-buffer a body) and ``admit`` (400 for an ``x-spendgate-project`` or ``x-spendgate-user`` over
-``MAX_ATTRIBUTION_BYTES``: they go to logs, traces and labels). A call refused at any step
-is counted under ``UNKNOWN_PROJECT``, or its key's project once the key is known.
+Steps on headers alone, before the proxy reads a byte of the body: ``authenticate`` (401
+without a valid key: an unauthenticated caller never makes the proxy buffer a body; it
+gives the key's ``KeyEntry``), ``check_key`` (401 ``KeyExpired`` past its ``expires``, 403
+``ModelNotAllowed`` for an upstream not in its ``upstreams``) and ``admit`` (400 for an
+``x-spendgate-project`` or ``x-spendgate-user`` over ``MAX_ATTRIBUTION_BYTES``: they go to
+logs, traces and labels). Once the body is parsed, ``check_model`` holds the call to the
+key's ``models`` (403 ``ModelNotAllowed``); its ``max_reserve_usd`` goes on the outcome for
+the budget gate, which alone can price the call. A call refused at any step is counted under
+``UNKNOWN_PROJECT``, or its key's project once the key is known.
 
 Credential custody: an upstream with ``api_key`` gets the proxy's key, and every credential
 the caller sent is dropped; otherwise the caller's credential is forwarded as it came, except

@@ -45,6 +45,8 @@ def limited(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
         {"key": EXPIRED, "project": "old", "name": "old", "expires": "2020-01-01T00:00:00Z"},
         {"key": CEILING, "project": "capped", "name": "capped", "max_reserve_usd": "0.001"},
     ])
+    config["upstreams"]["gemini"] = {"url": fake.url, "provider": "gemini", "timeout_s": 5}
+    config["upstreams"]["bedrock"] = {"url": fake.url, "provider": "bedrock", "timeout_s": 5}
     # The access log is written at info.
     proxy = ProxyProcess(config, tmp, log_level="info").start()
     yield proxy
@@ -135,6 +137,30 @@ def test_a_request_without_a_readable_model_under_a_key_with_models(
     upstream.queue(Reply(body=b'{"object":"list","data":[]}'))
     assert httpx.get(limited.url + "/openai/v1/models", headers=auth).status_code == 200
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(("key", "status", "kind"), [
+    (TEAM, 403, ("PERMISSION_DENIED", "AccessDeniedException")),
+    (EXPIRED, 401, ("UNAUTHENTICATED", "UnrecognizedClientException")),
+])
+def test_gemini_and_bedrock_get_their_own_error_shapes(limited: ProxyProcess,
+                                                       upstream: FakeUpstream, key: str,
+                                                       status: int, kind: tuple[str, str]
+                                                       ) -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
+    gemini = httpx.post(limited.url + "/gemini/v1beta/models/gemini-2.5-pro:generateContent",
+                        headers={"x-goog-api-key": key}, json=body)
+    assert gemini.status_code == status
+    assert gemini.json()["error"]["status"] == kind[0]
+    assert gemini.json()["error"]["code"] == status
+    bedrock = httpx.post(
+        limited.url + "/bedrock/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse",
+        headers={"authorization": f"Bearer {key}"},
+        json={"messages": [{"role": "user", "content": [{"text": "Hi"}]}]})
+    assert bedrock.status_code == status
+    assert bedrock.headers["x-amzn-errortype"] == kind[1]
+    assert "message" in bedrock.json()
+    assert upstream.requests == []
 
 
 # ---- upstreams -----------------------------------------------------------------------------
@@ -355,3 +381,26 @@ def test_key_fields_are_validated(tmp_path: Path) -> None:
     path.write_text("keys: [{key: k, project: p, expires: 2027-01-01T00:00:00+02:00}]\n")
     expires = (load_config(path).keys or [])[0].expires
     assert expires == datetime(2026, 12, 31, 22, tzinfo=UTC)
+
+
+def test_keys_file_reload_reaches_every_worker(fake: FakeUpstream, upstream: FakeUpstream,
+                                               spawn: Any, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps([{"key": TEAM, "project": "team"}]))
+    proxy = spawn(basic_config(fake, keys_file=str(keys_file), server={"workers": 2}))
+    assert proxy.proc is not None
+    _until(lambda: len(Path(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children")
+                       .read_text().split()) == 2)
+
+    def statuses(key: str) -> set[int]:
+        # Each call on its own connection: the kernel spreads them over both workers.
+        return {httpx.get(proxy.url + "/openai/v1/models",
+                          headers={"authorization": f"Bearer {key}",
+                                   "connection": "close"}).status_code for _ in range(30)}
+
+    assert statuses(TEAM) == {200} and statuses(CEILING) == {401}
+    keys_file.write_text(json.dumps([{"key": CEILING, "project": "capped"}]))
+    proxy.proc.send_signal(signal.SIGHUP)  # the supervisor passes it to every worker
+    # Both workers count their reload (the host's /metrics sums them).
+    _until(lambda: proxy.sample("spendgate_config_reloads_total", result="applied") == 2)
+    assert statuses(CEILING) == {200} and statuses(TEAM) == {401}

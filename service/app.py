@@ -185,7 +185,7 @@ class Spendgate:
             self.reconcile.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
-        for problem in self.config.empty_keys():
+        for problem in self.config.key_warnings():
             log.warning("%s", problem)
         # Everything loaded so far (tokenizer tables, pydantic, FastAPI) lives as long as the
         # process: keep it out of the cyclic GC, whose full passes would otherwise add
@@ -244,7 +244,7 @@ class Spendgate:
             log.warning("config reloaded: %d budgets, %d keys%s", len(merged.budgets),
                         len(merged.keys or ()), f"; changes to {', '.join(ignored)} need a "
                         "restart" if ignored else "")
-            for problem in merged.empty_keys():
+            for problem in merged.key_warnings():
                 log.warning("%s", problem)
             self.reloads.labels("applied").inc()
             return True

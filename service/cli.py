@@ -142,7 +142,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(problem)
     if problems:
         return 1
-    for warning in config.empty_keys():
+    for warning in config.key_warnings():
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(config.upstreams)} upstreams)")
     return 0

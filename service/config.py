@@ -47,7 +47,7 @@ import ipaddress
 import os
 import re
 import types
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from difflib import get_close_matches
 from pathlib import Path
@@ -477,6 +477,15 @@ class Config(_Strict):
         """A warning for each virtual key left empty (its variable unset): it admits nothing."""
         return [f"keys.{i}.key: empty (is its variable unset?): no call can use this key"
                 for i, k in enumerate(self.keys or ()) if not k.key]
+
+    def key_warnings(self, now: datetime | None = None) -> list[str]:
+        """``empty_keys``, and one warning for each key already past its ``expires`` at
+        ``now`` (default: the current time): it is refused (401 ``key_expired``)."""
+        now = now or datetime.now(UTC)
+        return self.empty_keys() + [
+            f"keys: key {k.name or f'{k.project}#{i}'!r} expired at {k.expires.isoformat()}: "
+            "its calls are refused (401 key_expired)"
+            for i, k in enumerate(self.keys or ()) if k.expires is not None and k.expires <= now]
 
 
 

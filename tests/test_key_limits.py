@@ -195,6 +195,9 @@ def test_an_expired_key_is_401_key_expired_in_both_protocols(limited: ProxyProce
             model="claude-haiku-4-5", max_tokens=10, messages=MESSAGES)
     assert refused.value.body["error"]["type"] == "key_expired"  # type: ignore[index]
     assert upstream.requests == []
+    # Already past at start: serve warned.
+    assert "keys: key 'old' expired at 2020-01-01T00:00:00+00:00: its calls are refused" \
+        in limited.log()
 
 
 def test_a_key_expiring_while_the_proxy_runs_stops_working_then(

@@ -5,7 +5,8 @@ Contract keys (issue-defined; acceptance checks use them)::
     server:    {host, port, max_body_mb}
     upstreams: {NAME: {url, provider, api_key, timeout_s, pricing: {input_per_mtok, ...}}}
     pricing:   {catalog: builtin | PATH, overrides: {MODEL: {input_per_mtok, ...}}}
-    keys:      [{key, project}]
+    keys:      [{key, project, tags}]
+    attribution: {tag_keys}
 
 Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials``
 (credentials the proxy signs Bedrock / Vertex AI requests with: ``upstream/credentials.py``),
@@ -60,6 +61,7 @@ from pydantic import (
     model_validator,
 )
 
+from spendgate import tags as tag_rules
 from spendgate.errors import ConfigError
 
 # Paths the proxy serves itself; an upstream may not take these names.
@@ -288,6 +290,41 @@ class VirtualKey(_Strict):
     project: str = Field(min_length=1)
     # How budgets, records and metrics name the key (never the secret); default project#index.
     name: str | None = Field(default=None, min_length=1)
+    # Fixed tags of every call made with this key; x-spendgate-tags cannot override them.
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        return _valid_tags(value)
+
+
+def _valid_tags(value: dict[str, str]) -> dict[str, str]:
+    """The tag grammar of ``spendgate.tags`` (the header's), for tags given in the config."""
+    problems = [found for k, v in value.items() if (found := tag_rules.problem(k, v))]
+    if len(value) > tag_rules.MAX_TAGS:
+        problems.append(f"at most {tag_rules.MAX_TAGS} tags")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+class AttributionConfig(_Strict):
+    """What calls are accounted by, besides upstream, project, model and key."""
+
+    # Tag keys accounted as dimensions: the ledger (/admin/spend?group_by=tag:KEY) and
+    # spendgate_tag_* metrics. Other tags still reach the usage log and spans.
+    tag_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("tag_keys")
+    @classmethod
+    def _tag_keys(cls, value: list[str]) -> list[str]:
+        problems = [found for k in value if (found := tag_rules.key_problem(k))]
+        if len(set(value)) != len(value):
+            problems.append("a tag key is listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class MetricsConfig(_Strict):
@@ -422,6 +459,7 @@ class Config(_Strict):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     keys: list[VirtualKey] | None = None
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

@@ -13,7 +13,9 @@ from ``x-spendgate-project``, else ``default``.
 Two steps, both on headers alone, before the proxy reads a byte of the body:
 ``authenticate`` (401 without a valid key: an unauthenticated caller never makes the proxy
 buffer a body) and ``admit`` (400 for an ``x-spendgate-project`` or ``x-spendgate-user`` over
-``MAX_ATTRIBUTION_BYTES``: they go to logs, traces and labels). A call refused at any step
+``MAX_ATTRIBUTION_BYTES``: they go to logs, traces and labels; 400 for a malformed
+``x-spendgate-tags``). A call's tags are the header's, under its key's fixed ``tags``, which
+win for a key both name (``spendgate.tags``). A call refused at any step
 is counted under ``UNKNOWN_PROJECT``, or its key's project once the key is known.
 
 Credential custody: an upstream with ``api_key`` gets the proxy's key, and every credential
@@ -32,7 +34,8 @@ from dataclasses import dataclass, field
 
 from spendgate.config import UpstreamConfig, VirtualKey
 from spendgate.errors import BadRequest, Unauthorized
-from spendgate.records import NO_TAGS
+from spendgate.tags import HEADER as TAGS_HEADER
+from spendgate.tags import NO_TAGS, frozen, merged, parse_header
 
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 DEFAULT_PROJECT = "default"
@@ -58,6 +61,12 @@ class KeyRing:
         self.enabled = keys is not None
         self._keys = [(k.key.encode(), k.project, k.name or f"{k.project}#{i}")
                       for i, k in enumerate(keys or ()) if k.key]
+        self._tags = {k.name or f"{k.project}#{i}": frozen(k.tags)
+                      for i, k in enumerate(keys or ()) if k.key and k.tags}
+
+    def tags_of(self, name: str) -> Mapping[str, str]:
+        """The fixed tags of the key named ``name`` (``match``'s second value)."""
+        return self._tags.get(name, NO_TAGS)
 
     def match(self, presented: bytes) -> tuple[str, str] | None:
         """(project, key name) of the key ``presented`` is, compared with every key."""
@@ -120,9 +129,10 @@ def authenticate(headers: dict[bytes, bytes], keyring: KeyRing,
 
 
 def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
-          upstream: UpstreamConfig) -> Admission:
-    """Attribute an authenticated call (``key`` from ``authenticate``); raises
-    ``BadRequest`` for an attribution header over ``MAX_ATTRIBUTION_BYTES``."""
+          upstream: UpstreamConfig, key_tags: Mapping[str, str] = NO_TAGS) -> Admission:
+    """Attribute an authenticated call (``key`` from ``authenticate``, ``key_tags`` its
+    fixed tags: ``KeyRing.tags_of``); raises ``BadRequest`` for an attribution header over
+    ``MAX_ATTRIBUTION_BYTES`` or a malformed ``x-spendgate-tags`` (``spendgate.tags``)."""
     user_value = headers.get(b"x-spendgate-user")
     project_value = headers.get(b"x-spendgate-project")
     if len(user_value or b"") > MAX_ATTRIBUTION_BYTES or \
@@ -131,11 +141,13 @@ def admit(headers: dict[bytes, bytes], key: tuple[str, str] | None,
     user = user_value.decode("utf-8", "replace") if user_value else None
     if key is None:
         project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
-        return Admission(project, user, None, upstream.api_key is not None)
+        return Admission(project, user, None, upstream.api_key is not None,
+                         parse_header(headers.get(TAGS_HEADER)))
     # A key sent as the caller's credential must not travel on; one sent in
     # x-spendgate-key leaves the caller's credential to the custody rule.
     drop = upstream.api_key is not None or not headers.get(b"x-spendgate-key")
-    return Admission(key[0], user, key[1], drop)
+    return Admission(key[0], user, key[1], drop,
+                     merged(parse_header(headers.get(TAGS_HEADER)), key_tags))
 
 
 def _too_long(user: bytes | None) -> BadRequest:

@@ -53,6 +53,7 @@ from spendgate.providers import PROVIDERS, Provider, StreamTracker
 from spendgate.providers.base import StreamSplitter
 from spendgate.providers.sse import SSEEvent
 from spendgate.records import STATUS_CLIENT_CLOSED, CallOutcome
+from spendgate.tags import NO_TAGS
 from spendgate.upstream.client import UpstreamClient, UpstreamTarget, iter_body, read_body
 from spendgate.upstream.credentials import RequestSigner, signer_for
 
@@ -229,7 +230,8 @@ class ProxyApp:
             outcome.project, outcome.virtual_key = key  # a refusal below counts for the key
         if not self.origins.allows(headers.get(b"origin")):
             raise ForbiddenOrigin(FORBIDDEN_ORIGIN)
-        admission = admit(headers, key, upstream.config)
+        admission = admit(headers, key, upstream.config,
+                          keyring.tags_of(key[1]) if key is not None else NO_TAGS)
         outcome.project, outcome.user = admission.project, admission.user
         outcome.tags = admission.tags
         body = await _read_request(receive, self.max_body, headers.get(b"content-length"))

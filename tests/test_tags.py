@@ -35,6 +35,8 @@ from tests.budget_helpers import (  # noqa: F401  (fixtures)
 from tests.conftest import ProxyProcess, free_port, spendgate_command
 from tests.fake_upstream import FakeUpstream
 from tests.otlp_receiver import OTLPReceiver
+from tests.test_batches_shared import BATCH_USD, OUTPUT, OUTPUT_FILE, queue_batch
+from tests.test_proxy import client
 
 ADMIN = "adm-tags"
 JSON = {"content-type": "application/json"}
@@ -407,3 +409,26 @@ def test_config_checks_key_tags_and_tag_keys(tmp_path: Path) -> None:
     assert "keys.0.tags: tag key 'Team' is not 1 to 32 characters" in out
     assert "tag 'env': value 'a b' is not" in out
     assert "attribution.tag_keys: tag key 'Env' is not" in out and "listed twice" in out
+
+
+# ---- batches: result lines carry the creator's tags ----------------------------------------
+
+def test_batch_results_carry_the_creators_tags_across_replicas(
+        spawn: Any, upstream: FakeUpstream, redis_prefix: str) -> None:  # noqa: F811
+    config = tag_config(upstream, ["feature"],
+                        store={"url": SHARED_REDIS, "key_prefix": redis_prefix})
+    a, b = spawn(config), spawn(config)
+    queue_batch(upstream, downloads=1)
+    created = client(a, "batcher", **{"x-spendgate-tags": "feature=nightly"}).batches.create(
+        input_file_id="file-3Qk8Lm2Np9Rs4Tu7Vw1Xy5", endpoint="/v1/chat/completions",
+        completion_window="24h")
+    a.sample("spendgate_requests_total")  # /metrics flushes A's pipeline: the create is kept
+    reader = client(b, "reader", **{"x-spendgate-tags": "feature=downloads"})
+    assert reader.batches.retrieve(created.id).output_file_id == OUTPUT_FILE
+    assert reader.files.content(OUTPUT_FILE).content == OUTPUT
+    assert wait_for(lambda: b.sample("spendgate_tag_cost_usd_total", tag_key="feature",
+                                     tag_value="nightly")) == BATCH_USD
+    assert b.sample("spendgate_tag_requests_total", tag_key="feature",
+                    tag_value="nightly") == 2            # two result lines
+    assert b.sample("spendgate_tag_cost_usd_total", tag_key="feature",
+                    tag_value="downloads") is None

@@ -403,6 +403,15 @@ class Selectors(_Strict):
     key: str | None = None
     tags: dict[str, str] | None = None
 
+    @field_validator("tags")
+    @classmethod
+    def _tag_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # Keys as the header spells them (a glob may stand for a value, not a key).
+        problems = [found for k in value or () if (found := tag_rules.key_problem(k))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
 
 class BudgetConfig(Selectors):
     name: str = Field(min_length=1)

@@ -21,7 +21,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from spendgate.errors import BadRequest
+from spendgate.config import parse_config
+from spendgate.errors import BadRequest, ConfigError
 from spendgate.tags import MAX_TAGS, parse_header
 from tests.budget_helpers import (  # noqa: F401  (fixtures)
     MODEL,
@@ -432,3 +433,13 @@ def test_batch_results_carry_the_creators_tags_across_replicas(
                     tag_value="nightly") == 2            # two result lines
     assert b.sample("spendgate_tag_cost_usd_total", tag_key="feature",
                     tag_value="downloads") is None
+
+
+def test_a_budget_tag_selector_names_keys_as_the_header_does() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"budgets": [{"name": "b", "tags": {"Feature": "search"},
+                                   "limit_usd": 1}]})
+    assert refused.value.problems == [
+        "budgets.0.tags: tag key 'Feature' is not 1 to 32 characters of a-z, 0-9, '_', '.', "
+        "'-'"]
+    parse_config({"budgets": [{"name": "b", "tags": {"feature": "search-*"}, "limit_usd": 1}]})

@@ -327,7 +327,7 @@ def test_a_tag_budget_blocks_across_two_replicas_sharing_redis(
         spawn: Any, upstream: FakeUpstream, redis_prefix: str) -> None:  # noqa: F811
     limit_calls = 12
     config = tag_config(upstream, ["feature"], [
-        {"name": "search-cap", "tags": {"feature": "search"}, "limit_usd": limit_calls * 0.1,
+        {"name": "search-cap", "tags": {"feature": "search"}, "limit_usd": str(limit_calls * Decimal("0.1")),
          "window": "day", "action": "block"}],
         store={"url": SHARED_REDIS, "key_prefix": redis_prefix})
     replicas = [spawn(config), spawn(config)]

@@ -97,7 +97,8 @@ class Spendgate:
         self.telemetry = build_telemetry(config, self.registry)
         self.metrics = PrometheusSink(self.registry, config.metrics.label_limit,
                                       config.metrics.pair_limit,
-                                      exemplars=self.telemetry.tracing)
+                                      exemplars=self.telemetry.tracing,
+                                      tag_keys=config.attribution.tag_keys)
         estimator = TokenEstimator()
         self.budgets = BudgetManager(config, self.catalog, self.registry)
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,

@@ -5,8 +5,9 @@ Contract keys (issue-defined; acceptance checks use them)::
     server:    {host, port, max_body_mb}
     upstreams: {NAME: {url, provider, api_key, timeout_s, pricing: {input_per_mtok, ...}}}
     pricing:   {catalog: builtin | PATH, overrides: {MODEL: {input_per_mtok, ...}}}
-    keys:      [{key, project, models, upstreams, expires, max_reserve_usd}]
+    keys:      [{key, project, models, upstreams, expires, max_reserve_usd, tags}]
     keys_file: PATH
+    attribution: {tag_keys}
 
 Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials``
 (credentials the proxy signs Bedrock / Vertex AI requests with: ``upstream/credentials.py``),
@@ -65,6 +66,7 @@ from pydantic import (
     model_validator,
 )
 
+from spendgate import tags as tag_rules
 from spendgate.errors import ConfigError
 from spendgate.keyfile import read_keys_file
 
@@ -307,6 +309,13 @@ class VirtualKey(_Strict):
     upstreams: list[str] | None = Field(default=None, min_length=1)
     expires: datetime | None = None
     max_reserve_usd: Decimal | None = Field(default=None, gt=0)
+    # Fixed tags of every call made with this key; x-spendgate-tags cannot override them.
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        return _valid_tags(value)
 
     @field_validator("models")
     @classmethod
@@ -321,6 +330,34 @@ class VirtualKey(_Strict):
         if value is not None and value.utcoffset() is None:
             raise ValueError(f"{value.isoformat()} has no time zone: write it with one "
                              "(2027-01-01T00:00:00Z, or +02:00)")
+        return value
+
+
+def _valid_tags(value: dict[str, str]) -> dict[str, str]:
+    """The tag grammar of ``spendgate.tags`` (the header's), for tags given in the config."""
+    problems = [found for k, v in value.items() if (found := tag_rules.problem(k, v))]
+    if len(value) > tag_rules.MAX_TAGS:
+        problems.append(f"at most {tag_rules.MAX_TAGS} tags")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+class AttributionConfig(_Strict):
+    """What calls are accounted by, besides upstream, project, model and key."""
+
+    # Tag keys accounted as dimensions: the ledger (/admin/spend?group_by=tag:KEY) and
+    # spendgate_tag_* metrics. Other tags still reach the usage log and spans.
+    tag_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("tag_keys")
+    @classmethod
+    def _tag_keys(cls, value: list[str]) -> list[str]:
+        problems = [found for k in value if (found := tag_rules.key_problem(k))]
+        if len(set(value)) != len(value):
+            problems.append("a tag key is listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 
@@ -400,6 +437,15 @@ class Selectors(_Strict):
     key: str | None = None
     tags: dict[str, str] | None = None
 
+    @field_validator("tags")
+    @classmethod
+    def _tag_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # Keys as the header spells them (a glob may stand for a value, not a key).
+        problems = [found for k in value or () if (found := tag_rules.key_problem(k))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
 
 class BudgetConfig(Selectors):
     name: str = Field(min_length=1)
@@ -459,6 +505,7 @@ class Config(_Strict):
     # More keys, from a file (``spendgate.keyfile``), added to ``keys`` when the config is
     # read (so ``keys`` is the union), and re-read with it on SIGHUP.
     keys_file: str | None = Field(default=None, min_length=1)
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from types import MappingProxyType
 from typing import Any
 
 from spendgate.providers.base import RequestInfo, StreamTracker
+from spendgate.tags import NO_TAGS as NO_TAGS  # re-exported: records.NO_TAGS
 from spendgate.usage import Usage
 
-NO_TAGS: Mapping[str, str] = MappingProxyType({})
 STATUS_CLIENT_CLOSED = 499  # nginx's convention: the caller hung up before the response ended
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
 from spendgate.config import Selectors
-from spendgate.records import NO_TAGS
+from spendgate.tags import NO_TAGS
 
 FIELDS = ("upstream", "project", "model", "key")
 _GLOB = frozenset("*?[")

@@ -160,6 +160,7 @@ def metric_labels(spawn: Any, fake: FakeUpstream, tmp_path_factory: pytest.TempP
         budgets=[{"name": "contract-cap", "project": "blocked", "limit_usd": "0.000001",
                   "window": "day", "action": "block"}],
         telemetry={"usage_log": {"path": "/dev/full"}},  # ENOSPC: spendgate_sink_errors_total
+        attribution={"tag_keys": ["feature"]},           # spendgate_tag_*: value "" untagged
     ))
     store_down = spawn(basic_config(
         fake,

@@ -15,10 +15,12 @@ without a valid key: an unauthenticated caller never makes the proxy buffer a bo
 gives the key's ``KeyEntry``), ``check_key`` (401 ``KeyExpired`` past its ``expires``, 403
 ``ModelNotAllowed`` for an upstream not in its ``upstreams``) and ``admit`` (400 for an
 ``x-spendgate-project`` or ``x-spendgate-user`` over ``MAX_ATTRIBUTION_BYTES``: they go to
-logs, traces and labels). Once the body is parsed, ``check_model`` holds the call to the
-key's ``models`` (403 ``ModelNotAllowed``); its ``max_reserve_usd`` goes on the outcome for
-the budget gate, which alone can price the call. A call refused at any step is counted under
-``UNKNOWN_PROJECT``, or its key's project once the key is known.
+logs, traces and labels; 400 for a malformed ``x-spendgate-tags``). A call's tags are the
+header's under its key's fixed ``tags``, which win for a key both name (``spendgate.tags``).
+Once the body is parsed, ``check_model`` holds the call to the key's ``models`` (403
+``ModelNotAllowed``); its ``max_reserve_usd`` goes on the outcome for the budget gate, which
+alone can price the call. A call refused at any step is counted under ``UNKNOWN_PROJECT``,
+or its key's project once the key is known.
 
 Credential custody: an upstream with ``api_key`` gets the proxy's key, and every credential
 the caller sent is dropped; otherwise the caller's credential is forwarded as it came, except
@@ -39,8 +41,9 @@ from spendgate.config import UpstreamConfig, VirtualKey
 from spendgate.errors import BadRequest, KeyExpired, ModelNotAllowed, Unauthorized
 from spendgate.money import to_nano
 from spendgate.providers.base import RequestInfo
-from spendgate.records import NO_TAGS
 from spendgate.selectors import model_glob_matches
+from spendgate.tags import HEADER as TAGS_HEADER
+from spendgate.tags import NO_TAGS, frozen, merged, parse_header
 
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 DEFAULT_PROJECT = "default"
@@ -72,6 +75,7 @@ class KeyEntry:
     upstreams: frozenset[str] | None = None
     expires: float | None = None
     max_reserve: int | None = None
+    tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)  # fixed: win over the header
 
     @classmethod
     def of(cls, key: VirtualKey, index: int) -> KeyEntry:
@@ -79,7 +83,8 @@ class KeyEntry:
                    tuple(m.lower() for m in key.models) if key.models is not None else None,
                    frozenset(key.upstreams) if key.upstreams is not None else None,
                    key.expires.timestamp() if key.expires is not None else None,
-                   to_nano(key.max_reserve_usd) if key.max_reserve_usd is not None else None)
+                   to_nano(key.max_reserve_usd) if key.max_reserve_usd is not None else None,
+                   frozen(key.tags) if key.tags else NO_TAGS)
 
 
 class KeyRing:
@@ -154,7 +159,8 @@ def authenticate(headers: dict[bytes, bytes], keyring: KeyRing,
 def admit(headers: dict[bytes, bytes], key: KeyEntry | None,
           upstream: UpstreamConfig) -> Admission:
     """Attribute an authenticated call (``key`` from ``authenticate``); raises
-    ``BadRequest`` for an attribution header over ``MAX_ATTRIBUTION_BYTES``."""
+    ``BadRequest`` for an attribution header over ``MAX_ATTRIBUTION_BYTES`` or a malformed
+    ``x-spendgate-tags`` (``spendgate.tags``)."""
     user_value = headers.get(b"x-spendgate-user")
     project_value = headers.get(b"x-spendgate-project")
     if len(user_value or b"") > MAX_ATTRIBUTION_BYTES or \
@@ -163,11 +169,13 @@ def admit(headers: dict[bytes, bytes], key: KeyEntry | None,
     user = user_value.decode("utf-8", "replace") if user_value else None
     if key is None:
         project = project_value.decode("utf-8", "replace") if project_value else DEFAULT_PROJECT
-        return Admission(project, user, None, upstream.api_key is not None)
+        return Admission(project, user, None, upstream.api_key is not None,
+                         parse_header(headers.get(TAGS_HEADER)))
     # A key sent as the caller's credential must not travel on; one sent in
     # x-spendgate-key leaves the caller's credential to the custody rule.
     drop = upstream.api_key is not None or not headers.get(b"x-spendgate-key")
-    return Admission(key.project, user, key.name, drop)
+    return Admission(key.project, user, key.name, drop,
+                     merged(parse_header(headers.get(TAGS_HEADER)), key.tags))
 
 
 def _too_long(user: bytes | None) -> BadRequest:

@@ -173,6 +173,7 @@ def test_journal_slots_adoption_and_replay_apply_each_batch_once(tmp_path: Path)
     ledger = Ledger(store, time.time, errors.append, third)
     assert ledger.pending() == 5 + 11 + 13
     ledger.record(SettleBatch("", 0, [], [Charge("b", "total", 17, 0)]))
+    ledger.flush()
     assert ledger.pending() == 0 and errors == []
     assert store.totals([("b", "total")], 0.0)[("b", "total")] == (5 + 11 + 13 + 17, 0)
     ledger.close()

@@ -120,9 +120,10 @@ class BudgetManager(RecordSink):
             except StoreError as error:
                 store.close()
                 raise ConfigError([str(error)]) from None
-        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error, journal)
+        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error, journal,
+                                      self._on_totals)
         self.notifier = AlertNotifier(config.alerts, ledger.claim, self.clock)
-        self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals,
+        self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock,
                                 history_days=store_config.history_days)
         log.info("budget ledger: %s; spend journal: %s", store.description,
                  journal.path if journal is not None else "off")
@@ -153,6 +154,12 @@ class BudgetManager(RecordSink):
     def export(self, records: Sequence[UsageRecord]) -> None:
         if self._sink is not None:
             self._sink.export(records)
+
+    def settle_now(self) -> None:
+        """Write the spend recorded so far to the store now, not at the ledger's next tick
+        (a ``/metrics`` scrape: what it counts is then in the store too). Blocking."""
+        if self.ledger is not None:
+            self.ledger.flush()
 
     # -- lifetime -----------------------------------------------------------------------------
 

@@ -15,8 +15,6 @@ never off by more than one nano-dollar per process, however many calls it sums.
 It also writes the daily history (``store.history_days``): per UTC day of the call's start,
 upstream and model (the one the upstream reported, else the one asked for: what provider
 bills name), the spend and the tokens of each type, for ``spendgate reconcile``.
-
-``on_totals`` receives the totals the store reported after each write (alert thresholds).
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ from spendgate.budgets.store.base import (
     DimCharge,
     Dims,
     SettleBatch,
-    Totals,
 )
 from spendgate.budgets.windows import TTL_MARGIN_S, WINDOW_KINDS, Clock, window_at
 from spendgate.exporters.base import RecordSink
@@ -50,21 +47,17 @@ class LedgerSink(RecordSink):
     name = "ledger"
 
     def __init__(self, ledger: Ledger, book: Callable[[], BudgetBook], clock: Clock,
-                 on_totals: Callable[[Totals], None] | None = None,
                  history_days: int = 35) -> None:
         self.ledger = ledger
         self.history_days = history_days
         self._book = book
         self._clock = clock
-        self._on_totals = on_totals
         self._carry: dict[Hashable, Decimal] = {}
 
     def export(self, records: Sequence[UsageRecord]) -> None:
         with localcontext(_PRECISE):  # sums of exact costs stay exact
             batch = self.batch(records)
-        totals = self.ledger.record(batch)
-        if totals and self._on_totals is not None:
-            self._on_totals(totals)
+        self.ledger.record(batch)
 
     def batch(self, records: Sequence[UsageRecord]) -> SettleBatch:
         now = self._clock()

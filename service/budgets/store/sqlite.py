@@ -10,8 +10,8 @@ local file):
   never waits for a lock (``busy_timeout`` 0) nor checkpoints the WAL; only when another
   writer holds the file (a settlement, another process) does it go to the store's thread,
   which waits up to ``timeout_s`` as every other operation does;
-* ``settle`` runs on the caller's thread (the record pipeline's or the ledger's sync
-  thread), on a connection of its own that waits up to ``timeout_s`` for the write lock.
+* ``settle`` runs on the caller's thread (the ledger's sync thread), on a connection of its
+  own that waits up to ``timeout_s`` for the write lock.
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class SQLiteStore(Store):
         self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
         self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
         self._settle_lock = threading.Lock()
-        self._settle_waits = False                          # its busy_timeout is timeout_s
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,34 +226,18 @@ class SQLiteStore(Store):
         return None
 
     def settle(self, batch: SettleBatch, now: float) -> Totals:
-        """On the caller's thread (the record pipeline's or the ledger's, never the loop),
-        on a connection of its own that waits up to ``timeout_s`` for the write lock: the
-        hand-off to the store's thread and back cost as much as the transaction itself."""
-        totals = self._settle_here(batch, now, wait=True)
-        assert totals is not None
-        return totals
-
-    def settle_now(self, batch: SettleBatch, now: float) -> Totals | None:
-        """As ``settle``, but None at once, having written nothing, when another connection
-        holds the write lock."""
-        return self._settle_here(batch, now, wait=False)
-
-    def _settle_here(self, batch: SettleBatch, now: float, wait: bool) -> Totals | None:
+        """On the caller's thread (the ledger's, never the loop), on a connection of its own
+        that waits up to ``timeout_s`` for the write lock: the hand-off to the store's thread
+        and back cost as much as the transaction itself."""
         with self._settle_lock:
             try:
                 db = self._settle_db
                 if db is None:
-                    db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
-                                         check_same_thread=False)
+                    db = sqlite3.connect(self._path, timeout=self.timeout_s,
+                                         isolation_level=None, check_same_thread=False)
                     db.execute("PRAGMA synchronous=NORMAL")
-                    self._settle_db, self._settle_waits = db, False
-                if wait != self._settle_waits:
-                    db.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000) if wait else 0}")
-                    self._settle_waits = wait
-                return self._write_on(db, lambda db: self._settle(db, batch, now),
-                                      busy_ok=not wait)
-            except _Busy:
-                return None
+                    self._settle_db = db
+                return self._write_on(db, lambda db: self._settle(db, batch, now))
             except sqlite3.Error as error:
                 raise StoreError(f"{self.description}: {error}") from None
 

@@ -224,6 +224,7 @@ def test_window_rollover_with_an_injected_clock(tmp_path: Path) -> None:
         outcome = outcome_for(chat_body(100))
         asyncio.run(gate.reserve(outcome))
         budgeting.export([usage_record(reservation=outcome.reservation)])
+        budgeting.settle_now()  # as the ledger's thread would within SETTLE_EVERY_S
         return outcome
 
     assert call().budget_decision == "allowed"
@@ -273,6 +274,7 @@ def test_block_budget_answers_429_in_each_protocol(capped: ProxyProcess,
                                  max_retries=0)
     claude.messages.create(model=MODEL, max_tokens=100,
                            messages=[{"role": "user", "content": "two"}])
+    capped.metrics_text()  # a scrape: both calls' spend is in the store, not only reserved
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(model=MODEL, max_tokens=100,
                                        messages=[{"role": "user", "content": "three"}])

@@ -53,6 +53,7 @@ class LedgerSink(RecordSink):
         self._book = book
         self._clock = clock
         self._carry: dict[Hashable, Decimal] = {}
+        self._frame: _Frame | None = None
 
     def export(self, records: Sequence[UsageRecord]) -> None:
         with localcontext(_PRECISE):  # sums of exact costs stay exact
@@ -65,10 +66,12 @@ class LedgerSink(RecordSink):
         batch = SettleBatch()
         charges: dict[tuple[str, str], _Sum] = {}
         dims: dict[tuple[str, Dims], _Sum] = {}
-        utc_windows = [window_at(kind, UTC, now) for kind in WINDOW_KINDS]
+        frame = self._frame
+        if frame is None or not frame.minute <= now < frame.minute + 60:
+            frame = self._frame = _Frame(now)
+        utc_windows, series = frame.windows, frame.series
         history: dict[tuple[str, str, str], Decimal] = {}
         tokens: dict[tuple[str, str, str, str], int] = {}
-        series = [(b.spend_id, b.calls_id, b.ttl_s(now)) for b in current_buckets(now)]
         calls: dict[tuple[str, Dims], list[int]] = {}
         for record in records:
             held: dict[str, tuple[str, int]] = {}
@@ -100,11 +103,14 @@ class LedgerSink(RecordSink):
                     window = budget.window(now)
                     window_id, ttl = window.id, window.ttl_s(now, TTL_MARGIN_S)
                 charges.setdefault((budget.name, window_id), _Sum(ttl)).add(amount)
-            for window in utc_windows:
-                dims.setdefault((window.id, key), _Sum(window.ttl_s(now, TTL_MARGIN_S))
-                                ).add(amount)
+            for window_id, ttl in utc_windows:
+                if (total := dims.get((window_id, key))) is None:
+                    total = dims[(window_id, key)] = _Sum(ttl)
+                total.add(amount)
             for spend_id, _, ttl in series:
-                dims.setdefault((spend_id, key), _Sum(ttl)).add(amount)
+                if (total := dims.get((spend_id, key))) is None:
+                    total = dims[(spend_id, key)] = _Sum(ttl)
+                total.add(amount)
         for (budget_name, window_id), total in charges.items():
             if whole := self._whole(("budget", budget_name, window_id), total.amount):
                 batch.charges.append(Charge(budget_name, window_id, whole, total.ttl))
@@ -115,10 +121,10 @@ class LedgerSink(RecordSink):
         for (day, upstream, model), nano in history.items():
             if whole := self._whole(("day", day, upstream, model), nano):
                 batch.days.append(DayCharge(day, upstream, model, "cost", whole,
-                                            _history_ttl(day, keep, now)))
+                                            frame.history_ttl(day, keep, now)))
         for (day, upstream, model, kind), count in tokens.items():
             batch.days.append(DayCharge(day, upstream, model, kind, count,
-                                        _history_ttl(day, keep, now)))
+                                        frame.history_ttl(day, keep, now)))
         batch.dims += [DimCharge(calls_id, key, count, ttl)
                        for (calls_id, key), (count, ttl) in calls.items()]
         return batch
@@ -134,10 +140,28 @@ class LedgerSink(RecordSink):
         return whole
 
 
-def _history_ttl(day: str, keep_s: int, now: float) -> int:
-    """Seconds from ``now`` until ``keep_s`` after the end of UTC ``day`` (at least 1)."""
-    end = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() + 86400
-    return max(int(end + keep_s - now), 1)
+class _Frame:
+    """What every call ending in one UTC minute counts in: the UTC windows and the console's
+    buckets (each starts on a minute, so they hold for the whole minute), with their ttls,
+    computed once for the minute: a ttl from earlier in the minute only keeps a value up
+    to a minute longer. Used by the pipeline's thread only."""
+
+    __slots__ = ("_day_ends", "minute", "series", "windows")
+
+    def __init__(self, now: float) -> None:
+        self.minute = now - now % 60
+        self.windows = [(w.id, w.ttl_s(now, TTL_MARGIN_S))
+                        for w in (window_at(kind, UTC, now) for kind in WINDOW_KINDS)]
+        self.series = [(b.spend_id, b.calls_id, b.ttl_s(now)) for b in current_buckets(now)]
+        self._day_ends: dict[str, float] = {}
+
+    def history_ttl(self, day: str, keep_s: int, now: float) -> int:
+        """Seconds from ``now`` until ``keep_s`` after the end of UTC ``day`` (at least 1)."""
+        end = self._day_ends.get(day)
+        if end is None:
+            end = self._day_ends[day] = (
+                datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() + 86400)
+        return max(int(end + keep_s - now), 1)
 
 
 class _Sum:

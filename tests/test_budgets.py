@@ -385,15 +385,20 @@ def test_window_rolls_over_in_a_running_proxy(spawn: Any, upstream: FakeUpstream
 
 # ---- replicas sharing Redis ----------------------------------------------------------------
 
-def test_two_replicas_sharing_redis_hold_a_hard_cap(spawn: Any, upstream: FakeUpstream,
-                                                    redis_prefix: str) -> None:  # noqa: F811
-    """16 concurrent callers over two replicas: the upstream is never billed past the limit,
-    and calls are not refused while more than two calls' worth of the budget remains."""
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def test_two_replicas_sharing_a_store_hold_a_hard_cap(
+        spawn: Any, upstream: FakeUpstream, redis_prefix: str,  # noqa: F811
+        tmp_path: Path, backend: str) -> None:
+    """16 concurrent callers over two replicas sharing Redis, or one SQLite file: the
+    upstream is never billed past the limit, though each replica writes its spend in bulk
+    (every ``SETTLE_EVERY_S``: reservations hold the room meanwhile), and calls are not
+    refused while more than two calls' worth of the budget remains."""
     limit_calls = 20
+    store = ({"url": SHARED_REDIS, "key_prefix": redis_prefix} if backend == "redis"
+             else {"url": f"sqlite:///{tmp_path}/shared/ledger.sqlite3"})
     config = budget_config(upstream, [
         {"name": "shared-cap", "limit_usd": limit_calls * 0.1, "window": "day",
-         "action": "block"}],
-        store={"url": SHARED_REDIS, "key_prefix": redis_prefix}, admin_key="adm")
+         "action": "block"}], store=store, admin_key="adm")
     replicas = [spawn(config), spawn(config)]
     upstream.queue(*[chat_reply(100, delay_s=0.03) for _ in range(200)])
     outcomes: list[tuple[int, int]] = []

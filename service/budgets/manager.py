@@ -209,6 +209,7 @@ class BudgetManager(RecordSink):
         totals: Totals = {}
         error = None
         if self.ledger is not None:
+            self.ledger.flush()  # calls that ended are in the store, their reservations gone
             try:
                 totals = self.ledger.totals(keys)
             except StoreError as failure:
@@ -252,6 +253,7 @@ class BudgetManager(RecordSink):
         """One read of the shared store; a failure is counted and raised (``StoreError``)."""
         if self.ledger is None:
             raise StoreError("no budget store configured (set store.url, budgets or admin_key)")
+        self.ledger.flush()  # spend recorded here is in what the store answers
         try:
             return read(self.ledger.store)
         except StoreError as error:

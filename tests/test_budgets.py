@@ -427,7 +427,10 @@ def test_two_replicas_sharing_a_store_hold_a_hard_cap(
     assert billed > (limit_calls - 2) * Decimal("0.1")  # < two calls' worth left unspent
     assert len(upstream.requests) == sum(1 for _, s in outcomes if s == 200)
     assert {replica for replica, s in outcomes if s == 200} == {0, 1}
-    # Both replicas report the same, shared spend; no reservation is left behind.
+    # Both replicas report the same, shared spend; no reservation is left behind, once each
+    # has written what it recorded (within SETTLE_EVERY_S; a scrape writes it at once).
+    for proxy in replicas:
+        proxy.metrics_text()
     for proxy in replicas:
         view = admin_view(proxy)["shared-cap"]
         assert view["spend_usd"] == pytest.approx(float(billed))

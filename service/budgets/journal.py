@@ -234,6 +234,11 @@ class Journal:
         with self._lock:
             db = self._own.db
             try:
+                if not statements and not self._done and len(rows) == 1:
+                    # An append (once per recorded batch): one statement, its own commit.
+                    db.execute("INSERT INTO entries (source, seq, body) VALUES (?, ?, ?)",
+                               rows[0])
+                    return
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     if self._done:

@@ -206,8 +206,8 @@ class Journal:
     def done(self, batch: SettleBatch) -> None:
         """The store acknowledged ``batch``: forget it. Deleted with the next write (one
         commit per batch instead of two), or by ``forget_done`` (the ledger's next tick,
-        0.25 s), or at ``close``; a process that dies before has it replayed on restart,
-        which the store applies at most once."""
+        ``ledger.SETTLE_EVERY_S``), or at ``close``; a process that dies before has it
+        replayed on restart, which the store applies at most once."""
         with self._lock:
             self._done.append((batch.source, batch.seq))
 

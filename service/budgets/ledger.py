@@ -2,8 +2,9 @@
 
 * A circuit breaker (``StoreHealth``): after a failure the store is not asked again for a
   backoff (0.25 s doubling to 0.75 s, each jittered down to half), so a dead Redis costs
-  the hot path next to nothing; the ``ledger-sync`` thread probes it every 0.25 s once the
-  backoff ends, with or without traffic, so a store that is back is seen within a second
+  the hot path next to nothing; the ``ledger-sync`` thread (ticking every
+  ``SETTLE_EVERY_S``) probes it as soon as the backoff ends, with or without traffic, so
+  a store that is back is seen within a second
   (``store.on_error: closed`` stops refusing, ``/readyz`` passes again).
 * Settlements are written in bulk: ``record`` (the pipeline's thread) only journals a batch
   and adds it to the pending spend (``pending.PendingSpend``: summed per budget window,

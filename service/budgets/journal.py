@@ -98,6 +98,7 @@ class _Slot:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={_SYNC[sync]}")
+        self.db.execute("PRAGMA wal_autocheckpoint=4000")   # as the store's (store/sqlite.py)
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE name='id'").fetchone()
         if row is None:

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value TEXT NOT NULL, ex
     WITHOUT ROWID;
 """
 _PRUNE_EVERY_S = 60.0
+_CHECKPOINT_PAGES = 4000
 _SETTLED_TTL_S = 86400
 
 
@@ -236,6 +237,10 @@ class SQLiteStore(Store):
                     db = sqlite3.connect(self._path, timeout=self.timeout_s,
                                          isolation_level=None, check_same_thread=False)
                     db.execute("PRAGMA synchronous=NORMAL")
+                    # This connection checkpoints the WAL (the loop's never does). Past 1,000
+                    # pages (SQLite's default) checkpoints ran so often that they cost 2-3x
+                    # the settlements themselves; 4,000 (16 MB of WAL at most) costs ~1/4.
+                    db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
                     self._settle_db = db
                 return self._write_on(db, lambda db: self._settle(db, batch, now))
             except sqlite3.Error as error:

@@ -41,6 +41,7 @@ from spendgate.records import UsageRecord
 
 _CARRY_MAX = 50_000
 _PRECISE = Context(prec=80)
+_ZERO = Decimal(0)
 
 
 class LedgerSink(RecordSink):
@@ -87,7 +88,7 @@ class LedgerSink(RecordSink):
                     if count:
                         tokens[(*where, token_type)] = tokens.get((*where, token_type), 0) + count
                 if record.cost_usd:
-                    history[where] = history.get(where, Decimal(0)) + record.cost_usd * NANO
+                    history[where] = history.get(where, _ZERO) + record.cost_usd * NANO
             key: Dims = (record.upstream, record.project, record.model, record.virtual_key or "")
             for _, calls_id, ttl in series if not record.charge_only else ():  # no call
                 calls.setdefault((calls_id, key), [0, ttl])[0] += 1
@@ -102,7 +103,9 @@ class LedgerSink(RecordSink):
                 else:
                     window = budget.window(now)
                     window_id, ttl = window.id, window.ttl_s(now, TTL_MARGIN_S)
-                charges.setdefault((budget.name, window_id), _Sum(ttl)).add(amount)
+                if (total := charges.get((budget.name, window_id))) is None:
+                    total = charges[(budget.name, window_id)] = _Sum(ttl)
+                total.add(amount)
             for window_id, ttl in utc_windows:
                 if (total := dims.get((window_id, key))) is None:
                     total = dims[(window_id, key)] = _Sum(ttl)
@@ -131,7 +134,7 @@ class LedgerSink(RecordSink):
 
     def _whole(self, key: Hashable, amount: Decimal) -> int:
         """Whole nano-dollars of ``amount`` plus the fraction carried for ``key``."""
-        total = self._carry.pop(key, Decimal(0)) + amount
+        total = self._carry.pop(key, _ZERO) + amount
         whole = int(total)            # toward zero; costs are never negative
         if total != whole:
             if len(self._carry) >= _CARRY_MAX:
@@ -168,7 +171,7 @@ class _Sum:
     __slots__ = ("amount", "ttl")
 
     def __init__(self, ttl: int) -> None:
-        self.amount = Decimal(0)
+        self.amount = _ZERO
         self.ttl = ttl
 
     def add(self, amount: Decimal) -> None:

@@ -176,13 +176,21 @@ class SQLiteStore(Store):
         except _Busy:
             pass  # another writer has the file: wait for it on the store's thread
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._guarded, self._write,
+        job = loop.run_in_executor(self._executor, self._guarded, self._write_after_settle,
                                    lambda db: self._reserve(db, rid, holds, now))
         try:
             return await asyncio.wait_for(job, self.timeout_s)
         except TimeoutError:
             raise StoreError(f"{self.description} did not answer in {self.timeout_s:g} s"
                              ) from None
+
+    def _write_after_settle(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``_write``, once this process's settlement (usually the writer in the way) has
+        committed: woken as it ends, rather than by SQLite's busy handler, which polls
+        after 1, 2, 5, 10... ms."""
+        with self._settle_lock:
+            pass
+        return self._write(fn)
 
     def _reserve_on_loop(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
         """One reservation transaction on the loop's connection; ``_Busy`` when the write

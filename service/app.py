@@ -126,8 +126,8 @@ class Spendgate:
                               sample_new_traces=self.telemetry.sample_new_traces)
         # One of ``serve --workers N``: (this worker's index, every worker's metrics socket).
         self.host_metrics = (HostRegistry(self.registry, worker[0], worker[1],
-                                          self.pipeline.flush) if worker is not None else None)
-        self.api = build_api(self.host_metrics or self.registry, self.pipeline.flush,
+                                          self.flush) if worker is not None else None)
+        self.api = build_api(self.host_metrics or self.registry, self.flush,
                              self.readiness_problems,
                              self.degraded, lambda: self.config.admin_key, lambda: self.budgets,
                              lambda: self.config.metrics_key,
@@ -145,6 +145,13 @@ class Spendgate:
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
         self.draining = False     # SIGTERM received: /readyz fails while calls finish
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every call that ended before has reached every sink, and its spend
+        the budget store (a scrape's barrier). Blocking: call off the event loop."""
+        done = self.pipeline.flush(timeout_s)
+        self.budgets.settle_now()
+        return done
 
     def start_draining(self) -> None:
         """The server is shutting down (``hotpath.server.DrainingServer``): not ready."""

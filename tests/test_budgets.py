@@ -224,6 +224,7 @@ def test_window_rollover_with_an_injected_clock(tmp_path: Path) -> None:
         outcome = outcome_for(chat_body(100))
         asyncio.run(gate.reserve(outcome))
         budgeting.export([usage_record(reservation=outcome.reservation)])
+        budgeting.settle_now()  # as the ledger's thread would within SETTLE_EVERY_S
         return outcome
 
     assert call().budget_decision == "allowed"
@@ -273,6 +274,7 @@ def test_block_budget_answers_429_in_each_protocol(capped: ProxyProcess,
                                  max_retries=0)
     claude.messages.create(model=MODEL, max_tokens=100,
                            messages=[{"role": "user", "content": "two"}])
+    capped.metrics_text()  # a scrape: both calls' spend is in the store, not only reserved
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(model=MODEL, max_tokens=100,
                                        messages=[{"role": "user", "content": "three"}])
@@ -383,15 +385,20 @@ def test_window_rolls_over_in_a_running_proxy(spawn: Any, upstream: FakeUpstream
 
 # ---- replicas sharing Redis ----------------------------------------------------------------
 
-def test_two_replicas_sharing_redis_hold_a_hard_cap(spawn: Any, upstream: FakeUpstream,
-                                                    redis_prefix: str) -> None:  # noqa: F811
-    """16 concurrent callers over two replicas: the upstream is never billed past the limit,
-    and calls are not refused while more than two calls' worth of the budget remains."""
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
+def test_two_replicas_sharing_a_store_hold_a_hard_cap(
+        spawn: Any, upstream: FakeUpstream, redis_prefix: str,  # noqa: F811
+        tmp_path: Path, backend: str) -> None:
+    """16 concurrent callers over two replicas sharing Redis, or one SQLite file: the
+    upstream is never billed past the limit, though each replica writes its spend in bulk
+    (every ``SETTLE_EVERY_S``: reservations hold the room meanwhile), and calls are not
+    refused while more than two calls' worth of the budget remains."""
     limit_calls = 20
+    store = ({"url": SHARED_REDIS, "key_prefix": redis_prefix} if backend == "redis"
+             else {"url": f"sqlite:///{tmp_path}/shared/ledger.sqlite3"})
     config = budget_config(upstream, [
         {"name": "shared-cap", "limit_usd": limit_calls * 0.1, "window": "day",
-         "action": "block"}],
-        store={"url": SHARED_REDIS, "key_prefix": redis_prefix}, admin_key="adm")
+         "action": "block"}], store=store, admin_key="adm")
     replicas = [spawn(config), spawn(config)]
     upstream.queue(*[chat_reply(100, delay_s=0.03) for _ in range(200)])
     outcomes: list[tuple[int, int]] = []
@@ -420,7 +427,10 @@ def test_two_replicas_sharing_redis_hold_a_hard_cap(spawn: Any, upstream: FakeUp
     assert billed > (limit_calls - 2) * Decimal("0.1")  # < two calls' worth left unspent
     assert len(upstream.requests) == sum(1 for _, s in outcomes if s == 200)
     assert {replica for replica, s in outcomes if s == 200} == {0, 1}
-    # Both replicas report the same, shared spend; no reservation is left behind.
+    # Both replicas report the same, shared spend; no reservation is left behind, once each
+    # has written what it recorded (within SETTLE_EVERY_S; a scrape writes it at once).
+    for proxy in replicas:
+        proxy.metrics_text()
     for proxy in replicas:
         view = admin_view(proxy)["shared-cap"]
         assert view["spend_usd"] == pytest.approx(float(billed))

@@ -173,9 +173,64 @@ def test_journal_slots_adoption_and_replay_apply_each_batch_once(tmp_path: Path)
     ledger = Ledger(store, time.time, errors.append, third)
     assert ledger.pending() == 5 + 11 + 13
     ledger.record(SettleBatch("", 0, [], [Charge("b", "total", 17, 0)]))
+    ledger.flush()
     assert ledger.pending() == 0 and errors == []
     assert store.totals([("b", "total")], 0.0)[("b", "total")] == (5 + 11 + 13 + 17, 0)
     ledger.close()
     again = Journal(path)  # nothing left anywhere
+    assert again.leftover().stamped == [] and again.leftover().unstamped == []
+    again.close()
+
+
+_RECORD_THEN_DIE = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+from scripts import sourcetree
+sourcetree.install(sourcetree.Path({root!r}))
+from spendgate.budgets.journal import Journal
+from spendgate.budgets.ledger import Ledger
+from spendgate.budgets.store.base import Charge, DimCharge, Hold, SettleBatch
+from spendgate.budgets.store.sqlite import SQLiteStore
+
+folder = sourcetree.Path({folder!r})
+store = SQLiteStore(folder / "ledger.sqlite3", 2.0, 3600)
+for n in range(5):
+    assert store.reserve(f"r{{n}}", [Hold("b", "total", 10**6, 100, 0)], time.time()) is None
+ledger = Ledger(store, time.time, print, Journal(folder / "journal.sqlite3"))
+ledger.start()
+for n in range(5):
+    ledger.record(SettleBatch("", 0, [(f"r{{n}}", "b", "total")], [Charge("b", "total", 7, 0)],
+                              [DimCharge("total", ("up", "p", "m", ""), 7, 0)]))
+os.kill(os.getpid(), signal.SIGKILL)   # before the ledger's next write (SETTLE_EVERY_S)
+"""
+
+
+def test_recorded_spend_survives_sigkill_before_the_ledger_writes_it(tmp_path: Path) -> None:
+    """``Ledger.record`` returns once the batch is in the journal; the store is written in
+    bulk later. A process killed (SIGKILL) right after recording loses nothing: the next one
+    writes every batch exactly once and releases their reservations."""
+    import subprocess
+    import sys
+
+    from spendgate.budgets.journal import Journal
+    from spendgate.budgets.ledger import Ledger
+    from spendgate.budgets.store.sqlite import SQLiteStore
+    from tests.conftest import ROOT
+
+    child = subprocess.run([sys.executable, "-c", _RECORD_THEN_DIE.format(
+        root=str(ROOT), folder=str(tmp_path))], capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 3600)
+    spend, reserved = store.totals([("b", "total")], 0.0)[("b", "total")]
+    assert spend + reserved == 500 and spend in (0, 35)  # reserved until written: the cap held
+    errors: list[str] = []
+    ledger = Ledger(store, time.time, errors.append, Journal(tmp_path / "journal.sqlite3"))
+    ledger.start()
+    assert wait_for(lambda: not ledger.waiting(), 5)
+    assert store.totals([("b", "total")], 0.0)[("b", "total")] == (35, 0)
+    assert store.dims("total") == {("up", "p", "m", ""): 35}
+    ledger.close()
+    assert errors == []
+    again = Journal(tmp_path / "journal.sqlite3")
     assert again.leftover().stamped == [] and again.leftover().unstamped == []
     again.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from spendgate.budgets.store.base import (
     SettleBatch,
     Store,
     StoreError,
+    Totals,
 )
 from spendgate.budgets.store.sqlite import SQLiteStore
 from spendgate.budgets.windows import window_at
@@ -189,9 +191,9 @@ def test_two_sqlite_stores_share_one_file(tmp_path: Path) -> None:
 
 def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
         tmp_path: Path) -> None:
-    """Reserve on the loop and settle at once never wait for a lock another process holds:
-    the reservation goes to the store's thread (bounded by ``timeout_s``), ``settle_now``
-    writes nothing, and the ledger journals the batch before waiting for the store."""
+    """Reserve on the loop and record never wait for a lock another process holds: the
+    reservation goes to the store's thread (bounded by ``timeout_s``), ``record`` only
+    journals the batch, and the ledger's write waits for the store (and fails) off both."""
     import sqlite3
 
     from spendgate.budgets.journal import Journal
@@ -207,10 +209,10 @@ def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
     try:
         with pytest.raises(StoreError, match=r"did not answer|locked"):
             asyncio.run(store.reserve_async("r2", [hold("a", 10)], 1000.0))
-        batch = SettleBatch("t", 1, [("r1", "a", W)], [Charge("a", W, 7, 3600)])
-        assert store.settle_now(batch, 1000.0) is None
-        assert ledger.record(SettleBatch("", 0, [("r1", "a", W)], [Charge("a", W, 7, 3600)])
-                             ) is None
+        ledger.record(SettleBatch("", 0, [("r1", "a", W)], [Charge("a", W, 7, 3600)]))
+        assert errors == [] and ledger.pending() == 7
+        assert len(journal.leftover().unstamped) == 1   # on disk as record returned
+        assert ledger.flush() is None
         assert errors == ["settle"] and ledger.pending() == 7
         assert len(journal.leftover().stamped) == 1   # on disk before the store answered
     finally:
@@ -228,20 +230,36 @@ def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
 
 
 @pytest.mark.parametrize("fsync", ["normal", "full"])
-def test_sqlite_settles_without_the_journal_unless_it_promises_more(
+def test_recorded_spend_is_journaled_then_written_in_one_transaction(
         tmp_path: Path, fsync: str) -> None:
-    """A batch the SQLite store takes at once is one commit, not journaled; with
-    ``journal_fsync: full`` (power-cut safe, which the store is not) it is journaled first
-    (its row stays until the next write or tick deletes it)."""
+    """``record`` journals each batch and writes nothing to the store; the ledger's thread
+    writes their sum as one stamped batch within ``SETTLE_EVERY_S`` (its totals go to
+    ``on_totals``), releasing each reservation as its spend is charged; the journal then
+    holds nothing."""
     from spendgate.budgets.journal import Journal
+    from spendgate.budgets.ledger import SETTLE_EVERY_S
 
     store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 60)
     journal = Journal(tmp_path / "journal.sqlite3", fsync)
-    ledger = Ledger(store, lambda: 1000.0, lambda _: None, journal)
-    assert ledger.record(SettleBatch("", 0, [], [Charge("a", W, 5, 3600)])) == {
-        ("a", W): (5, 0)}
-    assert len(journal.leftover().stamped) == (fsync == "full")
+    told: list[Totals] = []
+    ledger = Ledger(store, lambda: 1000.0, lambda _: None, journal, told.append)
+    for n in range(3):
+        assert store.reserve(f"r{n}", [hold("a", 100, 1000)], 1000.0) is None
+    for n, cost in enumerate((5, 7, 11)):
+        ledger.record(SettleBatch("", 0, [(f"r{n}", "a", W)], [Charge("a", W, cost, 3600)]))
+    assert store.totals([("a", W)], 0)[("a", W)] == (0, 300)   # reserved, not yet charged
+    assert len(journal.leftover().unstamped) == 3
+    assert ledger.known("a", W) == (23, 0) and ledger.pending() == 23
+    started = time.monotonic()
+    ledger.start()
+    assert wait_for(lambda: ledger.pending() == 0, 5)
+    assert time.monotonic() - started < SETTLE_EVERY_S + 1
+    assert store.totals([("a", W)], 0)[("a", W)] == (23, 0)
+    assert told == [{("a", W): (23, 0)}]
     ledger.close()
+    again = Journal(tmp_path / "journal.sqlite3")
+    assert again.leftover().stamped == [] and again.leftover().unstamped == []
+    again.close()
 
 
 def test_sqlite_spend_survives_reopening(tmp_path: Path) -> None:
@@ -268,18 +286,19 @@ def test_ledger_keeps_spend_while_redis_is_down_and_writes_it_back(
     errors: list[str] = []
     store = open_store(private_redis.url, 0.25, 60, f"t{uuid.uuid4().hex[:6]}:")
     ledger = Ledger(store, lambda: 1000.0, errors.append)
-    ledger.start()
     try:
-        first = SettleBatch(charges=[Charge("a", W, 10, 3600)])
-        assert ledger.record(first) == {("a", W): (10, 0)}
+        ledger.record(SettleBatch(charges=[Charge("a", W, 10, 3600)]))
+        assert ledger.flush() == {("a", W): (10, 0)}
         private_redis.pause()       # unresponsive: every call times out
-        assert ledger.record(SettleBatch(charges=[Charge("a", W, 20, 3600)])) is None
-        assert ledger.record(SettleBatch(charges=[Charge("a", W, 30, 3600)])) is None
+        ledger.record(SettleBatch(charges=[Charge("a", W, 20, 3600)]))
+        ledger.record(SettleBatch(charges=[Charge("a", W, 30, 3600)]))
+        assert ledger.flush() is None
         assert errors and set(errors) == {"settle"}
         assert ledger.known("a", W) == (60, 0)
         assert ledger.pending() == 50
         assert ledger.health.problem() is not None
         private_redis.resume()
+        ledger.start()
         assert wait_for(lambda: ledger.pending() == 0, 10)
         assert store.totals([("a", W)], 0)[("a", W)] == (60, 0)  # exactly once each
         assert ledger.health.problem() is None
@@ -324,6 +343,7 @@ def test_fractions_of_a_nano_dollar_are_carried_not_rounded(tmp_path: Path) -> N
     sink = LedgerSink(ledger, lambda: book, lambda: 1000.0)
     for _ in range(1000):
         sink.export([usage_record(cost_usd=Decimal("0.00000000015"))])
+    ledger.flush()
     assert store.totals([("all", "total")], 0)[("all", "total")] == (150, 0)
     assert sum(store.dims("total").values()) == 150
     ledger.close()

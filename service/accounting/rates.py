@@ -127,6 +127,9 @@ class Price:
                                 hash=False)
     _levels: list[int] = field(default_factory=list, init=False, repr=False, compare=False,
                                hash=False)
+    # worst_rates per (service tier, context tier): a budget reservation per call asks.
+    _worst: dict[tuple[str | None, int | None], tuple[Decimal, Decimal]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         # Derived once, so that pricing a call parses no tier key.
@@ -238,8 +241,12 @@ class Price:
         with up to ``prompt`` prompt tokens can be charged: for budget reservations."""
         reasons: set[str] = set()
         service, context = self._tier(tier, prompt, reasons)
-        return (max(self._rate(t, service, context, reasons) for t in _INPUT_TYPES),
+        worst = self._worst.get((service, context))
+        if worst is None:  # a few keys per price at most: computed once each
+            worst = self._worst[(service, context)] = (
+                max(self._rate(t, service, context, reasons) for t in _INPUT_TYPES),
                 max(self._rate(t, service, context, reasons) for t in _OUTPUT_TYPES))
+        return worst
 
     def _tier(self, tier: str | None, prompt: int,
               reasons: set[str]) -> tuple[str | None, int | None]:

@@ -1,11 +1,10 @@
 """The spend journal: settled costs kept on local disk until the budget store has them.
 
-The ``Ledger`` appends every ``SettleBatch`` here before it is sent to the store, and
-removes it once the store acknowledged it (lazily: ``done``), so spend survives the process
-dying (SIGKILL, OOM, SIGTERM) while the store is down or slow. A batch that a local store
-(SQLite) commits at once, its lock free, skips the journal: that commit is the same local
-disk (``Store.settle_now``; not with ``fsync: full``, which the store does not promise);
-one that would wait for the lock is journaled first. On
+The ``Ledger`` appends every ``SettleBatch`` here as it is recorded (one small commit to a
+file only this process writes), sends the sum of what is unsent to the store every
+``ledger.SETTLE_EVERY_S`` as one *stamped* batch that replaces those rows, and removes that
+once the store acknowledged it (lazily: ``done``), so spend survives the process dying
+(SIGKILL, OOM, SIGTERM) whether the store is up, down or slow. On
 start, whatever a previous process left is loaded and sent again, exactly once:
 
 * a batch already *stamped* (``source``, ``seq``: it may have reached the store before the
@@ -29,8 +28,9 @@ crash and done again is still applied once.
 **Durability** (``store.journal_fsync``): ``normal`` (default; SQLite WAL
 ``synchronous=NORMAL``) survives the process dying in any way (SIGKILL, OOM, a crash) but
 may lose the last commits if the machine loses power; ``full`` fsyncs every commit, so an
-append also survives power loss, at the price of two fsyncs per settled batch (with one
-call per batch at low traffic, about as many as calls); ``off`` leaves flushing to the OS.
+append also survives power loss, at the price of one fsync per recorded batch (with one
+call per batch at low traffic, about as many as calls) and one per write to the store;
+``off`` leaves flushing to the OS.
 
 Thread-safety: one connection, used under an internal lock from any thread.
 Lifetime: ``open`` (takes the lock, adopts free slots), then ``close`` once.
@@ -51,6 +51,7 @@ from typing import Any
 
 import orjson
 
+from spendgate.budgets.pending import summed
 from spendgate.budgets.store.base import Charge, DayCharge, DimCharge, SettleBatch, StoreError
 
 log = logging.getLogger("spendgate.journal")
@@ -97,6 +98,7 @@ class _Slot:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={_SYNC[sync]}")
+        self.db.execute("PRAGMA wal_autocheckpoint=4000")   # as the store's (store/sqlite.py)
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE name='id'").fetchone()
         if row is None:
@@ -171,7 +173,7 @@ class Journal:
             unstamped = [decode("", 0, body) for _, source, _, body in rows if not source]
             stamped = [(source, seq, body) for _, source, seq, body in rows if source]
             if unstamped:
-                merged = _merge(unstamped)
+                merged = summed(unstamped)
                 stamped.append((f"journal-{other.id}-{rows[-1][0]}", 1, encode(merged)))
             db = self._own.db
             db.execute("BEGIN IMMEDIATE")
@@ -205,8 +207,8 @@ class Journal:
     def done(self, batch: SettleBatch) -> None:
         """The store acknowledged ``batch``: forget it. Deleted with the next write (one
         commit per batch instead of two), or by ``forget_done`` (the ledger's next tick,
-        0.25 s), or at ``close``; a process that dies before has it replayed on restart,
-        which the store applies at most once."""
+        ``ledger.SETTLE_EVERY_S``), or at ``close``; a process that dies before has it
+        replayed on restart, which the store applies at most once."""
         with self._lock:
             self._done.append((batch.source, batch.seq))
 
@@ -233,6 +235,11 @@ class Journal:
         with self._lock:
             db = self._own.db
             try:
+                if not statements and not self._done and len(rows) == 1:
+                    # An append (once per recorded batch): one statement, its own commit.
+                    db.execute("INSERT INTO entries (source, seq, body) VALUES (?, ?, ?)",
+                               rows[0])
+                    return
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     if self._done:
@@ -254,23 +261,3 @@ class Journal:
         with self._lock:
             self._own.close()
 
-
-def _merge(batches: list[SettleBatch]) -> SettleBatch:
-    """The sum of unstamped batches: charges, dims and daily history added per key, releases
-    kept."""
-    charges: dict[tuple[str, str], list[int]] = {}
-    dims: dict[tuple[str, tuple[str, str, str, str]], list[int]] = {}
-    days: dict[tuple[str, str, str, str], list[int]] = {}
-    out = SettleBatch()
-    for batch in batches:
-        out.releases.extend(batch.releases)
-        for c in batch.charges:
-            charges.setdefault((c.budget, c.window), [0, c.ttl_s])[0] += c.amount
-        for d in batch.dims:
-            dims.setdefault((d.window, d.dims), [0, d.ttl_s])[0] += d.amount
-        for h in batch.days:
-            days.setdefault((h.day, h.upstream, h.model, h.kind), [0, h.ttl_s])[0] += h.amount
-    out.charges = [Charge(b, w, a, t) for (b, w), (a, t) in charges.items()]
-    out.dims = [DimCharge(w, k, a, t) for (w, k), (a, t) in dims.items()]
-    out.days = [DayCharge(*k, a, t) for k, (a, t) in days.items()]
-    return out

@@ -2,24 +2,28 @@
 
 * A circuit breaker (``StoreHealth``): after a failure the store is not asked again for a
   backoff (0.25 s doubling to 0.75 s, each jittered down to half), so a dead Redis costs
-  the hot path next to nothing; the ``ledger-sync`` thread probes it every 0.25 s once the
-  backoff ends, with or without traffic, so a store that is back is seen within a second
+  the hot path next to nothing; the ``ledger-sync`` thread (ticking every
+  ``SETTLE_EVERY_S``) probes it as soon as the backoff ends, with or without traffic, so
+  a store that is back is seen within a second
   (``store.on_error: closed`` stops refusing, ``/readyz`` passes again).
-* Nothing recorded is lost: a settlement the store did not take is kept in memory (a batch
-  that may have been applied is retried under its own sequence number, which the store
-  applies once;
-  newer spend is summed per budget window and per dimensions, so memory stays bounded
-  through any outage) and written when the store answers again.
-* Nothing recorded is lost when the process dies either: with a ``Journal`` every batch is
-  on local disk before it is sent, and leaves it once the store acknowledged it; what an
-  earlier process left there is sent first (``journal.py``). A local store that takes a
-  batch at once (``Store.settle_now``: SQLite, its lock free) is that local disk, so the
-  batch skips the journal; one that would have to wait is journaled first, as any other.
+* Settlements are written in bulk: ``record`` (the pipeline's thread) only journals a batch
+  and adds it to the pending spend (``pending.PendingSpend``: summed per budget window,
+  dimensions and day, so memory stays bounded through any outage); the ``ledger-sync``
+  thread writes all of it as one store transaction every ``SETTLE_EVERY_S``, and ``flush``
+  at once (a ``/metrics`` scrape, shutdown). Reservations are released in that same
+  transaction as their spend is charged, so ``spend + reserved`` in the store never drops
+  below what the calls cost: the cap holds across replicas while spend waits here.
+* Nothing recorded is lost: a settlement the store did not take is kept (a batch that may
+  have been applied is retried under its own sequence number, which the store applies once)
+  and written when the store answers again. Nor when the process dies: with a ``Journal``
+  every batch is on local disk when ``record`` returns, and leaves it once the store
+  acknowledged it; what an earlier process left there is sent first (``journal.py``).
 * ``known(budget, window)``: the last totals the store reported plus spend not written yet,
   which the gate uses to keep blocking exhausted budgets while the store is unreachable.
 
 Every store failure is counted through ``count_error(operation)``
-(``spendgate_store_errors_total{operation}``). Thread-safety: all methods may be called from
+(``spendgate_store_errors_total{operation}``); ``on_totals`` receives the totals the store
+reported after each write (alert thresholds). Thread-safety: all methods may be called from
 any thread; ``reserve`` from the event loop. Lifetime: ``start`` once, ``close`` once.
 """
 
@@ -34,11 +38,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from spendgate.budgets.journal import Journal
+from spendgate.budgets.pending import PendingSpend
 from spendgate.budgets.store.base import (
-    Charge,
-    DayCharge,
-    DimCharge,
-    Dims,
     Hold,
     Refusal,
     SettleBatch,
@@ -50,8 +51,8 @@ from spendgate.budgets.windows import Clock, iso
 from spendgate.money import usd
 
 log = logging.getLogger("spendgate.ledger")
-_MAX_PENDING_RELEASES = 100_000   # beyond this, leases reclaim the reservations instead
-_MAX_BACKOFF_S = 0.75            # + the sync thread's 0.25 s tick: back within 1 s
+SETTLE_EVERY_S = 0.05             # the sync thread's tick: pending spend written this often
+_MAX_BACKOFF_S = 0.75            # + one tick: the store is seen back within 1 s
 _COMPACT_ROWS = 1000              # unsent journal rows summed into one past this
 _T = TypeVar("_T")
 
@@ -109,17 +110,20 @@ class Ledger:
     """Store access for the gate (hot path), the settlement sink and the readers."""
 
     def __init__(self, store: Store, clock: Clock, count_error: Callable[[str], None],
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None,
+                 on_totals: Callable[[Totals], None] | None = None) -> None:
         self.store = store
         self.clock = clock
         self.health = StoreHealth(count_error, clock)
+        self._on_totals = on_totals
         self._lock = threading.Lock()          # guards the fields below
         self._flushing = threading.Lock()      # one writer to the store at a time
+        # Held while a batch goes into the journal and the pending spend, and while the
+        # pending spend is taken and the journal's rows replaced by it (stamp, compact): a
+        # row is never replaced by a sum that lacks it.
+        self._intake = threading.Lock()
         self._sent: list[SettleBatch] = []   # stamped, not yet acknowledged, in order
-        self._charges: dict[tuple[str, str], list[int]] = {}   # -> [amount, ttl]
-        self._dims: dict[tuple[str, Dims], list[int]] = {}
-        self._days: dict[tuple[str, str, str, str], list[int]] = {}   # daily history
-        self._releases: list[tuple[str, str, str]] = []
+        self._pending = PendingSpend()       # recorded, not yet stamped
         self._known: Totals = {}
         self.source = uuid.uuid4().hex[:16]   # this process, as a writer to the store
         self._seq = 0
@@ -129,7 +133,7 @@ class Ledger:
             leftover = journal.leftover()
             self._sent = leftover.stamped
             for batch in leftover.unstamped:
-                self._merge(batch)
+                self._pending.add(batch)
             self._journal_rows = len(leftover.unstamped)
             if leftover.stamped or leftover.unstamped:
                 log.warning("spend journal %s: %s of spend left by an earlier process is "
@@ -160,50 +164,15 @@ class Ledger:
 
     # -- settlement (pipeline thread) --------------------------------------------------------
 
-    def record(self, batch: SettleBatch) -> Totals | None:
-        """Journal ``batch``, then apply it now or keep it for later; the totals it touched,
-        when applied."""
+    def record(self, batch: SettleBatch) -> None:
+        """Journal ``batch`` and add it to the pending spend, written within
+        ``SETTLE_EVERY_S`` (or by ``flush``). Local work only: never waits for the store."""
         if not batch:
-            return None
-        with self._flushing:
-            with self._lock:
-                idle = not self._sent and not self._charges and not self._dims \
-                    and not self._releases and not self._days
-            if idle and self.health.usable():
-                self._stamp(batch)
-                totals = self._settle_now(batch)
-                if totals is not None:
-                    return totals
-                self._journal("stamp", batch)
-                try:
-                    totals = self.store.settle(batch, self.clock())
-                except Exception as error:  # StoreError, or a reply we could not read
-                    self.health.failed("settle", error)
-                    with self._lock:
-                        self._sent.append(batch)  # may have been applied: retry under its id
-                    return None
-                self.health.ok()
-                self._journal("done", batch)
-                self._remember(totals)
-                return totals
+            return
+        with self._intake:
             self._journal("append", batch)
-            self._merge(batch)
-            return self._flush() if self.health.usable() else None
-
-    def _settle_now(self, batch: SettleBatch) -> Totals | None:
-        """A local store's one commit instead of the journal's two and the store's
-        (``Store.settle_now``); None when it did not take ``batch`` at once, or the journal
-        promises more than the store's commit (``fsync: full``: survives a power cut)."""
-        if self.journal is not None and self.journal.fsync == "full":
-            return None
-        try:
-            totals = self.store.settle_now(batch, self.clock())
-        except Exception:  # not applied (one atomic commit): the journal's way counts it
-            return None
-        if totals is not None:
-            self.health.ok()
-            self._remember(totals)
-        return totals
+            with self._lock:
+                self._pending.add(batch)
 
     def _journal(self, operation: str, batch: SettleBatch) -> None:
         """Write ``batch`` to the journal (``append``, ``stamp``, ``compact``, ``done``); a
@@ -226,39 +195,31 @@ class Ledger:
         self._seq += 1
         batch.source, batch.seq = self.source, self._seq
 
-    def _merge(self, batch: SettleBatch) -> None:
-        with self._lock:
-            for c in batch.charges:
-                entry = self._charges.setdefault((c.budget, c.window), [0, c.ttl_s])
-                entry[0] += c.amount
-            for d in batch.dims:
-                dim = self._dims.setdefault((d.window, d.dims), [0, d.ttl_s])
-                dim[0] += d.amount
-            for h in batch.days:
-                day = self._days.setdefault((h.day, h.upstream, h.model, h.kind), [0, h.ttl_s])
-                day[0] += h.amount
-            room = _MAX_PENDING_RELEASES - len(self._releases)
-            self._releases.extend(batch.releases[:max(room, 0)])
+    def flush(self) -> Totals | None:
+        """Write what is pending now (unless the breaker is open); the totals it touched,
+        None when the store did not take it. Blocking: call off the event loop."""
+        if not self.health.usable():
+            return None
+        with self._flushing:
+            return self._flush()
 
     def _flush(self) -> Totals | None:
         """Write what is pending; called with ``_flushing`` held."""
         totals: Totals = {}
         while True:
-            fresh = False
             with self._lock:
                 batch = self._sent[0] if self._sent else None
-                if batch is None and (self._charges or self._dims or self._releases
-                                      or self._days):
-                    batch = self._pending_batch()
-                    self._stamp(batch)
-                    self._sent.append(batch)
-                    self._charges, self._dims, self._releases = {}, {}, []
-                    self._days = {}
-                    fresh = True
             if batch is None:
-                return totals
-            if fresh:  # this stamped batch now stands for every unsent row of the journal
-                self._journal("stamp", batch)
+                with self._intake:
+                    with self._lock:
+                        if not self._pending:
+                            break
+                        batch = self._pending.batch()
+                        self._pending = PendingSpend()
+                        self._stamp(batch)
+                        self._sent.append(batch)
+                    # This stamped batch now stands for every unsent row of the journal.
+                    self._journal("stamp", batch)
             try:
                 totals.update(self.store.settle(batch, self.clock()))
             except Exception as error:  # StoreError, or a reply we could not read
@@ -269,19 +230,19 @@ class Ledger:
             with self._lock:
                 self._sent.remove(batch)
             self._remember(totals)
+        if totals and self._on_totals is not None:
+            self._on_totals(totals)
+        return totals
 
-    def _pending_batch(self) -> SettleBatch:
-        """What is pending, as one unstamped batch; called with ``_lock`` held."""
-        return SettleBatch(
-            "", 0, list(self._releases),
-            [Charge(b, w, a, t) for (b, w), (a, t) in self._charges.items()],
-            [DimCharge(w, d, a, t) for (w, d), (a, t) in self._dims.items()],
-            [DayCharge(*k, a, t) for k, (a, t) in self._days.items()])
+    def waiting(self) -> bool:
+        """Anything recorded here that the store has not acknowledged."""
+        with self._lock:
+            return bool(self._sent or self._pending)
 
     def pending(self) -> int:
         """Spend (nano-dollars) recorded here and not yet in the store."""
         with self._lock:
-            waiting = sum(a for a, _ in self._charges.values())
+            waiting = self._pending.spend()
             for batch in self._sent:
                 waiting += sum(c.amount for c in batch.charges)
             return waiting
@@ -293,7 +254,7 @@ class Ledger:
         """Last (spend, reserved) the store reported, plus spend not written to it yet."""
         spend, reserved = self._known.get((budget, window), (0, 0))
         with self._lock:
-            spend += self._charges.get((budget, window), [0])[0]
+            spend += self._pending.charged(budget, window)
             for batch in self._sent:
                 spend += sum(c.amount for c in batch.charges
                              if (c.budget, c.window) == (budget, window))
@@ -345,11 +306,8 @@ class Ledger:
         self._thread.start()
 
     def _sync(self) -> None:
-        while not self._stop.wait(0.25):
-            with self._lock:
-                waiting = bool(self._sent or self._charges or self._dims or self._releases
-                               or self._days)
-            if waiting and self.health.usable():
+        while not self._stop.wait(SETTLE_EVERY_S):
+            if self.waiting() and self.health.usable():
                 try:
                     with self._flushing:
                         self._flush()
@@ -358,9 +316,9 @@ class Ledger:
             elif self.health.down_since is not None and self.health.usable():
                 self.probe()
             elif self._journal_rows > _COMPACT_ROWS:
-                with self._flushing:  # a long outage: one row for all unsent spend
+                with self._flushing, self._intake:  # a long outage: one row for all unsent
                     with self._lock:
-                        batch = self._pending_batch()
+                        batch = self._pending.batch()
                     self._journal("compact", batch)
             if self.journal is not None:
                 self.journal.forget_done()

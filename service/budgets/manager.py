@@ -125,9 +125,10 @@ class BudgetManager(RecordSink):
             except StoreError as error:
                 store.close()
                 raise ConfigError([str(error)]) from None
-        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error, journal)
+        ledger = self.ledger = Ledger(store, self.clock, self._count_store_error, journal,
+                                      self._on_totals)
         self.notifier = AlertNotifier(config.alerts, ledger.claim, self.clock)
-        self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals,
+        self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock,
                                 history_days=store_config.history_days,
                                 tag_keys=config.attribution.tag_keys)
         log.info("budget ledger: %s; spend journal: %s", store.description,
@@ -159,6 +160,12 @@ class BudgetManager(RecordSink):
     def export(self, records: Sequence[UsageRecord]) -> None:
         if self._sink is not None:
             self._sink.export(records)
+
+    def settle_now(self) -> None:
+        """Write the spend recorded so far to the store now, not at the ledger's next tick
+        (a ``/metrics`` scrape: what it counts is then in the store too). Blocking."""
+        if self.ledger is not None:
+            self.ledger.flush()
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -208,6 +215,7 @@ class BudgetManager(RecordSink):
         totals: Totals = {}
         error = None
         if self.ledger is not None:
+            self.ledger.flush()  # calls that ended are in the store, their reservations gone
             try:
                 totals = self.ledger.totals(keys)
             except StoreError as failure:
@@ -274,6 +282,7 @@ class BudgetManager(RecordSink):
         """One read of the shared store; a failure is counted and raised (``StoreError``)."""
         if self.ledger is None:
             raise StoreError("no budget store configured (set store.url, budgets or admin_key)")
+        self.ledger.flush()  # spend recorded here is in what the store answers
         try:
             return read(self.ledger.store)
         except StoreError as error:

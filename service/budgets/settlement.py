@@ -17,8 +17,6 @@ never off by more than one nano-dollar per process, however many calls it sums.
 It also writes the daily history (``store.history_days``): per UTC day of the call's start,
 upstream and model (the one the upstream reported, else the one asked for: what provider
 bills name), the spend and the tokens of each type, for ``spendgate reconcile``.
-
-``on_totals`` receives the totals the store reported after each write (alert thresholds).
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from spendgate.budgets.store.base import (
     DimCharge,
     Dims,
     SettleBatch,
-    Totals,
     tag_window,
 )
 from spendgate.budgets.windows import TTL_MARGIN_S, WINDOW_KINDS, Clock, window_at
@@ -47,28 +44,26 @@ from spendgate.records import UsageRecord
 
 _CARRY_MAX = 50_000
 _PRECISE = Context(prec=80)
+_ZERO = Decimal(0)
 
 
 class LedgerSink(RecordSink):
     name = "ledger"
 
     def __init__(self, ledger: Ledger, book: Callable[[], BudgetBook], clock: Clock,
-                 on_totals: Callable[[Totals], None] | None = None,
                  history_days: int = 35, tag_keys: Sequence[str] = ()) -> None:
         self.ledger = ledger
         self.tag_keys = tuple(tag_keys)
         self.history_days = history_days
         self._book = book
         self._clock = clock
-        self._on_totals = on_totals
         self._carry: dict[Hashable, Decimal] = {}
+        self._frame: _Frame | None = None
 
     def export(self, records: Sequence[UsageRecord]) -> None:
         with localcontext(_PRECISE):  # sums of exact costs stay exact
             batch = self.batch(records)
-        totals = self.ledger.record(batch)
-        if totals and self._on_totals is not None:
-            self._on_totals(totals)
+        self.ledger.record(batch)
 
     def batch(self, records: Sequence[UsageRecord]) -> SettleBatch:
         now = self._clock()
@@ -76,10 +71,12 @@ class LedgerSink(RecordSink):
         batch = SettleBatch()
         charges: dict[tuple[str, str], _Sum] = {}
         dims: dict[tuple[str, Dims], _Sum] = {}
-        utc_windows = [window_at(kind, UTC, now) for kind in WINDOW_KINDS]
+        frame = self._frame
+        if frame is None or not frame.minute <= now < frame.minute + 60:
+            frame = self._frame = _Frame(now)
+        utc_windows, series = frame.windows, frame.series
         history: dict[tuple[str, str, str], Decimal] = {}
         tokens: dict[tuple[str, str, str, str], int] = {}
-        series = [(b.spend_id, b.calls_id, b.ttl_s(now)) for b in current_buckets(now)]
         calls: dict[tuple[str, Dims], list[int]] = {}
         for record in records:
             held: dict[str, tuple[str, int]] = {}
@@ -95,7 +92,7 @@ class LedgerSink(RecordSink):
                     if count:
                         tokens[(*where, token_type)] = tokens.get((*where, token_type), 0) + count
                 if record.cost_usd:
-                    history[where] = history.get(where, Decimal(0)) + record.cost_usd * NANO
+                    history[where] = history.get(where, _ZERO) + record.cost_usd * NANO
             key: Dims = (record.upstream, record.project, record.model, record.virtual_key or "")
             for _, calls_id, ttl in series if not record.charge_only else ():  # no call
                 calls.setdefault((calls_id, key), [0, ttl])[0] += 1
@@ -110,17 +107,23 @@ class LedgerSink(RecordSink):
                 else:
                     window = budget.window(now)
                     window_id, ttl = window.id, window.ttl_s(now, TTL_MARGIN_S)
-                charges.setdefault((budget.name, window_id), _Sum(ttl)).add(amount)
-            for window in utc_windows:
-                ttl = window.ttl_s(now, TTL_MARGIN_S)
-                dims.setdefault((window.id, key), _Sum(ttl)).add(amount)
+                if (total := charges.get((budget.name, window_id))) is None:
+                    total = charges[(budget.name, window_id)] = _Sum(ttl)
+                total.add(amount)
+            for window_id, ttl in utc_windows:
+                if (total := dims.get((window_id, key))) is None:
+                    total = dims[(window_id, key)] = _Sum(ttl)
+                total.add(amount)
                 for tag_key in self.tag_keys:
-                    tagged: Dims = (record.upstream, record.tags.get(tag_key, ""),
-                                    record.model, "")
-                    dims.setdefault((tag_window(tag_key, window.id), tagged), _Sum(ttl)
-                                    ).add(amount)
+                    tagged = (tag_window(tag_key, window_id),
+                              (record.upstream, record.tags.get(tag_key, ""), record.model, ""))
+                    if (total := dims.get(tagged)) is None:
+                        total = dims[tagged] = _Sum(ttl)
+                    total.add(amount)
             for spend_id, _, ttl in series:
-                dims.setdefault((spend_id, key), _Sum(ttl)).add(amount)
+                if (total := dims.get((spend_id, key))) is None:
+                    total = dims[(spend_id, key)] = _Sum(ttl)
+                total.add(amount)
         for (budget_name, window_id), total in charges.items():
             if whole := self._whole(("budget", budget_name, window_id), total.amount):
                 batch.charges.append(Charge(budget_name, window_id, whole, total.ttl))
@@ -131,17 +134,17 @@ class LedgerSink(RecordSink):
         for (day, upstream, model), nano in history.items():
             if whole := self._whole(("day", day, upstream, model), nano):
                 batch.days.append(DayCharge(day, upstream, model, "cost", whole,
-                                            _history_ttl(day, keep, now)))
+                                            frame.history_ttl(day, keep, now)))
         for (day, upstream, model, kind), count in tokens.items():
             batch.days.append(DayCharge(day, upstream, model, kind, count,
-                                        _history_ttl(day, keep, now)))
+                                        frame.history_ttl(day, keep, now)))
         batch.dims += [DimCharge(calls_id, key, count, ttl)
                        for (calls_id, key), (count, ttl) in calls.items()]
         return batch
 
     def _whole(self, key: Hashable, amount: Decimal) -> int:
         """Whole nano-dollars of ``amount`` plus the fraction carried for ``key``."""
-        total = self._carry.pop(key, Decimal(0)) + amount
+        total = self._carry.pop(key, _ZERO) + amount
         whole = int(total)            # toward zero; costs are never negative
         if total != whole:
             if len(self._carry) >= _CARRY_MAX:
@@ -150,17 +153,35 @@ class LedgerSink(RecordSink):
         return whole
 
 
-def _history_ttl(day: str, keep_s: int, now: float) -> int:
-    """Seconds from ``now`` until ``keep_s`` after the end of UTC ``day`` (at least 1)."""
-    end = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() + 86400
-    return max(int(end + keep_s - now), 1)
+class _Frame:
+    """What every call ending in one UTC minute counts in: the UTC windows and the console's
+    buckets (each starts on a minute, so they hold for the whole minute), with their ttls,
+    computed once for the minute: a ttl from earlier in the minute only keeps a value up
+    to a minute longer. Used by the pipeline's thread only."""
+
+    __slots__ = ("_day_ends", "minute", "series", "windows")
+
+    def __init__(self, now: float) -> None:
+        self.minute = now - now % 60
+        self.windows = [(w.id, w.ttl_s(now, TTL_MARGIN_S))
+                        for w in (window_at(kind, UTC, now) for kind in WINDOW_KINDS)]
+        self.series = [(b.spend_id, b.calls_id, b.ttl_s(now)) for b in current_buckets(now)]
+        self._day_ends: dict[str, float] = {}
+
+    def history_ttl(self, day: str, keep_s: int, now: float) -> int:
+        """Seconds from ``now`` until ``keep_s`` after the end of UTC ``day`` (at least 1)."""
+        end = self._day_ends.get(day)
+        if end is None:
+            end = self._day_ends[day] = (
+                datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() + 86400)
+        return max(int(end + keep_s - now), 1)
 
 
 class _Sum:
     __slots__ = ("amount", "ttl")
 
     def __init__(self, ttl: int) -> None:
-        self.amount = Decimal(0)
+        self.amount = _ZERO
         self.ttl = ttl
 
     def add(self, amount: Decimal) -> None:

@@ -156,12 +156,6 @@ class Store(ABC):
     def settle(self, batch: SettleBatch, now: float) -> Totals:
         """Apply ``batch``; returns the totals of every budget window it touched."""
 
-    def settle_now(self, batch: SettleBatch, now: float) -> Totals | None:
-        """``settle``, only if the store is a local file that takes ``batch`` at once
-        (nobody else holds it): then its commit is as durable as the spend journal's, which
-        the ledger skips. None, having written nothing: use the journal, then ``settle``."""
-        return None
-
     @abstractmethod
     def totals(self, keys: Sequence[tuple[str, str]], now: float) -> Totals: ...
 

@@ -10,8 +10,8 @@ local file):
   never waits for a lock (``busy_timeout`` 0) nor checkpoints the WAL; only when another
   writer holds the file (a settlement, another process) does it go to the store's thread,
   which waits up to ``timeout_s`` as every other operation does;
-* ``settle`` runs on the caller's thread (the record pipeline's or the ledger's sync
-  thread), on a connection of its own that waits up to ``timeout_s`` for the write lock.
+* ``settle`` runs on the caller's thread (the ledger's sync thread), on a connection of its
+  own that waits up to ``timeout_s`` for the write lock.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value TEXT NOT NULL, ex
     WITHOUT ROWID;
 """
 _PRUNE_EVERY_S = 60.0
+_CHECKPOINT_PAGES = 4000
+_RELEASES_PER_STATEMENT = 300   # x 4 values at most, far under SQLite's 32,766
 _SETTLED_TTL_S = 86400
 
 
@@ -101,7 +103,6 @@ class SQLiteStore(Store):
         self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
         self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
         self._settle_lock = threading.Lock()
-        self._settle_waits = False                          # its busy_timeout is timeout_s
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,13 +176,21 @@ class SQLiteStore(Store):
         except _Busy:
             pass  # another writer has the file: wait for it on the store's thread
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._guarded, self._write,
+        job = loop.run_in_executor(self._executor, self._guarded, self._write_after_settle,
                                    lambda db: self._reserve(db, rid, holds, now))
         try:
             return await asyncio.wait_for(job, self.timeout_s)
         except TimeoutError:
             raise StoreError(f"{self.description} did not answer in {self.timeout_s:g} s"
                              ) from None
+
+    def _write_after_settle(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``_write``, once this process's settlement (usually the writer in the way) has
+        committed: woken as it ends, rather than by SQLite's busy handler, which polls
+        after 1, 2, 5, 10... ms."""
+        with self._settle_lock:
+            pass
+        return self._write(fn)
 
     def _reserve_on_loop(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
         """One reservation transaction on the loop's connection; ``_Busy`` when the write
@@ -227,34 +236,22 @@ class SQLiteStore(Store):
         return None
 
     def settle(self, batch: SettleBatch, now: float) -> Totals:
-        """On the caller's thread (the record pipeline's or the ledger's, never the loop),
-        on a connection of its own that waits up to ``timeout_s`` for the write lock: the
-        hand-off to the store's thread and back cost as much as the transaction itself."""
-        totals = self._settle_here(batch, now, wait=True)
-        assert totals is not None
-        return totals
-
-    def settle_now(self, batch: SettleBatch, now: float) -> Totals | None:
-        """As ``settle``, but None at once, having written nothing, when another connection
-        holds the write lock."""
-        return self._settle_here(batch, now, wait=False)
-
-    def _settle_here(self, batch: SettleBatch, now: float, wait: bool) -> Totals | None:
+        """On the caller's thread (the ledger's, never the loop), on a connection of its own
+        that waits up to ``timeout_s`` for the write lock: the hand-off to the store's thread
+        and back cost as much as the transaction itself."""
         with self._settle_lock:
             try:
                 db = self._settle_db
                 if db is None:
-                    db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
-                                         check_same_thread=False)
+                    db = sqlite3.connect(self._path, timeout=self.timeout_s,
+                                         isolation_level=None, check_same_thread=False)
                     db.execute("PRAGMA synchronous=NORMAL")
-                    self._settle_db, self._settle_waits = db, False
-                if wait != self._settle_waits:
-                    db.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000) if wait else 0}")
-                    self._settle_waits = wait
-                return self._write_on(db, lambda db: self._settle(db, batch, now),
-                                      busy_ok=not wait)
-            except _Busy:
-                return None
+                    # This connection checkpoints the WAL (the loop's never does). Past 1,000
+                    # pages (SQLite's default) checkpoints ran so often that they cost 2-3x
+                    # the settlements themselves; 4,000 (16 MB of WAL at most) costs ~1/4.
+                    db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+                    self._settle_db = db
+                return self._write_on(db, lambda db: self._settle(db, batch, now))
             except sqlite3.Error as error:
                 raise StoreError(f"{self.description}: {error}") from None
 
@@ -266,12 +263,7 @@ class SQLiteStore(Store):
             db.execute("INSERT INTO settled VALUES (?, ?, ?) ON CONFLICT (source) DO UPDATE "
                        "SET seq=excluded.seq, expires=excluded.expires",
                        (batch.source, batch.seq, now + _SETTLED_TTL_S))
-            for rid, budget, window in batch.releases:
-                row = db.execute("DELETE FROM reservations WHERE rid=? AND budget=? AND win=? "
-                                 "RETURNING amount", (rid, budget, window)).fetchone()
-                if row:
-                    db.execute("UPDATE budget_spend SET reserved=reserved-? "
-                               "WHERE budget=? AND win=?", (row[0], budget, window))
+            self._release(db, batch.releases)
             for c in batch.charges:
                 db.execute("INSERT INTO budget_spend (budget, win, spend, expires) "
                            "VALUES (?, ?, ?, ?) ON CONFLICT (budget, win) DO UPDATE SET "
@@ -288,6 +280,29 @@ class SQLiteStore(Store):
                 db.execute(f"DELETE FROM {table} WHERE expires IS NOT NULL AND expires<?",
                            (now,))
         return self._totals(db, touched)
+
+    @staticmethod
+    def _release(db: sqlite3.Connection, releases: Sequence[tuple[str, str, str]]) -> None:
+        """Delete these reservations (an id the store never recorded is skipped) and take
+        their amounts off ``reserved``: a few statements for a bulk settlement's hundreds of
+        releases, so it holds the write lock (which the loop's reservations then wait for)
+        briefly."""
+        released: dict[tuple[str, str], int] = {}
+        for start in range(0, len(releases), _RELEASES_PER_STATEMENT):
+            chunk = releases[start:start + _RELEASES_PER_STATEMENT]
+            rids = list(dict.fromkeys(rid for rid, _, _ in chunk))
+            # ``rid IN`` finds the rows by primary key; the row values keep it exact.
+            rows = db.execute("DELETE FROM reservations WHERE rid IN ("
+                              + ",".join("?" * len(rids)) + ") AND (rid, budget, win) IN "
+                              "(VALUES " + ",".join(["(?, ?, ?)"] * len(chunk))
+                              + ") RETURNING budget, win, amount",
+                              [*rids, *(value for release in chunk for value in release)]
+                              ).fetchall()
+            for budget, window, amount in rows:
+                released[(budget, window)] = released.get((budget, window), 0) + amount
+        for (budget, window), amount in released.items():
+            db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? AND win=?",
+                       (amount, budget, window))
 
     @staticmethod
     def _add_dim(db: sqlite3.Connection, d: DimCharge, now: float) -> None:

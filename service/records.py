@@ -31,6 +31,7 @@ class CallOutcome:
         "duration_s",
         "error_message",
         "error_type",
+        "limit_ticket",
         "method",
         "overhead_s",
         "path",
@@ -80,6 +81,7 @@ class CallOutcome:
         self.trace: Any = None               # telemetry's per-call state, opaque here
         self.reservation: Any = None         # spendgate.budgets.gate.Reservation, when one was made
         self.budget_decision: str | None = None  # "allowed" | "blocked"; None: no block budget
+        self.limit_ticket: Any = None        # spendgate.limits.gate.LimitTicket, when admitted
         self.method = ""                     # the request's method and raw path (no query),
         self.path = b""                      # made safe to log by the record builder
         self.error_message: str | None = None  # the ProxyError's message: the cause in words
@@ -151,6 +153,8 @@ class UsageRecord:
     # The call's tags (x-spendgate-tags, a virtual key's fixed tags winning): key -> value.
     # Shared, never mutated.
     tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)
+    # spendgate.limits.gate.LimitTicket: the rate limits the call was admitted under.
+    limit_ticket: Any = None
 
     @property
     def usage_estimated(self) -> bool:

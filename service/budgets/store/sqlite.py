@@ -26,6 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spendgate.budgets.store import sqlite_limits
 from spendgate.budgets.store.base import (
     DIM_CAP,
     HISTORY_CAP,
@@ -34,6 +35,9 @@ from spendgate.budgets.store.base import (
     Dims,
     HistoryKey,
     Hold,
+    LimitEnd,
+    LimitHold,
+    LimitState,
     Refusal,
     SettleBatch,
     Store,
@@ -116,6 +120,7 @@ class SQLiteStore(Store):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        db.executescript(sqlite_limits.SCHEMA)
         self._db = db
 
     def _run(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
@@ -170,21 +175,25 @@ class SQLiteStore(Store):
 
     async def reserve_async(self, rid: str, holds: Sequence[Hold],
                             now: float) -> Refusal | None:
+        return await self._write_async(lambda db: self._reserve(db, rid, holds, now))
+
+    async def _write_async(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in one write transaction from the event loop: on the loop's connection,
+        or on the store's thread when another writer has the file."""
         try:
-            return self._reserve_on_loop(rid, holds, now)
+            return self._on_loop(fn)
         except _Busy:
             pass  # another writer has the file: wait for it on the store's thread
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._guarded, self._write,
-                                   lambda db: self._reserve(db, rid, holds, now))
+        job = loop.run_in_executor(self._executor, self._guarded, self._write, fn)
         try:
             return await asyncio.wait_for(job, self.timeout_s)
         except TimeoutError:
             raise StoreError(f"{self.description} did not answer in {self.timeout_s:g} s"
                              ) from None
 
-    def _reserve_on_loop(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
-        """One reservation transaction on the loop's connection; ``_Busy`` when the write
+    def _on_loop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """One write transaction on the loop's connection; ``_Busy`` when the write
         lock is taken (nothing was done), ``StoreError`` on any other failure."""
         try:
             db = self._loop_db
@@ -196,8 +205,7 @@ class SQLiteStore(Store):
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA wal_autocheckpoint=0")
                 self._loop_db = db
-            return self._write_on(db, lambda db: self._reserve(db, rid, holds, now),
-                                  busy_ok=True)
+            return self._write_on(db, fn, busy_ok=True)
         except sqlite3.Error as error:
             raise StoreError(f"{self.description}: {error}") from None
 
@@ -406,3 +414,21 @@ class SQLiteStore(Store):
                                    "(expires IS NULL OR expires>=?)", (name, now)).fetchone()
             return str(row[0]) if row else None
         return self._run(read)
+
+    # -- rate limits (sqlite_limits.py) -----------------------------------------------------
+
+    def limit_admit(self, rid: str, holds: Sequence[LimitHold], now: float
+                    ) -> LimitState | None:
+        return self._transaction(lambda db: sqlite_limits.admit(db, rid, holds, now,
+                                                                self.lease_s))
+
+    async def limit_admit_async(self, rid: str, holds: Sequence[LimitHold], now: float
+                                ) -> LimitState | None:
+        return await self._write_async(lambda db: sqlite_limits.admit(db, rid, holds, now,
+                                                                      self.lease_s))
+
+    async def limit_release_async(self, rid: str, limits: Sequence[str]) -> None:
+        await self._write_async(lambda db: sqlite_limits.release(db, rid, limits))
+
+    def limit_end(self, ends: Sequence[LimitEnd]) -> None:
+        self._transaction(lambda db: sqlite_limits.end(db, ends))

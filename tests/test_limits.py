@@ -249,12 +249,19 @@ def test_tokens_per_minute_hold_across_two_replicas(spawn: Any, upstream: FakeUp
 
 # ---- requests per minute and calls in flight, both protocols, both stores ---------------------
 
-def test_requests_per_minute_in_both_protocols(spawn: Any, upstream: FakeUpstream,
-                                               store: dict[str, Any]) -> None:
+def test_requests_per_minute_in_both_protocols(upstream: FakeUpstream, store: dict[str, Any],
+                                               tmp_path: Path) -> None:
     config = limits_config(upstream, [
         {"name": "oai-rpm", "upstream": "openai", "requests_per_minute": 3},
         {"name": "claude-rpm", "upstream": "anthropic", "requests_per_minute": 2}], store)
-    proxy = spawn(config)
+    proxy = ProxyProcess(config, tmp_path, log_level="info").start()   # with the access log
+    try:
+        _requests_per_minute(proxy, upstream)
+    finally:
+        proxy.stop()
+
+
+def _requests_per_minute(proxy: ProxyProcess, upstream: FakeUpstream) -> None:
     upstream.queue(*[small_reply(5, 3) for _ in range(3)])
     for _ in range(3):
         chat(oai(proxy))
@@ -266,6 +273,10 @@ def test_requests_per_minute_in_both_protocols(spawn: Any, upstream: FakeUpstrea
     assert 55 <= int(headers["retry-after"]) <= 60
     assert headers["x-ratelimit-reset-requests"].endswith("s")
     assert "'oai-rpm': 3 requests per minute reached" in caught.value.message
+    request_id = headers["x-spendgate-request-id"]
+    line = wait_for(lambda: next((ln for ln in proxy.log().splitlines() if request_id in ln),
+                                 None), 5)
+    assert line and " 429 " in line and "error=rate_limit_exceeded" in line, proxy.log()[-2000:]
     assert len(upstream.requests) == 3
     upstream.reset()
     upstream.queue(anthropic_reply(), anthropic_reply())
@@ -316,6 +327,12 @@ def test_max_concurrent_in_both_protocols(spawn: Any, upstream: FakeUpstream,
     # Sequential callers always find the slot free: after a success, after an upstream
     # failure, after a stream the caller hung up on.
     upstream.reset()
+    # Back to back on one connection: the slot is free before the next call is read.
+    upstream.queue(*[small_reply(5, 3) for _ in range(30)])
+    with httpx.Client(timeout=10) as http:
+        statuses = [http.post(proxy.url + "/openai/v1/chat/completions", headers=JSON,
+                              content=chat_body(10)).status_code for _ in range(30)]
+    assert statuses == [200] * 30
     upstream.queue(small_reply(5, 3), Reply(status=500, body=b'{"error":{"message":"x"}}'),
                    small_reply(5, 3))
     chat(oai(proxy))

@@ -148,8 +148,8 @@ def test_config_validates_limits(tmp_path: Path) -> None:
 
 
 def test_refusal_headers_read_like_openais() -> None:
-    assert [go_duration(s) for s in (0.02, 0.0001, 1, 1.5, 59.25, 360, 61.5)] == [
-        "20ms", "1ms", "1s", "1.5s", "59.25s", "6m0s", "1m1.5s"]
+    assert [go_duration(s) for s in (0.02, 0.0001, 1, 1.5, 59.25, 360, 61.5, 0)] == [
+        "20ms", "1ms", "1s", "1.5s", "59.25s", "6m0s", "1m1.5s", "0s"]
     limit = Limit(parse_config({"limits": [{"name": "l", "requests_per_minute": 10,
                                             "tokens_per_minute": 1000}]}).limits[0])
     state = LimitState("l", "tokens", 4, 900, 0, 2.2, 30.0)

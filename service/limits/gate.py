@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 from spendgate.accounting.pricing import PriceCatalog
 from spendgate.budgets.gate import output_tokens_bound, prompt_tokens_bound
 from spendgate.budgets.ledger import Ledger, StoreDown
-from spendgate.budgets.store.base import LimitHold, LimitState, StoreError
+from spendgate.budgets.store.base import LimitHold, LimitState
 from spendgate.budgets.windows import Clock
 from spendgate.errors import BudgetStoreUnavailable, RateLimitExceeded
 from spendgate.limits.book import Limit, LimitBook
@@ -70,6 +70,8 @@ def tokens_estimate(outcome: CallOutcome, catalog: PriceCatalog) -> int:
 
 def go_duration(seconds: float) -> str:
     """A duration as OpenAI's rate-limit headers write it: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds <= 0:
+        return "0s"
     if seconds < 1:
         return f"{math.ceil(seconds * 1000)}ms"
     minutes, rest = divmod(seconds, 60)
@@ -170,7 +172,7 @@ class RateLimiter:
             if not ledger.health.usable():
                 raise StoreDown(ledger.health.last_error or "store down")
             state = await ledger.store.limit_admit_async(ticket.id, holds, self.clock())
-        except StoreError as error:
+        except Exception as error:  # a store error, or an unexpected reply: the same
             if not isinstance(error, StoreDown):
                 ledger.health.failed("limit", error)
             if self.on_error == "closed":
@@ -196,5 +198,5 @@ class RateLimiter:
             return
         try:
             await ledger.store.limit_release_async(ticket.id, ticket.slots)
-        except StoreError as error:
+        except Exception as error:  # a store error, or an unexpected reply: the same
             ledger.health.failed("limit", error)

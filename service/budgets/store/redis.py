@@ -34,7 +34,7 @@ import orjson
 import redis
 import redis.asyncio
 
-from spendgate.budgets.store import redis_limits
+import spendgate.budgets.store.redis_limits as redis_limits
 from spendgate.budgets.store.base import (
     DIM_CAP,
     HISTORY_CAP,

@@ -26,7 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
-from spendgate.budgets.store import sqlite_limits
+import spendgate.budgets.store.sqlite_limits as sqlite_limits
 from spendgate.budgets.store.base import (
     DIM_CAP,
     HISTORY_CAP,

@@ -10,6 +10,8 @@ local file):
   never waits for a lock (``busy_timeout`` 0) nor checkpoints the WAL; only when another
   writer holds the file (a settlement, another process) does it go to the store's thread,
   which waits up to ``timeout_s`` as every other operation does;
+* the rate limits' per-call operations (``limit_admit_async``, ``limit_release_async``:
+  ``sqlite_limits.py``) run on the loop the same way;
 * ``settle`` runs on the caller's thread (the record pipeline's or the ledger's sync
   thread), on a connection of its own that waits up to ``timeout_s`` for the write lock.
 """

@@ -9,6 +9,7 @@ the fake provider is told to report exactly that much where a test needs no corr
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -408,3 +409,35 @@ def test_store_down_follows_on_error(spawn: Any, upstream: FakeUpstream,
     assert caught.value.status_code == 503
     assert "under a rate limit" in caught.value.message
     assert len(upstream.requests) == 1
+
+
+# ---- reload ------------------------------------------------------------------------------------
+
+def test_sighup_adds_and_changes_limits(spawn: Any, upstream: FakeUpstream,
+                                        tmp_path: Path) -> None:
+    """A proxy started without any store gets one, and its limits, on reload; a changed
+    limit keeps the counts of its name."""
+    proxy = spawn(budget_config(upstream, []))
+    store = {"url": f"sqlite:///{tmp_path / 'reloaded.sqlite3'}"}
+
+    def reload(rpm: int) -> None:
+        config = limits_config(upstream, [{"name": "rpm", "requests_per_minute": rpm}], store)
+        proxy.config_path.write_text(yaml.safe_dump(config))
+        assert proxy.proc is not None
+        before = proxy.log().count("config reloaded")
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: proxy.log().count("config reloaded") > before, 10), proxy.log()
+
+    upstream.queue(*[small_reply(5, 3) for _ in range(5)])
+    chat(oai(proxy))                       # no limit yet, and no store
+    reload(2)
+    chat(oai(proxy))
+    chat(oai(proxy))
+    with pytest.raises(openai.RateLimitError):
+        chat(oai(proxy))
+    reload(3)                              # the window's two calls still count
+    chat(oai(proxy))
+    with pytest.raises(openai.RateLimitError) as caught:
+        chat(oai(proxy))
+    assert caught.value.response.headers["x-ratelimit-limit-requests"] == "3"
+    assert len(upstream.requests) == 4

@@ -138,6 +138,7 @@ class RateLimiter:
         self.window_s = window_s
         self.limited = Counter("spendgate_rate_limited", "Calls refused by a rate limit.",
                                ("limit",), registry=registry)
+        self.update(book, catalog)
 
     @property
     def book(self) -> LimitBook:
@@ -149,6 +150,10 @@ class RateLimiter:
         return bool(self._state[0].limits)
 
     def update(self, book: LimitBook, catalog: PriceCatalog) -> None:
+        """Reload: new limits and prices. Each limit's series starts at 0, so the first
+        refusal is a rise ``rate()`` sees."""
+        for limit in book.limits:
+            self.limited.labels(limit.name)
         self._state = (book, catalog)
 
     async def admit(self, outcome: CallOutcome) -> None:

@@ -144,6 +144,8 @@ def span_attributes(record: UsageRecord, server: Server | None) -> dict[str, Att
     a[sc.SPENDGATE_PROJECT] = record.project
     if record.user:
         a[sc.SPENDGATE_USER] = record.user
+    for key, value in record.tags.items():
+        a[sc.SPENDGATE_TAG_PREFIX + key] = value
     if record.request_id:
         a[sc.SPENDGATE_REQUEST_ID] = record.request_id
     if record.client_closed:  # absent means false: every attribute costs export time

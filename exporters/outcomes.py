@@ -14,7 +14,8 @@ still ``200`` there); the kind says what happened:
 ``upstream_status_4xx``  the upstream answered 4xx (its own 429 included)
 ``upstream_status_5xx``  the upstream answered 5xx
 other                    the proxy's refusals keep their ``error_type`` (``bad_request``,
-                         ``unauthorized``, ``forbidden_origin``, ``not_found``,
+                         ``unauthorized``, ``key_expired``, ``forbidden_origin``,
+                         ``model_not_allowed``, ``max_reserve_exceeded``, ``not_found``,
                          ``body_too_large``, ``misdirected_request``,
                          ``budget_store_unavailable``, ``proxy_error``, ``record_build_failed``)
 =======================  =====================================================================

@@ -12,6 +12,13 @@ none over ``labels.MAX_VALUE_CHARS``), and so are their combinations: past ``pai
 distinct (project, model) pairs, a new pair keeps its project and its model reads
 ``labels.OTHER`` (``labels.PairCap``, one for every metric here, so all of them fold a pair
 alike). A caller cannot explode the series count, nor the size of a scrape.
+
+Tags (``attribution.tag_keys`` only): ``spendgate_tag_cost_usd_total`` and
+``spendgate_tag_requests_total`` by ``tag_key, tag_value, upstream, model``, one series per
+key and value (a call counts once under each accounted key, ``tag_value=""`` when it lacks
+that key), never per combination of tags. Each key's values are capped on their own
+(``label_limit`` distinct values, then ``labels.OTHER``), so a key's series still sum to
+the whole: over its values, ``spendgate_tag_cost_usd_total`` is ``spendgate_cost_usd_total``.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
                     0.05, 0.1, 0.25, 1.0)
 COST_LABELS = ("upstream", "provider", "model", "project")
 LATENCY_LABELS = ("upstream", "model", "project")
+TAG_LABELS = ("tag_key", "tag_value", "upstream", "model")
 
 
 def trace_exemplar(record: UsageRecord) -> dict[str, str] | None:
@@ -48,7 +56,8 @@ class PrometheusSink(RecordSink):
     takes_charges = True    # spendgate_cost_usd_total counts a GPU's idle cost too
 
     def __init__(self, registry: CollectorRegistry, label_limit: int = 200,
-                 pair_limit: int = 1000, exemplars: bool = False) -> None:
+                 pair_limit: int = 1000, exemplars: bool = False,
+                 tag_keys: Sequence[str] = ()) -> None:
         self.registry = registry
         # On when spans are exported: latency histograms then carry trace-id exemplars.
         self.exemplars = exemplars
@@ -99,6 +108,15 @@ class PrometheusSink(RecordSink):
                                    registry=registry)
         self.sink_errors = Counter("spendgate_sink_errors", "Exports that failed, by sink.",
                                    ("sink",), registry=registry)
+        # One value cap per accounted tag key (attribution.tag_keys).
+        self._tag_values = {key: LabelCap(label_limit) for key in tag_keys}
+        self.tag_requests = Counter("spendgate_tag_requests", "Proxied calls by tag (the "
+                                    "keys of attribution.tag_keys; tag_value \"\": untagged).",
+                                    TAG_LABELS, registry=registry)
+        self.tag_cost = ExactCounter("spendgate_tag_cost_usd", "Spend in USD by tag (the keys "
+                                     "of attribution.tag_keys), exact sum of priced calls.",
+                                     TAG_LABELS)
+        registry.register(self.tag_cost)
 
     def errors_by_kind(self) -> dict[str, float]:
         """``spendgate_call_errors_total`` of this process, summed by ``error_type``."""
@@ -121,10 +139,15 @@ class PrometheusSink(RecordSink):
     def _export_one(self, r: UsageRecord) -> None:
         model_value = self._model(r.model)
         project, model = self._pairs(self._project(r.project), model_value)
-        if r.charge_only:
+        tagged = [(key, cap(r.tags.get(key, ""))) for key, cap in self._tag_values.items()]
+        if r.charge_only:   # a GPU's idle cost: no call, but spend (under tag_value "")
             self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
+            for key, value in tagged:
+                self.tag_cost.add((key, value, r.upstream, model_value), r.cost_usd)
             return
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
+        for key, value in tagged:
+            self.tag_requests.labels(key, value, r.upstream, model_value).inc()
         latency = (r.upstream, model, project)
         kind = error_kind(r)
         if kind is not None:
@@ -147,6 +170,8 @@ class PrometheusSink(RecordSink):
             self.usage_missing.labels(*latency).inc()
         if r.cost_usd:
             self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
+            for key, value in tagged:
+                self.tag_cost.add((key, value, r.upstream, model_value), r.cost_usd)
         if not r.priced and not r.usage.is_empty:
             self.unpriced.labels(model_value).inc()  # no project: no pair to fold
         for reason in r.price_fallbacks:

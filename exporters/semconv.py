@@ -87,6 +87,7 @@ SPENDGATE_COST_FEES_USD: Final = "spendgate.cost.fees_usd"     # per-request fee
 SPENDGATE_PRICE_SOURCE: Final = "spendgate.price.source"      # set when not a list price
 SPENDGATE_PROJECT: Final = "spendgate.project"
 SPENDGATE_USER: Final = "spendgate.user"
+SPENDGATE_TAG_PREFIX: Final = "spendgate.tag."                 # + key: every tag of the call
 SPENDGATE_UPSTREAM: Final = "spendgate.upstream"
 SPENDGATE_USAGE_SOURCE: Final = "spendgate.usage.source"      # reported | estimated
 SPENDGATE_BUDGET_DECISION: Final = "spendgate.budget.decision"

@@ -5,7 +5,8 @@ Each line (UTF-8, ``\\n``-terminated, keys stable)::
     {"time": "2026-01-02T03:04:05.678Z", "trace_id": "4bf9…", "span_id": "00f0…",
      "request_id": "…", "upstream": "openai", "provider": "openai", "operation": "chat",
      "model": "gpt-4o", "response_model": "gpt-4o-2024-08-06", "project": "search",
-     "user": "alice", "virtual_key": "search#0", "status": 200, "error_type": null,
+     "user": "alice", "virtual_key": "search#0", "tags": {"feature": "search"},
+     "status": 200, "error_type": null,
      "client_closed": false, "budget_decision": null, "stream": true,
      "tokens": {"input": {"count": 12, "source": "reported"}, "output": {...}, ...},
      "cost_usd": "0.000123", "priced": true, "price_source": "builtin",
@@ -13,6 +14,8 @@ Each line (UTF-8, ``\\n``-terminated, keys stable)::
      "service_tier": "flex", "tool_calls": {"web_search": 2},
      "duration_s": 1.234, "ttft_s": 0.2, "tpot_s": 0.01, "overhead_s": 0.0002}
 
+``tags`` holds every tag of the call (``x-spendgate-tags`` under its key's fixed tags), the
+keys ``attribution.tag_keys`` does not account included; ``{}`` when none.
 ``cost_usd`` is the exact Decimal as a plain decimal string (never a float, never
 exponent notation), so sums over the log are exact; ``fees_usd`` (per-request fees such as web
 searches) is the part of it that is not tokens. ``price_tier`` (``standard``, ``flex``,
@@ -63,6 +66,7 @@ def usage_line(record: UsageRecord) -> dict[str, Any]:
         "project": record.project,
         "user": record.user,
         "virtual_key": record.virtual_key,
+        "tags": dict(record.tags),
         "status": record.status,
         "error_type": record.error_type,
         "client_closed": record.client_closed,

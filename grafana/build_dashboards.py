@@ -50,6 +50,8 @@ def quantile(q: float, metric: str, by: str = "") -> str:
 REQUESTS = "spendgate_requests_total"
 TOKENS = "spendgate_tokens_total"
 COST = "spendgate_cost_usd_total"
+TAG_COST = "spendgate_tag_cost_usd_total"     # no project label: tags are accounted apart
+TAG_SEL = f"{UP}, {MODEL}"
 DURATION = "spendgate_request_duration_seconds"
 TTFT = "spendgate_time_to_first_token_seconds"
 TPOT = "spendgate_time_per_output_token_seconds"
@@ -297,6 +299,12 @@ def overview() -> dict:
                  f"sort_desc(sum by (project) ({increase(COST)}))", "{{project}}"),
         bargauge("Spend by model in range", "currencyUSD",
                  f"sort_desc(sum by (model) ({increase(COST)}))", "{{model}}"),
+        bargauge("Spend by tag in range", "currencyUSD",
+                 f"sort_desc(sum by (tag_key, tag_value) ({increase(TAG_COST, TAG_SEL)}))",
+                 "{{tag_key}}={{tag_value}}", w=24,
+                 description="The tag keys of attribution.tag_keys (x-spendgate-tags, a "
+                             "virtual key's tags); an empty value: calls without that tag. "
+                             "Each key's values sum to the whole spend."),
         row("Provider bill"),
         with_thresholds(timeseries(
             "Drift from the provider's bill", "percentunit", target(DRIFT, "{{upstream}}"),

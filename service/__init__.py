@@ -3,7 +3,7 @@
 The data flow, one subpackage per stage::
 
     request -> Host it was sent to, route ....... hotpath/exposure.py, hotpath/routing.py
-            -> admit: key, Origin, project, user  hotpath/attribution.py, hotpath/exposure.py
+            -> admit: key, Origin, project, user, tags  hotpath/attribution.py, hotpath/exposure.py
                (headers only: no body is read before a call is admitted)
             -> rate limits ...................... limits/gate.py (through hotpath's RateLimiter)
             -> reserve the worst case ........... budgets/gate.py (through hotpath's BudgetGate)
@@ -19,7 +19,7 @@ The data flow, one subpackage per stage::
 Imports run one way: ``hotpath -> providers, upstream``; ``accounting -> providers``;
 ``budgets -> accounting``; ``limits -> budgets``; ``exporters -> records``; all of them ->
 the shared vocabulary at the top (``config``, ``errors``, ``records``, ``usage``, ``money``,
-``labels``, ``asgi``).
+``labels``, ``asgi``, ``selectors``, ``tags``).
 ``app.py`` is the one composition root: it builds every object with what it needs and is the
 only module that imports every stage. ``admin/`` (health, metrics, admin API, console) and
 ``demo/`` (``spendgate demo`` and its simulated provider) sit beside the flow.

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from spendgate.accounting.batches import BatchBook
 from spendgate.accounting.builder import RecordBuilder
@@ -101,7 +101,8 @@ class Spendgate:
         self.telemetry = build_telemetry(config, self.registry)
         self.metrics = PrometheusSink(self.registry, config.metrics.label_limit,
                                       config.metrics.pair_limit,
-                                      exemplars=self.telemetry.tracing)
+                                      exemplars=self.telemetry.tracing,
+                                      tag_keys=config.attribution.tag_keys)
         estimator = TokenEstimator()
         self.budgets = BudgetManager(config, self.catalog, self.registry)
         # Rate limits count in the budget store (the ledger's), so replicas share them.
@@ -146,6 +147,11 @@ class Spendgate:
         # Admin-API reconciliation (reconcile/): a thread of its own, never on a call's path.
         self.reconcile = (ReconcileJob(sources, self.budgets.history, config.reconcile,
                                        self.registry) if sources else None)
+        # SIGHUP reloads by result: a rejected one (a bad config or keys_file) keeps the
+        # running config, so it is counted where an alert can see it, not only logged.
+        self.reloads = Counter("spendgate_config_reloads", "Config reloads (SIGHUP) by result: "
+                               "applied, or rejected (the running config stays).",
+                               ("result",), registry=self.registry)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
         self.draining = False     # SIGTERM received: /readyz fails while calls finish
@@ -190,7 +196,7 @@ class Spendgate:
             self.reconcile.start()
         self._handle_sighup(True)
         log.info("%s", self.telemetry.summary)
-        for problem in self.config.empty_keys():
+        for problem in self.config.key_warnings():
             log.warning("%s", problem)
         # Everything loaded so far (tokenizer tables, pydantic, FastAPI) lives as long as the
         # process: keep it out of the cyclic GC, whose full passes would otherwise add
@@ -226,17 +232,19 @@ class Spendgate:
             try:
                 new = config if config is not None else load_config(self.config_path)
                 catalog = build_catalog(new)
-                applied = ("keys", "pricing", "budgets", "limits", "alerts", "admin_key",
-                           "metrics_key")
+                applied = ("keys", "keys_file", "pricing", "budgets", "limits", "alerts",
+                           "admin_key", "metrics_key")
                 merged = self.config.model_copy(update={f: getattr(new, f) for f in applied})
                 self.budgets.update(merged, catalog)
             except ConfigError as error:
                 log.error("reload rejected, the running config stays:\n%s",
                           "\n".join(error.problems))
+                self.reloads.labels("rejected").inc()
                 return False
             except (OSError, ValueError) as error:
                 log.error("reload rejected, the running config stays: pricing.catalog: %s",
                           error)
+                self.reloads.labels("rejected").inc()
                 return False
             self.catalog = catalog
             self.builder.use_catalog(catalog)
@@ -248,8 +256,9 @@ class Spendgate:
             log.warning("config reloaded: %d budgets, %d limits, %d keys%s",
                         len(merged.budgets), len(merged.limits), len(merged.keys or ()),
                         f"; changes to {', '.join(ignored)} need a restart" if ignored else "")
-            for problem in merged.empty_keys():
+            for problem in merged.key_warnings():
                 log.warning("%s", problem)
+            self.reloads.labels("applied").inc()
             return True
 
     def _handle_sighup(self, install: bool) -> None:

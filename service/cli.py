@@ -142,7 +142,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(problem)
     if problems:
         return 1
-    for warning in config.empty_keys():
+    for warning in config.key_warnings():
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: ok ({len(config.upstreams)} upstreams)")
     return 0
@@ -204,10 +204,16 @@ def cmd_spend(args: argparse.Namespace) -> int:
 
 
 def _groups(value: str) -> str:
+    """``--by``: the names the proxy groups by; which ``tag:KEY`` it accounts, and with
+    what a tag combines, the proxy checks (its 400 names the problem)."""
+    from spendgate.tags import key_problem
+
     groups = [g.strip() for g in value.split(",") if g.strip()]
-    if not groups or any(g not in ("project", "model", "upstream", "key") for g in groups):
-        raise argparse.ArgumentTypeError(f"comma-separated project, model, upstream, key: "
-                                         f"{value!r}")
+    if not groups or any(g not in ("project", "model", "upstream", "key")
+                         and not (g.startswith("tag:") and key_problem(g[4:]) is None)
+                         for g in groups):
+        raise argparse.ArgumentTypeError(f"comma-separated project, model, upstream, key, "
+                                         f"tag:KEY: {value!r}")
     return ",".join(groups)
 
 
@@ -295,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     spend = _reader(sub.add_parser("spend", help="spend of a running proxy, grouped"))
     spend.add_argument("--by", type=_groups, default="project",
-                       help="comma-separated: project, model, upstream, key (default project)")
+                       help="comma-separated: project, model, upstream, key (default "
+                       "project); or tag:KEY (a key of attribution.tag_keys), alone or with "
+                       "upstream, model")
     spend.add_argument("--window", choices=["day", "week", "month", "total"], default="day",
                        help="the current UTC day (default), week, month, or all time")
     spend.add_argument("--format", choices=["table", "csv", "json"], default="table")

@@ -5,14 +5,19 @@ Contract keys (issue-defined; acceptance checks use them)::
     server:    {host, port, max_body_mb}
     upstreams: {NAME: {url, provider, api_key, timeout_s, pricing: {input_per_mtok, ...}}}
     pricing:   {catalog: builtin | PATH, overrides: {MODEL: {input_per_mtok, ...}}}
-    keys:      [{key, project}]
+    keys:      [{key, project, models, upstreams, expires, max_reserve_usd, tags}]
+    keys_file: PATH
+    attribution: {tag_keys}
 
 Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials``
 (credentials the proxy signs Bedrock / Vertex AI requests with: ``upstream/credentials.py``),
 ``upstreams.NAME.api_key_header`` (where the proxy's key goes, e.g.
 ``api-key`` for Azure), ``metrics.label_limit`` (distinct values per label before ``other``),
 ``metrics.gen_ai`` (the GenAI convention histograms too; see ``telemetry``),
-``keys[].name`` (how budgets and records name a key), ``store.reservation_lease_s`` and
+``keys[].name`` (how budgets and records name a key), ``keys[].models``, ``upstreams``,
+``expires`` and ``max_reserve_usd`` (what a key may use: ``VirtualKey``), ``keys_file`` (more
+keys from a file: ``spendgate.keyfile``; its problems are named ``keys_file.N...``),
+``store.reservation_lease_s`` and
 ``budgets[].max_reserve_usd`` (see ``budgets.gate``); ``limits`` (``spendgate.limits``);
 ``upstreams.NAME.price_multiplier`` and,
 in a price, ``tiers``, ``web_search_per_query``, ``web_fetch_per_request`` and the
@@ -44,6 +49,7 @@ import ipaddress
 import os
 import re
 import types
+from datetime import UTC, datetime
 from decimal import Decimal
 from difflib import get_close_matches
 from pathlib import Path
@@ -61,7 +67,9 @@ from pydantic import (
     model_validator,
 )
 
+from spendgate import tags as tag_rules
 from spendgate.errors import ConfigError
+from spendgate.keyfile import read_keys_file
 
 # Paths the proxy serves itself; an upstream may not take these names.
 RESERVED_NAMES = frozenset({"metrics", "healthz", "readyz", "admin", "docs", "openapi.json",
@@ -285,10 +293,73 @@ class PricingConfig(_Strict):
 
 
 class VirtualKey(_Strict):
+    """A virtual key and what it may use (``hotpath.attribution.KeyRing`` enforces it).
+
+    ``models``: globs of the models it may ask for, case-insensitive (as a budget's model
+    selector); ``upstreams``: the upstream names it may call; ``expires``: when it stops
+    working (an ISO 8601 time with its time zone: a time without one is rejected, it would be
+    ambiguous); ``max_reserve_usd``: the most one of its calls may cost at worst (the
+    reservation ``budgets.gate`` computes), a call over it is refused. None: no restriction.
+    """
+
     key: str                # empty (its ${VAR} unset): no call can use it
     project: str = Field(min_length=1)
     # How budgets, records and metrics name the key (never the secret); default project#index.
     name: str | None = Field(default=None, min_length=1)
+    models: list[str] | None = Field(default=None, min_length=1)
+    upstreams: list[str] | None = Field(default=None, min_length=1)
+    expires: datetime | None = None
+    max_reserve_usd: Decimal | None = Field(default=None, gt=0)
+    # Fixed tags of every call made with this key; x-spendgate-tags cannot override them.
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        return _valid_tags(value)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not m.strip() for m in value):
+            raise ValueError("a model pattern is empty (leave models out for any model)")
+        return value
+
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError(f"{value.isoformat()} has no time zone: write it with one "
+                             "(2027-01-01T00:00:00Z, or +02:00)")
+        return value
+
+
+def _valid_tags(value: dict[str, str]) -> dict[str, str]:
+    """The tag grammar of ``spendgate.tags`` (the header's), for tags given in the config."""
+    problems = [found for k, v in value.items() if (found := tag_rules.problem(k, v))]
+    if len(value) > tag_rules.MAX_TAGS:
+        problems.append(f"at most {tag_rules.MAX_TAGS} tags")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+class AttributionConfig(_Strict):
+    """What calls are accounted by, besides upstream, project, model and key."""
+
+    # Tag keys accounted as dimensions: the ledger (/admin/spend?group_by=tag:KEY) and
+    # spendgate_tag_* metrics. Other tags still reach the usage log and spans.
+    tag_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("tag_keys")
+    @classmethod
+    def _tag_keys(cls, value: list[str]) -> list[str]:
+        problems = [found for k in value if (found := tag_rules.key_problem(k))]
+        if len(set(value)) != len(value):
+            problems.append("a tag key is listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class MetricsConfig(_Strict):
@@ -367,6 +438,15 @@ class Selectors(_Strict):
     key: str | None = None
     tags: dict[str, str] | None = None
 
+    @field_validator("tags")
+    @classmethod
+    def _tag_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # Keys as the header spells them (a glob may stand for a value, not a key).
+        problems = [found for k in value or () if (found := tag_rules.key_problem(k))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
 
 class BudgetConfig(Selectors):
     name: str = Field(min_length=1)
@@ -441,6 +521,10 @@ class Config(_Strict):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     keys: list[VirtualKey] | None = None
+    # More keys, from a file (``spendgate.keyfile``), added to ``keys`` when the config is
+    # read (so ``keys`` is the union), and re-read with it on SIGHUP.
+    keys_file: str | None = Field(default=None, min_length=1)
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -460,6 +544,15 @@ class Config(_Strict):
         """A warning for each virtual key left empty (its variable unset): it admits nothing."""
         return [f"keys.{i}.key: empty (is its variable unset?): no call can use this key"
                 for i, k in enumerate(self.keys or ()) if not k.key]
+
+    def key_warnings(self, now: datetime | None = None) -> list[str]:
+        """``empty_keys``, and one warning for each key already past its ``expires`` at
+        ``now`` (default: the current time): it is refused (401 ``key_expired``)."""
+        now = now or datetime.now(UTC)
+        return self.empty_keys() + [
+            f"keys: key {k.name or f'{k.project}#{i}'!r} expired at {k.expires.isoformat()}: "
+            "its calls are refused (401 key_expired)"
+            for i, k in enumerate(self.keys or ()) if k.expires is not None and k.expires <= now]
 
 
 
@@ -608,6 +701,13 @@ def cross_field_problems(data: dict[str, Any]) -> list[str]:
     names = [str(k["name"]) for k in keys if k.get("name") is not None]
     if len(names) != len(set(names)):
         problems.append("keys: the same name is given to two keys")
+    configured = upstreams if isinstance(upstreams, dict) else {}
+    for i, k in enumerate(keys):
+        allowed = k.get("upstreams")
+        for name in allowed if isinstance(allowed, list) else ():
+            if name not in configured:
+                problems.append(f"keys.{i}.upstreams: {name!r} is not an upstream of this "
+                                f"config ({', '.join(sorted(map(str, configured)))})")
     budget_names = [str(b.get("name")) for b in budgets if b.get("name")]
     if twice := sorted({n for n in budget_names if budget_names.count(n) > 1}):
         problems.append(f"budgets: budget names must be unique: {twice} repeated")
@@ -637,6 +737,10 @@ def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = 
     unset: list[str] = []
     data = _prepared(data, environ, unset)
     problems = list(unset)
+    from_file: list[str] = []
+    inline = _inline_keys(data)
+    data = _with_file_keys(data, from_file)
+    problems += from_file
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
@@ -646,8 +750,37 @@ def parse_config(data: Any, environ: dict[str, str] | os._Environ[str] | None = 
         config = None
     problems += cross_field_problems(data)
     if problems or config is None:
-        raise ConfigError(problems)
+        raise ConfigError([_file_key_path(p, inline) for p in problems])
     return config
+
+
+def _inline_keys(data: dict[str, Any]) -> int:
+    keys = data.get("keys")
+    return len(keys) if isinstance(keys, list) else 0
+
+
+def _with_file_keys(data: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """``data`` with the entries of its ``keys_file`` after its own ``keys`` (the union:
+    ``cross_field_problems`` rejects a secret or name in both); the file's problems added to
+    ``problems``. ``keys`` that is not a list is left for the schema to reject."""
+    path, keys = data.get("keys_file"), data.get("keys")
+    if not isinstance(path, str) or not path or not isinstance(keys, list | None):
+        return data
+    entries, found = read_keys_file(path)
+    problems += found
+    return {**data, "keys": [*(keys or ()), *entries]}
+
+
+_KEY_PATH = re.compile(r"^keys\.(\d+)(?=[.:])")
+
+
+def _file_key_path(problem: str, inline: int) -> str:
+    """A problem of the merged ``keys`` list's entry N, beyond the config's own ``inline``
+    entries, named by where it is: ``keys_file.(N - inline)``."""
+    match = _KEY_PATH.match(problem)
+    if match is None or int(match.group(1)) < inline:
+        return problem
+    return f"keys_file.{int(match.group(1)) - inline}{problem[match.end():]}"
 
 
 def _prepared(data: dict[str, Any], environ: dict[str, str] | os._Environ[str] | None,
@@ -701,7 +834,7 @@ def load_config_leniently(path: str | Path | None = None,
         return None, problems
     if not isinstance(data, dict):
         return None, problems
-    return salvage(_prepared(data, environ)), problems
+    return salvage(_with_file_keys(_prepared(data, environ), [])), problems
 
 
 def salvage(data: dict[str, Any], rounds: int = 8) -> Config | None:

@@ -10,7 +10,12 @@ Hierarchy::
         ├── BadRequest           400: a path or request spendgate will not forward; an
         │                        attribution header over 256 bytes
         ├── Unauthorized         401: missing or wrong virtual key
+        │   └── KeyExpired         401: a virtual key past its ``expires``
         ├── ForbiddenOrigin      403: a browser origin not in ``server.allowed_origins``
+        ├── ModelNotAllowed      403: a model or upstream outside the key's ``models`` /
+        │                        ``upstreams``
+        ├── MaxReserveExceeded   403: a call whose worst case is over its key's
+        │                        ``max_reserve_usd``
         ├── NotFound             404: unknown upstream
         ├── BodyTooLarge         413: body over ``server.max_body_mb``
         ├── MisdirectedRequest   421: a ``Host`` not in ``server.allowed_hosts``
@@ -27,6 +32,12 @@ so the proxy deals with one family only. Messages never carry secrets.
 ``refused`` marks the errors that refuse a call (400, 401, 403, 404, 413, 421): such a call
 is counted with nothing its request claimed, model ``unknown`` and the project of its
 virtual key, else ``unknown``, so a caller the proxy turns away cannot choose labels.
+``MaxReserveExceeded`` is not ``refused``: like ``BudgetExceeded`` it judges a call the key
+may make (its model is allowed), so the call keeps its model label.
+
+The key's errors carry their issue-defined type (``model_not_allowed``, ``key_expired``) in
+both the OpenAI and the Anthropic body, as ``budget_exceeded`` does: the SDKs pick their
+exception by status (``PermissionDeniedError``, ``AuthenticationError``) and the type says why.
 """
 
 from __future__ import annotations
@@ -77,6 +88,34 @@ class Unauthorized(ProxyError):
     openai_type = "invalid_request_error"
     anthropic_type = "authentication_error"
     refused = True
+
+
+class KeyExpired(Unauthorized):
+    """A virtual key used after its ``expires`` (checked per call: no restart needed)."""
+
+    error_type = "key_expired"
+    openai_type = "key_expired"
+    anthropic_type = "key_expired"
+
+
+class ModelNotAllowed(ProxyError):
+    """A call outside its virtual key's ``models`` or ``upstreams``: one type for both, as
+    the issue names only this one; the message says which rule refused it."""
+
+    status = 403
+    error_type = "model_not_allowed"
+    openai_type = "model_not_allowed"
+    anthropic_type = "model_not_allowed"
+    refused = True
+
+
+class MaxReserveExceeded(ProxyError):
+    """A call whose worst-case cost is over its virtual key's ``max_reserve_usd``."""
+
+    status = 403
+    error_type = "max_reserve_exceeded"
+    openai_type = "max_reserve_exceeded"
+    anthropic_type = "max_reserve_exceeded"
 
 
 class ForbiddenOrigin(ProxyError):

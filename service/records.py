@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from types import MappingProxyType
 from typing import Any
 
 from spendgate.providers.base import RequestInfo, StreamTracker
+from spendgate.tags import NO_TAGS as NO_TAGS  # re-exported: records.NO_TAGS
 from spendgate.usage import Usage
 
-NO_TAGS: Mapping[str, str] = MappingProxyType({})
 STATUS_CLIENT_CLOSED = 499  # nginx's convention: the caller hung up before the response ended
 
 
@@ -31,6 +30,7 @@ class CallOutcome:
         "duration_s",
         "error_message",
         "error_type",
+        "key_max_reserve",
         "limit_ticket",
         "method",
         "overhead_s",
@@ -65,6 +65,7 @@ class CallOutcome:
         self.project = "default"
         self.user: str | None = None
         self.virtual_key: str | None = None  # the key's project-scoped name, never the secret
+        self.key_max_reserve: int | None = None  # its max_reserve_usd in nano-dollars
         self.tags: Mapping[str, str] = NO_TAGS  # x-spendgate-tags under the key's fixed tags
         self.request: RequestInfo | None = None
         self.status = 0

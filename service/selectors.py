@@ -17,7 +17,7 @@ from fnmatch import fnmatchcase
 from typing import Generic, Protocol, TypeVar
 
 from spendgate.config import Selectors
-from spendgate.records import NO_TAGS
+from spendgate.tags import NO_TAGS
 
 FIELDS = ("upstream", "project", "model", "key")
 _GLOB = frozenset("*?[")
@@ -66,6 +66,13 @@ class Selector:
         shown = {f: str(getattr(config, f)) for f in FIELDS if getattr(config, f) is not None}
         shown.update({f"tag:{k}": v for k, v in (config.tags or {}).items()})
         return shown
+
+
+def model_glob_matches(patterns: tuple[str, ...], model: str) -> bool:
+    """Whether ``model`` is one of ``patterns`` (lower-cased globs, as ``Selector`` keeps a
+    model selector): the model test of a budget, for a virtual key's ``models``."""
+    wanted = model.lower()
+    return any(fnmatchcase(wanted, pattern) for pattern in patterns)
 
 
 class Selected(Protocol):

@@ -166,6 +166,7 @@ def metric_labels(spawn: Any, fake: FakeUpstream, tmp_path_factory: pytest.TempP
                   "window": "day", "action": "block"}],
         limits=[{"name": "contract-limit", "project": "limited", "tokens_per_minute": 1}],
         telemetry={"usage_log": {"path": "/dev/full"}},  # ENOSPC: spendgate_sink_errors_total
+        attribution={"tag_keys": ["feature"]},           # spendgate_tag_*: value "" untagged
     ))
     store_down = spawn(basic_config(
         fake,

@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 # Modules every stage may use: the shared vocabulary at the top of the package.
 SHARED = {"spendgate", "spendgate.config", "spendgate.errors", "spendgate.records",
           "spendgate.usage", "spendgate.money", "spendgate.labels", "spendgate.asgi",
-          "spendgate.redact", "spendgate.selectors"}
+          "spendgate.redact", "spendgate.selectors", "spendgate.tags"}
 # Stage -> the other stages it may import (besides SHARED); see each package's __init__.
 ALLOWED: dict[str, set[str]] = {
     "spendgate.upstream": set(),

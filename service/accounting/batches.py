@@ -6,7 +6,7 @@ maybe by someone else, maybe twice, maybe through another replica or after a res
 call's response: the batch id), the batch an output file belongs to (OpenAI:
 ``output_file_id`` of a ``batch_status`` response), and the results already accounted, so
 each result line is accounted once, as one call at batch prices, attributed to the batch's
-creator (``RecordBuilder.build_all``).
+creator (``RecordBuilder.build_all``): its project, user, virtual key and tags.
 
 Where it is kept: in this process (at most ``limit`` entries per table, the oldest forgotten
 first) and, when ``shared()`` returns a store (the budget ledger's, which exists when
@@ -28,14 +28,15 @@ is attributed to its creator only once the creating replica has recorded the cre
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import orjson
 
 from spendgate.providers import anthropic, openai
 from spendgate.providers.base import BatchLine
+from spendgate.tags import NO_TAGS, frozen
 
 log = logging.getLogger("spendgate.pipeline")
 
@@ -52,11 +53,13 @@ _V = TypeVar("_V")
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """The caller that created a batch."""
+    """The caller that created a batch, and the tags of its create call (its result lines
+    carry them: a batch's spend goes to the feature that created it)."""
 
     project: str
     user: str | None
     virtual_key: str | None
+    tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)
 
 
 class SharedStore(Protocol):
@@ -93,7 +96,8 @@ class BatchBook:
 
     def created(self, upstream: str, batch_id: str, owner: Owner) -> None:
         self._put(self._owners, (upstream, batch_id), owner)
-        value = orjson.dumps([owner.project, owner.user, owner.virtual_key]).decode()
+        value = orjson.dumps([owner.project, owner.user, owner.virtual_key,
+                              dict(owner.tags)]).decode()
         self._remember("owner", upstream, batch_id, value)
 
     def output_file(self, upstream: str, file_id: str, batch_id: str) -> None:
@@ -108,8 +112,9 @@ class BatchBook:
         owner = self._owners.get(key)
         if owner is None and (value := self._recall("owner", *key)) is not None:
             try:
-                project, user, virtual_key = orjson.loads(value)
-                owner = Owner(str(project), _opt(user), _opt(virtual_key))
+                # A 4th item, the tags, since tags exist; an owner kept before has none.
+                project, user, virtual_key, *rest = orjson.loads(value)
+                owner = Owner(str(project), _opt(user), _opt(virtual_key), _tags(rest))
             except (orjson.JSONDecodeError, TypeError, ValueError):
                 log.warning("unreadable batch owner in the shared store for upstream %s: "
                             "the downloader is charged", upstream)
@@ -171,3 +176,10 @@ def _name(kind: str, upstream: str, ref: str) -> str:
 
 def _opt(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _tags(rest: list[object]) -> Mapping[str, str]:
+    found = rest[0] if rest else None
+    if not isinstance(found, dict):
+        return NO_TAGS
+    return frozen({str(k): str(v) for k, v in found.items()})

@@ -109,7 +109,7 @@ class RecordBuilder:
             return [self.build(outcome)]
         assert info.batch_ref is not None  # _batch returns lines only for batch results
         owner = self.batches.owner(outcome.upstream, info.batch_ref) or Owner(
-            outcome.project, outcome.user, outcome.virtual_key)
+            outcome.project, outcome.user, outcome.virtual_key, outcome.tags)
         return [self._line_record(outcome, line, owner, i == 0) for i, line in enumerate(lines)]
 
     def _batch(self, outcome: CallOutcome) -> list[BatchLine]:
@@ -129,7 +129,7 @@ class RecordBuilder:
             batch_id, file_id = ids(body)
             if batch_id and info.operation == "batch_create":
                 self.batches.created(upstream, batch_id, Owner(
-                    outcome.project, outcome.user, outcome.virtual_key))
+                    outcome.project, outcome.user, outcome.virtual_key, outcome.tags))
             if batch_id and file_id:
                 self.batches.output_file(upstream, file_id, batch_id)
             return []
@@ -153,7 +153,8 @@ class RecordBuilder:
             start_unix=outcome.start_unix, upstream=outcome.upstream, provider=outcome.provider,
             protocol=outcome.protocol, operation="batch", model=model,
             response_model=line.model, project=owner.project, user=owner.user,
-            virtual_key=owner.virtual_key, status=line.status, stream=False, metered=True,
+            virtual_key=owner.virtual_key, tags=owner.tags, status=line.status, stream=False,
+            metered=True,
             usage=line.usage, cost_usd=quote.cost, priced=priced, price_source=source,
             duration_s=0.0, ttft_s=None, tpot_s=None, overhead_s=0.0,
             error_type=line.error_type, client_closed=False, response_id=line.response_id,

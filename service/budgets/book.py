@@ -15,8 +15,8 @@ from typing import Any
 from spendgate.budgets.windows import Window, iso, window_at, zone
 from spendgate.config import BudgetConfig
 from spendgate.money import nano_to_float, to_nano
-from spendgate.records import NO_TAGS
 from spendgate.selectors import Selector, Tags
+from spendgate.tags import NO_TAGS
 
 _MEMO_MAX = 4096
 

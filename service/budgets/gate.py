@@ -15,6 +15,12 @@ every such budget at once, atomically in the store, and refuses the call with
 capped per budget by ``max_reserve_usd``; a model without a price reserves 0 (it is counted at
 0). The reservation is settled to the exact cost by ``budgets.settlement`` once the call ends.
 
+A virtual key's ``max_reserve_usd`` (``CallOutcome.key_max_reserve``) is a ceiling on that
+worst case, whether or not a budget covers the call: a call of the key whose worst case is
+over it is refused (403 ``MaxReserveExceeded``) before anything is reserved, so the key's
+reservations never exceed it and no block budget is held to less than a call's worst case
+(a budget's own ``max_reserve_usd`` caps what one call holds; the key's refuses the call).
+
 A metered call whose body neither orjson nor Python's json can read (``RequestInfo.json``
 None: no model, no ``max_tokens``) is refused with ``BadRequest`` (400) when a block budget
 would cover it whatever its model (every selector but ``model`` matches): the upstream
@@ -40,7 +46,12 @@ from spendgate.budgets.book import Budget, BudgetBook
 from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.store.base import Hold, StoreError
 from spendgate.budgets.windows import TTL_MARGIN_S, Clock, Window, iso
-from spendgate.errors import BadRequest, BudgetExceeded, BudgetStoreUnavailable
+from spendgate.errors import (
+    BadRequest,
+    BudgetExceeded,
+    BudgetStoreUnavailable,
+    MaxReserveExceeded,
+)
 from spendgate.money import to_nano, usd
 from spendgate.providers.base import RequestInfo
 from spendgate.records import CallOutcome
@@ -141,6 +152,8 @@ class BudgetGate:
         self._on_blocked = on_blocked
 
     async def reserve(self, outcome: CallOutcome) -> None:
+        worst = (None if outcome.key_max_reserve is None
+                 else self._within_key_ceiling(outcome, outcome.key_max_reserve))
         book = self.book
         if not book.any_block or self.ledger is None:
             return
@@ -154,7 +167,8 @@ class BudgetGate:
         if not covering:
             return
         now = self.clock()
-        worst = worst_case_nano(outcome, self.catalog)
+        if worst is None:
+            worst = worst_case_nano(outcome, self.catalog)
         windows = {b.name: b.window(now) for b in covering}
         holds = tuple(Hold(b.name, windows[b.name].id, b.limit,
                            worst if b.max_reserve is None else min(worst, b.max_reserve),
@@ -175,6 +189,25 @@ class BudgetGate:
             self._refuse(outcome, budget, windows[budget.name], refusal.spend, refusal.reserved,
                          refusal.amount, now)
         outcome.budget_decision = "allowed"
+
+    def _within_key_ceiling(self, outcome: CallOutcome, ceiling: int) -> int:
+        """The call's worst case, when it is within its virtual key's ``max_reserve_usd``;
+        else ``MaxReserveExceeded`` (403). A metered body no parser reads cannot be bounded:
+        400, as under a block budget."""
+        info = outcome.request
+        key = outcome.virtual_key
+        if info is not None and info.metered and info.json is None:
+            raise BadRequest(
+                "the request body is not JSON spendgate can read (as orjson or Python's json "
+                f"read it), so virtual key {key!r}'s max_reserve_usd cannot be held to it: "
+                "send valid JSON")
+        worst = worst_case_nano(outcome, self.catalog)
+        if worst > ceiling:
+            raise MaxReserveExceeded(
+                f"this call may cost up to {usd(worst)}, over the {usd(ceiling)} one call of "
+                f"virtual key {key!r} may cost (its max_reserve_usd): ask for fewer output "
+                "tokens (max_tokens) or send a shorter prompt")
+        return worst
 
     def _refuse_unreadable(self, outcome: CallOutcome) -> None:
         budget = self.book.block_any_model(outcome.upstream, outcome.project,

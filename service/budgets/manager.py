@@ -35,7 +35,7 @@ from spendgate.budgets.ledger import Ledger
 from spendgate.budgets.metrics import BudgetCollector
 from spendgate.budgets.settlement import LedgerSink
 from spendgate.budgets.store import StoreError, open_store
-from spendgate.budgets.store.base import Dims, HistoryKey, Store, Totals
+from spendgate.budgets.store.base import Dims, HistoryKey, Store, Totals, tag_window
 from spendgate.budgets.windows import WINDOW_KINDS, Clock, Window, iso, system_clock, window_at
 from spendgate.config import Config, StoreConfig
 from spendgate.errors import ConfigError
@@ -46,6 +46,7 @@ from spendgate.records import UsageRecord
 log = logging.getLogger("spendgate.budgets")
 _R = TypeVar("_R")
 GROUPS = ("upstream", "project", "model", "key")
+TAG_GROUP = "tag:"        # group_by=tag:KEY: spend per value of a tag key
 
 
 def journal_path(store: StoreConfig) -> Path | None:
@@ -100,8 +101,12 @@ class BudgetManager(RecordSink):
         return self._gate
 
     def proxy_gate(self) -> BudgetGate | None:
-        """What the hot path should ask: the gate when a budget blocks, else nothing."""
-        return self._gate if self._gate.book.any_block and self.ledger is not None else None
+        """What the hot path should ask: the gate when a budget blocks or a virtual key has
+        a ``max_reserve_usd`` ceiling, else nothing."""
+        if self._gate.book.any_block and self.ledger is not None:
+            return self._gate
+        ceilings = any(k.max_reserve_usd is not None for k in self.config.keys or ())
+        return self._gate if ceilings else None
 
     def _build_gate(self, book: BudgetBook, catalog: PriceCatalog) -> BudgetGate:
         return BudgetGate(book, catalog, self.ledger, self.clock,
@@ -125,7 +130,8 @@ class BudgetManager(RecordSink):
         ledger = self.ledger = Ledger(store, self.clock, self._count_store_error, journal)
         self.notifier = AlertNotifier(config.alerts, ledger.claim, self.clock)
         self._sink = LedgerSink(ledger, lambda: self._gate.book, self.clock, self._on_totals,
-                                history_days=store_config.history_days)
+                                history_days=store_config.history_days,
+                                tag_keys=config.attribution.tag_keys)
         log.info("budget ledger: %s; spend journal: %s", store.description,
                  journal.path if journal is not None else "off")
 
@@ -219,26 +225,49 @@ class BudgetManager(RecordSink):
 
     def spend_view(self, group_by: Sequence[str], window: str) -> dict[str, Any]:
         """``GET /admin/spend``: spend per ``group_by`` in the current UTC ``window``.
-        Raises ``ValueError`` on bad arguments and ``StoreError`` when the store fails."""
-        if unknown := [g for g in group_by if g not in GROUPS]:
-            raise ValueError(f"group_by: unknown {unknown}; choose from {list(GROUPS)}")
+        ``group_by`` takes ``GROUPS``, or one ``tag:KEY`` (a key of ``attribution.tag_keys``)
+        with ``upstream`` and ``model`` at most: tags are a dimension family of their own
+        (``store.base.tag_window``). Raises ``ValueError`` on bad arguments and
+        ``StoreError`` when the store fails."""
+        columns, family = self._columns(group_by)
         if window not in WINDOW_KINDS:
             raise ValueError(f"window: choose from {list(WINDOW_KINDS)}")
         current = window_at(window, UTC, self.clock())
-        rows = self._dims(current.id)
+        rows = self._dims(current.id if family is None else tag_window(family, current.id))
         grouped: dict[tuple[str, ...], int] = {}
         for dims, nano in rows.items():
-            key = tuple(dims[GROUPS.index(g)] for g in group_by)
+            key = tuple(dims[c] for c in columns)
             grouped[key] = grouped.get(key, 0) + nano
         ordered = sorted(grouped.items(), key=lambda item: -item[1])
         return {
             "window": window, "window_id": current.id,
             "start": iso(current.start) if current.end is not None else None,
             "end": iso(current.end), "group_by": list(group_by),
+            "tag_keys": list(self.config.attribution.tag_keys),   # what tag:KEY may name
             "total_usd": nano_to_float(sum(grouped.values())),
             "rows": [{**dict(zip(group_by, key, strict=True)), "spend_usd": nano_to_float(nano)}
                      for key, nano in ordered],
         }
+
+    def _columns(self, group_by: Sequence[str]) -> tuple[list[int], str | None]:
+        """The ``Dims`` positions ``group_by`` reads, and the tag key whose family it reads
+        (None: the main dimensions)."""
+        tagged = [g.removeprefix(TAG_GROUP) for g in group_by if g.startswith(TAG_GROUP)]
+        known = self.config.attribution.tag_keys
+        if unknown := [g for g in group_by if g not in GROUPS and not g.startswith(TAG_GROUP)]:
+            raise ValueError(f"group_by: unknown {unknown}; choose from {list(GROUPS)} or "
+                             f"{[TAG_GROUP + k for k in known]}")
+        if not tagged:
+            return [GROUPS.index(g) for g in group_by], None
+        if missing := [t for t in tagged if t not in known]:
+            raise ValueError(f"group_by: {[TAG_GROUP + t for t in missing]} is not accounted: "
+                             f"attribution.tag_keys lists {known}")
+        if len(tagged) > 1 or set(group_by) - {TAG_GROUP + tagged[0], "upstream", "model"}:
+            raise ValueError("group_by: a tag:KEY goes alone or with upstream and model "
+                             "(tags are accounted apart from project and key, one key at a "
+                             "time)")
+        # A tag family's Dims hold the tag value where the main ones hold the project.
+        return [1 if g.startswith(TAG_GROUP) else GROUPS.index(g) for g in group_by], tagged[0]
 
     def _dims(self, window_id: str) -> dict[Dims, int]:
         return self._read(lambda store: store.dims(window_id))

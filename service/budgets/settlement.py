@@ -4,7 +4,9 @@ A ``RecordSink`` on the record pipeline's thread. Per batch of records it builds
 ``SettleBatch``: the reservation of each call is released, its exact ``cost_usd`` is
 charged to every budget covering it (in the window the reservation was made in, else the
 current one) and to the per-dimension spend (``upstream, project, model, key`` per UTC day,
-week, month and total, for ``GET /admin/spend``), and to the console's time buckets of
+week, month and total, for ``GET /admin/spend``; and, per ``tag_keys``, per tag key, value,
+upstream and model: ``store.base.tag_window``; a call without the tag counts under value
+``""``, so a key's rows sum to the whole spend), and to the console's time buckets of
 spend and calls (``history``: every call counts there, free or not). A call that failed
 before generating costs 0: its reservation is simply released.
 
@@ -36,6 +38,7 @@ from spendgate.budgets.store.base import (
     Dims,
     SettleBatch,
     Totals,
+    tag_window,
 )
 from spendgate.budgets.windows import TTL_MARGIN_S, WINDOW_KINDS, Clock, window_at
 from spendgate.exporters.base import RecordSink
@@ -51,8 +54,9 @@ class LedgerSink(RecordSink):
 
     def __init__(self, ledger: Ledger, book: Callable[[], BudgetBook], clock: Clock,
                  on_totals: Callable[[Totals], None] | None = None,
-                 history_days: int = 35) -> None:
+                 history_days: int = 35, tag_keys: Sequence[str] = ()) -> None:
         self.ledger = ledger
+        self.tag_keys = tuple(tag_keys)
         self.history_days = history_days
         self._book = book
         self._clock = clock
@@ -108,8 +112,13 @@ class LedgerSink(RecordSink):
                     window_id, ttl = window.id, window.ttl_s(now, TTL_MARGIN_S)
                 charges.setdefault((budget.name, window_id), _Sum(ttl)).add(amount)
             for window in utc_windows:
-                dims.setdefault((window.id, key), _Sum(window.ttl_s(now, TTL_MARGIN_S))
-                                ).add(amount)
+                ttl = window.ttl_s(now, TTL_MARGIN_S)
+                dims.setdefault((window.id, key), _Sum(ttl)).add(amount)
+                for tag_key in self.tag_keys:
+                    tagged: Dims = (record.upstream, record.tags.get(tag_key, ""),
+                                    record.model, "")
+                    dims.setdefault((tag_window(tag_key, window.id), tagged), _Sum(ttl)
+                                    ).add(amount)
             for spend_id, _, ttl in series:
                 dims.setdefault((spend_id, key), _Sum(ttl)).add(amount)
         for (budget_name, window_id), total in charges.items():

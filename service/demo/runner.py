@@ -115,6 +115,7 @@ def demo_config(simulator_url: str, ledger: Path) -> dict[str, Any]:
     }
     config["store"] = {"url": f"sqlite:///{ledger}"}
     config["budgets"] = BUDGETS
+    config["attribution"] = {"tag_keys": ["feature"]}
     try:
         parse_config(config)  # fail here, clearly, rather than in the child
     except ConfigError as error:

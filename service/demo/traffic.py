@@ -13,12 +13,13 @@ as independent users make) until told to stop. Each call is drawn from a mix of 
 * ``experiments``: gpt-4o and claude-sonnet-4-6, under a small blocking budget
 
 Calls go out with the official ``openai`` and ``anthropic`` async SDKs when they are
-installed (attribution in ``x-spendgate-project`` / ``x-spendgate-user``, as an app would
-send them), else as the same JSON over plain HTTP. An upstream the proxy turns out not to
-have (its own 404, ``spendgate_not_found``) gets no more calls. At most ``max_in_flight``
-calls run at once; arrivals beyond that are dropped and counted. ``stats`` counts outcomes
-as the client saw them: ``ok``, ``rate_limited``, ``budget_blocked``, ``server_error``,
-``connection`` (cut off), ``no_upstream``, ``other``. One event loop owns a ``Traffic``.
+installed (attribution in ``x-spendgate-project``, ``x-spendgate-user`` and
+``x-spendgate-tags``, as an app would send them), else as the same JSON over plain HTTP. An
+upstream the proxy turns out not to have (its own 404, ``spendgate_not_found``) gets no more
+calls. At most ``max_in_flight`` calls run at once; arrivals beyond that are dropped and
+counted. ``stats`` counts outcomes as the client saw them: ``ok``, ``rate_limited``,
+``budget_blocked``, ``server_error``, ``connection`` (cut off), ``no_upstream``, ``other``.
+One event loop owns a ``Traffic``.
 """
 
 from __future__ import annotations
@@ -190,6 +191,12 @@ def classify(status: int | None, message: str) -> str:
     return "other"
 
 
+def attribution_headers(call: DemoCall) -> dict[str, str]:
+    """What an app would send: project, user, and tags (the demo accounts ``feature``)."""
+    return {"x-spendgate-project": call.project, "x-spendgate-user": call.user,
+            "x-spendgate-tags": f"feature={call.api},env=demo"}
+
+
 class SDKSender:
     """Sends with the official async SDKs, as an application would."""
 
@@ -209,7 +216,7 @@ class SDKSender:
         self._errors = (openai.APIError, anthropic.APIError)
 
     async def send(self, call: DemoCall) -> str:
-        headers = {"x-spendgate-project": call.project, "x-spendgate-user": call.user}
+        headers = attribution_headers(call)
         try:
             if call.api == "messages":
                 result = await self._anthropic.messages.create(**call.params,
@@ -246,7 +253,7 @@ class HTTPSender:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
 
     async def send(self, call: DemoCall) -> str:
-        headers = {"x-spendgate-project": call.project, "x-spendgate-user": call.user}
+        headers = attribution_headers(call)
         if call.api == "messages":
             headers |= {"x-api-key": DEMO_KEY, "anthropic-version": ANTHROPIC_VERSION}
         else:

@@ -45,6 +45,8 @@ from spendgate.hotpath.attribution import (
     KeyRing,
     admit,
     authenticate,
+    check_key,
+    check_model,
 )
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.headers import metered_method, response_headers, upstream_headers
@@ -251,7 +253,10 @@ class ProxyApp:
         query_secret = _query_param(target.raw_query, query_key) if query_key else None
         key = authenticate(headers, keyring, query_secret)
         if key is not None:
-            outcome.project, outcome.virtual_key = key  # a refusal below counts for the key
+            # A refusal below counts for the key (its project and name, never the secret).
+            outcome.project, outcome.virtual_key = key.project, key.name
+            check_key(key, upstream.name, time.time())
+            outcome.key_max_reserve = key.max_reserve
         if not self.origins.allows(headers.get(b"origin")):
             raise ForbiddenOrigin(FORBIDDEN_ORIGIN)
         admission = admit(headers, key, upstream.config)
@@ -264,6 +269,8 @@ class ProxyApp:
         outcome.request = info
         if info.invalid is not None:  # a request no upstream serves, nor the ledger bounds
             raise BadRequest(info.invalid)
+        if key is not None:
+            check_model(key, info, method)
         out_headers = upstream_headers(
             scope["headers"],
             upstream.custody_headers if admission.drop_caller_credentials else frozenset(),

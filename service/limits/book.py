@@ -16,8 +16,8 @@ import os
 from collections.abc import Sequence
 
 from spendgate.config import LimitConfig
-from spendgate.records import NO_TAGS
 from spendgate.selectors import Selector, SelectorIndex, Tags
+from spendgate.tags import NO_TAGS
 
 WINDOW_ENV = "SPENDGATE_LIMIT_WINDOW_S"
 

@@ -90,6 +90,7 @@ async function loadSpend() {
     }));
     $("spend-total").textContent = usd(view.total_usd);
     $("spend-total").dataset.usd = view.total_usd;
+    addTagOptions(view.tag_keys || []);
     $("spend-note").textContent = view.start ? `${view.start} to ${view.end}` : "since the ledger began";
   } catch (error) {
     if (error instanceof Unauthorized) throw error;
@@ -98,14 +99,24 @@ async function loadSpend() {
   }
 }
 
+// Tag keys the ledger accounts (attribution.tag_keys) become "tag:KEY" choices of "by".
+function addTagOptions(keys) {
+  const select = $("spend-by");
+  const have = new Set(Array.from(select.options, (o) => o.value));
+  for (const key of keys) {
+    if (!have.has(`tag:${key}`)) select.append(el("option", `tag:${key}`));
+  }
+}
+
 async function downloadCsv(event) {
   event.preventDefault();
   const by = $("spend-by").value, win = $("spend-window").value;
-  const response = await api(`/ui/api/spend?group_by=${by}&window=${win}&format=csv`);
+  const query = `group_by=${encodeURIComponent(by)}&window=${encodeURIComponent(win)}`;
+  const response = await api(`/ui/api/spend?${query}&format=csv`);
   const url = URL.createObjectURL(await response.blob());
   const link = el("a");
   link.href = url;
-  link.download = `spend-${by}-${win}.csv`;
+  link.download = `spend-${by.replace(":", "-")}-${win}.csv`;
   link.click();
   URL.revokeObjectURL(url);
 }

@@ -20,6 +20,12 @@ Operations, each atomic in the store:
   previous one is known to be applied; the store applies a batch only if its ``seq`` is above
   the last it applied from that source, so a batch retried after an ambiguous timeout is
   never counted twice, at the cost of one small record per process.
+* Tag dimensions (``attribution.tag_keys``) are a family of their own beside those, so
+  tags never multiply the other dimensions nor each other: per tag key and UTC window, one
+  row per (upstream, tag value, model), stored as ordinary ``Dims`` (the tag value in the
+  project's place, key ``""``) under the window ``tag_window(tag_key, window)``, with its
+  own ``DIM_CAP``: the overflow still sums under that tag key, so each key's rows add up to
+  its exact total.
 * ``history(days)``: per UTC day (``YYYY-MM-DD``), upstream and model, the spend
   (``kind`` ``cost``, nano-dollars) and tokens of each ``usage.TOKEN_TYPES`` type, written by
   ``settle`` from ``SettleBatch.days`` under the same once-only rule and kept
@@ -62,6 +68,11 @@ HISTORY_CAP = 6 * DIM_CAP        # distinct (upstream, model, kind) per day
 HistoryKey = tuple[str, str, str, str]  # day, upstream, model, kind (cost or a token type)
 Dims = tuple[str, str, str, str]  # upstream, project, model, key ("" when no virtual key)
 Totals = dict[tuple[str, str], tuple[int, int]]  # (budget, window) -> (spend, reserved)
+
+
+def tag_window(tag_key: str, window: str) -> str:
+    """The window id of ``tag_key``'s dimension family in ``window`` (tag keys have no ``@``)."""
+    return f"tag:{tag_key}@{window}"
 
 
 class StoreError(Exception):

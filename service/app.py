@@ -152,6 +152,8 @@ class Spendgate:
         self.reloads = Counter("spendgate_config_reloads", "Config reloads (SIGHUP) by result: "
                                "applied, or rejected (the running config stays).",
                                ("result",), registry=self.registry)
+        for result in ("applied", "rejected"):  # both series from the start, at 0
+            self.reloads.labels(result)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
         self.draining = False     # SIGTERM received: /readyz fails while calls finish

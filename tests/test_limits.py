@@ -441,3 +441,30 @@ def test_sighup_adds_and_changes_limits(spawn: Any, upstream: FakeUpstream,
         chat(oai(proxy))
     assert caught.value.response.headers["x-ratelimit-limit-requests"] == "3"
     assert len(upstream.requests) == 4
+
+
+def test_gemini_and_bedrock_get_their_own_429_shapes(spawn: Any, upstream: FakeUpstream,
+                                                     tmp_path: Path) -> None:
+    config = limits_config(upstream, [{"name": "tiny", "tokens_per_minute": 1}],
+                           {"url": f"sqlite:///{tmp_path / 'shapes.sqlite3'}"})
+    config["upstreams"]["gemini"] = {"url": upstream.url, "provider": "gemini", "timeout_s": 5}
+    config["upstreams"]["bedrock"] = {"url": upstream.url, "provider": "bedrock",
+                                      "timeout_s": 5}
+    proxy = spawn(config)
+    gemini = httpx.post(proxy.url + "/gemini/v1beta/models/gemini-2.5-pro:generateContent",
+                        headers={"x-goog-api-key": "g-key"},
+                        json={"contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
+                              "generationConfig": {"maxOutputTokens": 10}})
+    assert gemini.status_code == 429
+    assert gemini.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert "'tiny'" in gemini.json()["error"]["message"]
+    assert gemini.headers["x-ratelimit-limit-tokens"] == "1"
+    bedrock = httpx.post(
+        proxy.url + "/bedrock/model/anthropic.claude-3-5-sonnet-20240620-v1:0/converse",
+        headers={"authorization": "Bearer b-key"},
+        json={"messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+              "inferenceConfig": {"maxTokens": 10}})
+    assert bedrock.status_code == 429
+    assert bedrock.headers["x-amzn-errortype"] == "ThrottlingException"
+    assert "'tiny'" in bedrock.json()["message"]
+    assert upstream.requests == []

@@ -111,9 +111,12 @@ def window_tokens(store: dict[str, Any], limit: str) -> int:
     """The tokens a limit's window holds now, read from the store itself."""
     if store["url"].startswith("sqlite"):
         with sqlite3.connect(store["url"].removeprefix("sqlite:///")) as db:
-            row = db.execute("SELECT coalesce(sum(tokens), 0) FROM limit_calls WHERE name=?",
-                             (limit,)).fetchone()
-        return int(row[0])
+            row = db.execute("SELECT count(*), coalesce(sum(tokens), 0) FROM limit_calls "
+                             "WHERE name=?", (limit,)).fetchone()
+            kept = db.execute("SELECT calls, tokens FROM limit_totals WHERE name=?",
+                              (limit,)).fetchone()
+        assert tuple(kept or (0, 0)) == tuple(row)   # the running totals match the log
+        return int(row[1])
     raw = redis.Redis.from_url(SHARED_REDIS).hget(f"{store['key_prefix']}limit:{limit}",
                                                   "tokens")
     return int(raw or 0)
@@ -468,3 +471,30 @@ def test_gemini_and_bedrock_get_their_own_429_shapes(spawn: Any, upstream: FakeU
     assert bedrock.headers["x-amzn-errortype"] == "ThrottlingException"
     assert "'tiny'" in bedrock.json()["message"]
     assert upstream.requests == []
+
+
+def test_the_window_slides_and_the_sdk_waits_for_it(spawn: Any, upstream: FakeUpstream,
+                                                    store: dict[str, Any]) -> None:
+    """Calls leave the window as it slides (their tokens with them); an SDK allowed to retry
+    waits as long as retry-after-ms says, and gets through."""
+    window = 1.5
+    config = limits_config(upstream, [{"name": "rpm", "requests_per_minute": 2,
+                                       "tokens_per_minute": 10_000}], store)
+    proxy = spawn(config, {WINDOW_ENV: str(window)})
+    upstream.queue(*[small_reply(10, 5) for _ in range(4)])
+    chat(oai(proxy))
+    time.sleep(0.5)
+    chat(oai(proxy))
+    with pytest.raises(openai.RateLimitError) as caught:
+        chat(oai(proxy))
+    wait_ms = int(caught.value.response.headers["retry-after-ms"])
+    assert 0 < wait_ms <= 1000          # when the first call leaves, not the second
+    started = time.monotonic()
+    reply = oai(proxy, retries=2).chat.completions.with_raw_response.create(
+        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+    assert reply.retries_taken == 1
+    assert time.monotonic() - started >= wait_ms / 1000 - 0.25
+    assert len(upstream.requests) == 3
+    time.sleep(window + 0.1)            # every call has left the window
+    chat(oai(proxy))
+    assert wait_for(lambda: window_tokens(store, "rpm") == 15, 5)

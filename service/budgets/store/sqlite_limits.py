@@ -3,6 +3,8 @@
 Tables::
 
     limit_calls   (name, rid) -> at (admission time), tokens: the sliding window's log
+    limit_totals  name -> calls, tokens: the log's count and sum, kept with it (an admission
+                  reads two rows, whatever the window holds)
     limit_slots   (name, rid) -> lease_until: the calls in flight
 
 Each function runs inside the caller's write transaction (``BEGIN IMMEDIATE``), so
@@ -27,6 +29,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS limit_calls (name TEXT NOT NULL, rid TEXT NOT NULL,
     at REAL NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (name, rid)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS limit_calls_by_time ON limit_calls (name, at);
+CREATE TABLE IF NOT EXISTS limit_totals (name TEXT PRIMARY KEY, calls INTEGER NOT NULL,
+    tokens INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS limit_slots (name TEXT NOT NULL, rid TEXT NOT NULL,
     lease_until REAL NOT NULL, PRIMARY KEY (name, rid)) WITHOUT ROWID;
 """
@@ -35,10 +39,14 @@ CREATE TABLE IF NOT EXISTS limit_slots (name TEXT NOT NULL, rid TEXT NOT NULL,
 def admit(db: sqlite3.Connection, rid: str, holds: Sequence[LimitHold], now: float,
           lease_s: float) -> LimitState | None:
     for h in holds:
-        db.execute("DELETE FROM limit_calls WHERE name=? AND at<=?", (h.limit, now - h.window_s))
+        gone = db.execute("DELETE FROM limit_calls WHERE name=? AND at<=? RETURNING tokens",
+                          (h.limit, now - h.window_s)).fetchall()
+        if gone:
+            _add(db, h.limit, -len(gone), -sum(t for (t,) in gone))
         db.execute("DELETE FROM limit_slots WHERE name=? AND lease_until<=?", (h.limit, now))
-        count, used = db.execute("SELECT count(*), coalesce(sum(tokens), 0) FROM limit_calls "
-                                 "WHERE name=?", (h.limit,)).fetchone()
+        row = db.execute("SELECT calls, tokens FROM limit_totals WHERE name=?",
+                         (h.limit,)).fetchone()
+        count, used = row if row else (0, 0)
         flying = db.execute("SELECT count(*) FROM limit_slots WHERE name=?",
                             (h.limit,)).fetchone()[0]
         what = limit_exhausted(h, count, used, flying)
@@ -46,8 +54,8 @@ def admit(db: sqlite3.Connection, rid: str, holds: Sequence[LimitHold], now: flo
             return _refusal(db, h, what, count, used, flying, now)
     for h in holds:
         if h.requests or h.tokens:
-            db.execute("INSERT OR REPLACE INTO limit_calls VALUES (?, ?, ?, ?)",
-                       (h.limit, rid, now, h.cost))
+            db.execute("INSERT INTO limit_calls VALUES (?, ?, ?, ?)", (h.limit, rid, now, h.cost))
+            _add(db, h.limit, 1, h.cost)
         if h.concurrent:
             db.execute("INSERT OR REPLACE INTO limit_slots VALUES (?, ?, ?)",
                        (h.limit, rid, now + lease_s))
@@ -82,8 +90,21 @@ def release(db: sqlite3.Connection, rid: str, limits: Sequence[str]) -> None:
                    [(name, rid) for name in limits])
 
 
+def _add(db: sqlite3.Connection, name: str, calls: int, tokens: int) -> None:
+    db.execute("INSERT INTO limit_totals VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+               "calls=calls+excluded.calls, tokens=tokens+excluded.tokens",
+               (name, calls, tokens))
+
+
 def end(db: sqlite3.Connection, ends: Sequence[LimitEnd]) -> None:
-    db.executemany("UPDATE limit_calls SET tokens=? WHERE name=? AND rid=?",
-                   [(e.tokens, e.limit, e.rid) for e in ends if e.tokens is not None])
+    for e in ends:
+        if e.tokens is None:
+            continue
+        row = db.execute("SELECT tokens FROM limit_calls WHERE name=? AND rid=?",
+                         (e.limit, e.rid)).fetchone()
+        if row is not None and row[0] != e.tokens:
+            db.execute("UPDATE limit_calls SET tokens=? WHERE name=? AND rid=?",
+                       (e.tokens, e.limit, e.rid))
+            _add(db, e.limit, 0, e.tokens - row[0])
     db.executemany("DELETE FROM limit_slots WHERE name=? AND rid=?",
                    [(e.limit, e.rid) for e in ends if e.slot])

@@ -6,9 +6,8 @@ the connection; ``sqlite3`` errors and timeouts become ``StoreError`` in one pla
 to that thread and back cost as much as the transaction itself (a few indexed rows of a
 local file):
 
-* the hot path's ``reserve_async`` (and the rate limits' ``limit_admit_async`` and
-  ``limit_release_async``: ``sqlite_limits.py``) runs on the event loop, on a connection of
-  its own that never waits for a lock (``busy_timeout`` 0) nor checkpoints the WAL; only when another
+* the hot path's ``reserve_async`` runs on the event loop, on a connection of its own that
+  never waits for a lock (``busy_timeout`` 0) nor checkpoints the WAL; only when another
   writer holds the file (a settlement, another process) does it go to the store's thread,
   which waits up to ``timeout_s`` as every other operation does;
 * ``settle`` runs on the caller's thread (the record pipeline's or the ledger's sync

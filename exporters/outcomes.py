@@ -10,6 +10,7 @@ still ``200`` there); the kind says what happened:
 ``upstream_timeout``     no headers, or no next bytes, within ``timeout_s`` (504, or mid-body)
 ``upstream_unreachable`` DNS, connect, TLS or connection failure before a response (502)
 ``budget_exceeded``      refused by a block budget (429)
+``rate_limit_exceeded``  refused by a rate limit (429)
 ``upstream_status_4xx``  the upstream answered 4xx (its own 429 included)
 ``upstream_status_5xx``  the upstream answered 5xx
 other                    the proxy's refusals keep their ``error_type`` (``bad_request``,

@@ -455,6 +455,11 @@ def budgets() -> dict:
         timeseries("Blocked calls per second", "reqps",
                    target(f"sum by (budget) ({rate('spendgate_budget_blocked_total', BUDGET)})",
                           "{{budget}}")),
+        timeseries("Rate-limited calls per second", "reqps",
+                   target("sum by (limit) (rate(spendgate_rate_limited_total"
+                          "[$__rate_interval]))", "{{limit}}"),
+                   description="Calls refused with 429 rate_limit_exceeded, by rate limit "
+                               "(limits: requests or tokens per minute, calls in flight)."),
         table("spendgate alerts now", {
             "Active": ("short", 'sum by (alertname, alertstate, severity, budget, upstream, '
                                 'model) (ALERTS{alertname=~"Spendgate.*"})')}),

@@ -8,9 +8,10 @@ names of ``server.allowed_hosts`` (421 otherwise: the proxy checks its own calls
 module the admin and docs paths), except ``/healthz``, ``/readyz`` and ``/metrics``, which
 probes and Prometheus reach by pod IP. Construction wires, in order:
 prices, telemetry (which decides exemplars and trace propagation), the Prometheus sink,
-budgets, the record pipeline with its sinks in a fixed order (metrics, ledger, telemetry,
-extras), the upstream client and the proxy. The lifespan starts the pipeline's thread and
-the budget threads, and closes them (queue drained, last records settled) at shutdown.
+budgets, rate limits (in the budgets' store), the record pipeline with its sinks in a fixed
+order (metrics, ledger, limits, telemetry, extras), the upstream client and the proxy. The
+lifespan starts the pipeline's thread and the budget threads, and closes them (queue
+drained, last records settled) at shutdown.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from spendgate.exporters.recent import RecentCalls
 from spendgate.hotpath.attribution import KeyRing
 from spendgate.hotpath.exposure import HostAllowList, OriginAllowList
 from spendgate.hotpath.proxy import ProxyApp
+from spendgate.limits.book import LimitBook, window_seconds
+from spendgate.limits.gate import RateLimiter
+from spendgate.limits.sink import LimitSink
 from spendgate.providers import PROVIDERS
 from spendgate.reconcile.job import ReconcileJob, build_sources
 from spendgate.telemetry import build_telemetry
@@ -101,6 +105,10 @@ class Spendgate:
                                       tag_keys=config.attribution.tag_keys)
         estimator = TokenEstimator()
         self.budgets = BudgetManager(config, self.catalog, self.registry)
+        # Rate limits count in the budget store (the ledger's), so replicas share them.
+        self.limiter = RateLimiter(LimitBook(config.limits), self.catalog,
+                                   lambda: self.budgets.ledger, self.budgets.clock,
+                                   config.store.on_error, self.registry, window_seconds())
         self.builder = RecordBuilder(PROVIDERS, self.catalog, estimator,
                                      keep_request=self.telemetry.tracing,
                                      keep_output=self.telemetry.capture_content,
@@ -110,7 +118,8 @@ class Spendgate:
         self.recent = RecentCalls()     # the console's last calls
         access = ([AccessLogSink(config.server.access_log)]
                   if config.server.access_log != "off" else [])
-        sinks: list[RecordSink] = [self.metrics, self.budgets, *self.telemetry.sinks,
+        sinks: list[RecordSink] = [self.metrics, self.budgets,
+                                   LimitSink(lambda: self.budgets.ledger), *self.telemetry.sinks,
                                    self.recent, *access, *(extra_sinks or [])]
         # Self-hosted GPU upstreams: their calls are priced by allocation (accounting/gpu.py).
         self.gpu = GpuCosts.build(config, self.catalog, self.registry)
@@ -122,6 +131,7 @@ class Spendgate:
                               hosts=self.hosts,
                               origins=OriginAllowList(config.server.allowed_origins),
                               gate=self.budgets.proxy_gate(),
+                              limiter=self.limiter,
                               propagate=self.telemetry.tracing,
                               sample_new_traces=self.telemetry.sample_new_traces)
         # One of ``serve --workers N``: (this worker's index, every worker's metrics socket).
@@ -142,6 +152,8 @@ class Spendgate:
         self.reloads = Counter("spendgate_config_reloads", "Config reloads (SIGHUP) by result: "
                                "applied, or rejected (the running config stays).",
                                ("result",), registry=self.registry)
+        for result in ("applied", "rejected"):  # both series from the start, at 0
+            self.reloads.labels(result)
         self._reload_lock = threading.Lock()
         self._reloads: set[asyncio.Task[bool]] = set()
         self.draining = False     # SIGTERM received: /readyz fails while calls finish
@@ -212,8 +224,8 @@ class Spendgate:
             self.host_metrics.close()
 
     def reload(self, config: Config | None = None) -> bool:
-        """Apply a new config's budgets, keys, prices, alerts, admin and metrics keys; True if
-        applied.
+        """Apply a new config's budgets, rate limits, keys, prices, alerts, admin and metrics
+        keys; True if applied.
 
         ``config`` defaults to re-reading ``config_path``. A config that does not load (or
         whose catalog or store cannot be opened) is rejected with its problems logged, and the
@@ -229,8 +241,8 @@ class Spendgate:
             try:
                 new = config if config is not None else load_config(self.config_path)
                 catalog = build_catalog(new)
-                applied = ("keys", "keys_file", "pricing", "budgets", "alerts", "admin_key",
-                           "metrics_key")
+                applied = ("keys", "keys_file", "pricing", "budgets", "limits", "alerts",
+                           "admin_key", "metrics_key")
                 merged = self.config.model_copy(update={f: getattr(new, f) for f in applied})
                 self.budgets.update(merged, catalog)
             except ConfigError as error:
@@ -245,13 +257,14 @@ class Spendgate:
                 return False
             self.catalog = catalog
             self.builder.use_catalog(catalog)
+            self.limiter.update(LimitBook(merged.limits), catalog)
             self.proxy.reconfigure(KeyRing(merged.keys), self.budgets.proxy_gate())
             ignored = [f for f in type(new).model_fields
                        if f not in applied and getattr(new, f) != getattr(self.config, f)]
             self.config = merged
-            log.warning("config reloaded: %d budgets, %d keys%s", len(merged.budgets),
-                        len(merged.keys or ()), f"; changes to {', '.join(ignored)} need a "
-                        "restart" if ignored else "")
+            log.warning("config reloaded: %d budgets, %d limits, %d keys%s",
+                        len(merged.budgets), len(merged.limits), len(merged.keys or ()),
+                        f"; changes to {', '.join(ignored)} need a restart" if ignored else "")
             for problem in merged.key_warnings():
                 log.warning("%s", problem)
             self.reloads.labels("applied").inc()

@@ -18,7 +18,8 @@ Ours beside them: ``upstreams.NAME.aws`` and ``upstreams.NAME.google_credentials
 ``expires`` and ``max_reserve_usd`` (what a key may use: ``VirtualKey``), ``keys_file`` (more
 keys from a file: ``spendgate.keyfile``; its problems are named ``keys_file.N...``),
 ``store.reservation_lease_s`` and
-``budgets[].max_reserve_usd`` (see ``budgets.gate``); ``upstreams.NAME.price_multiplier`` and,
+``budgets[].max_reserve_usd`` (see ``budgets.gate``); ``limits`` (``spendgate.limits``);
+``upstreams.NAME.price_multiplier`` and,
 in a price, ``tiers``, ``web_search_per_query``, ``web_fetch_per_request`` and the
 ``cache_write_1h``/audio/image ``_per_mtok`` rates (``accounting.rates``);
 ``server.access_log`` (``text``, ``json`` or ``off``: ``exporters.access_log``).
@@ -482,6 +483,24 @@ class BudgetConfig(Selectors):
         return value
 
 
+class LimitConfig(Selectors):
+    """A rate limit (``spendgate.limits``): requests and estimated-then-real tokens per
+    sliding minute, and calls in flight, shared by every replica through the store."""
+
+    name: str = Field(min_length=1)
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    max_concurrent: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> LimitConfig:
+        if (self.requests_per_minute is None and self.tokens_per_minute is None
+                and self.max_concurrent is None):
+            raise ValueError(f"limit {self.name!r} limits nothing: set requests_per_minute, "
+                             "tokens_per_minute or max_concurrent")
+        return self
+
+
 class AlertsConfig(_Strict):
     webhook_url: str | None = None
     timeout_s: float = Field(default=5, gt=0)
@@ -510,6 +529,7 @@ class Config(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     budgets: list[BudgetConfig] = Field(default_factory=list)
+    limits: list[LimitConfig] = Field(default_factory=list)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     admin_key: str | None = None
@@ -691,6 +711,9 @@ def cross_field_problems(data: dict[str, Any]) -> list[str]:
     budget_names = [str(b.get("name")) for b in budgets if b.get("name")]
     if twice := sorted({n for n in budget_names if budget_names.count(n) > 1}):
         problems.append(f"budgets: budget names must be unique: {twice} repeated")
+    limit_names = [str(x.get("name")) for x in _entries(data, "limits") if x.get("name")]
+    if twice := sorted({n for n in limit_names if limit_names.count(n) > 1}):
+        problems.append(f"limits: limit names must be unique: {twice} repeated")
     if keys:
         known = {str(k.get("name") or f"{k.get('project')}#{i}") for i, k in enumerate(keys)}
         for i, b in enumerate(budgets):

@@ -21,6 +21,7 @@ Hierarchy::
         ├── MisdirectedRequest   421: a ``Host`` not in ``server.allowed_hosts``
         ├── ClientClosed         499: the caller hung up before its body was complete
         ├── BudgetExceeded       429: a ``block`` budget has no room for this call
+        ├── RateLimitExceeded    429: a rate limit (``limits``) has no room for this call
         ├── BudgetStoreUnavailable 503: budget store down and ``store.on_error: closed``
         ├── UpstreamUnreachable  502: connect/read failure
         └── UpstreamTimeout      504: ``timeout_s`` passed
@@ -159,6 +160,16 @@ class BudgetExceeded(ProxyError):
     error_type = "budget_exceeded"
     openai_type = "budget_exceeded"
     anthropic_type = "budget_exceeded"
+
+
+class RateLimitExceeded(ProxyError):
+    """A rate limit has no room for this call; its headers say when to retry
+    (``retry-after``, ``x-ratelimit-*``: ``spendgate.limits.gate``)."""
+
+    status = 429
+    error_type = "rate_limit_exceeded"
+    openai_type = "rate_limit_exceeded"
+    anthropic_type = "rate_limit_exceeded"
 
 
 class BudgetStoreUnavailable(ProxyError):

@@ -31,6 +31,7 @@ class CallOutcome:
         "error_message",
         "error_type",
         "key_max_reserve",
+        "limit_ticket",
         "method",
         "overhead_s",
         "path",
@@ -81,6 +82,7 @@ class CallOutcome:
         self.trace: Any = None               # telemetry's per-call state, opaque here
         self.reservation: Any = None         # spendgate.budgets.gate.Reservation, when one was made
         self.budget_decision: str | None = None  # "allowed" | "blocked"; None: no block budget
+        self.limit_ticket: Any = None        # spendgate.limits.gate.LimitTicket, when admitted
         self.method = ""                     # the request's method and raw path (no query),
         self.path = b""                      # made safe to log by the record builder
         self.error_message: str | None = None  # the ProxyError's message: the cause in words
@@ -152,6 +154,8 @@ class UsageRecord:
     # The call's tags (x-spendgate-tags, a virtual key's fixed tags winning): key -> value.
     # Shared, never mutated.
     tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)
+    # spendgate.limits.gate.LimitTicket: the rate limits the call was admitted under.
+    limit_ticket: Any = None
 
     @property
     def usage_estimated(self) -> bool:

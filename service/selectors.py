@@ -6,13 +6,15 @@ A selector set (``config.Selectors``) covers a call when every selector it sets 
 ``tags`` (every ``key: value`` given is among the call's tags). A value with ``*``, ``?``
 or ``[`` is a glob (``model: "gpt-5*"``, ``tags: {feature: "search-*"}``).
 
-A ``Selector`` never changes; thread-safe.
+A ``Selector`` never changes; thread-safe. ``SelectorIndex`` finds the items (budgets,
+limits) covering a call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
+from typing import Generic, Protocol, TypeVar
 
 from spendgate.config import Selectors
 from spendgate.tags import NO_TAGS
@@ -71,3 +73,41 @@ def model_glob_matches(patterns: tuple[str, ...], model: str) -> bool:
     model selector): the model test of a budget, for a virtual key's ``models``."""
     wanted = model.lower()
     return any(fnmatchcase(wanted, pattern) for pattern in patterns)
+
+
+class Selected(Protocol):
+    """Anything covering calls through a ``Selector`` (a budget, a rate limit)."""
+
+    @property
+    def selector(self) -> Selector: ...
+
+
+S = TypeVar("S", bound=Selected)
+_MEMO_MAX = 4096
+
+
+class SelectorIndex(Generic[S]):
+    """Which of ``items`` cover a call. Items without tag selectors are memoised per
+    (upstream, project, model, key), bounded against floods of made-up names; the few with
+    tag selectors are asked each time (a call's tags are free-form: no memo could bound them).
+    Thread-safe (a lost memo write only costs a recomputation)."""
+
+    def __init__(self, items: Sequence[S]) -> None:
+        self._plain = tuple(i for i in items if not i.selector.uses_tags)
+        self._by_tags = tuple(i for i in items if i.selector.uses_tags)
+        self._memo: dict[tuple[str, str, str, str], tuple[S, ...]] = {}
+
+    def match(self, upstream: str, project: str, model: str, key: str,
+              tags: Tags = NO_TAGS) -> tuple[S, ...]:
+        memo_key = (upstream, project, model, key)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = tuple(i for i in self._plain
+                          if i.selector.matches(upstream, project, model, key))
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[memo_key] = found
+        if self._by_tags and tags:
+            found += tuple(i for i in self._by_tags
+                           if i.selector.matches(upstream, project, model, key, tags))
+        return found

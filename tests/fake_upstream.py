@@ -10,6 +10,7 @@ small JSON body. Canned bodies come from ``tests/fixtures``: literal provider tr
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class SeenRequest:
     query: str
     headers: list[tuple[str, str]]
     body: bytes
+    at: float = field(default_factory=time.monotonic)   # when it arrived
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:

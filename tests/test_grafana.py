@@ -58,8 +58,8 @@ TRAFFIC_TIMEOUT_S = 10.0
 
 def _drive_main_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
     """Priced calls streamed and not (OpenAI and Anthropic), a web search priced with a
-    fallback, an unpriced model, a self-hosted stream without usage, and a call refused by a
-    block budget."""
+    fallback, an unpriced model, a self-hosted stream without usage, and calls refused by a
+    block budget and by a rate limit."""
     project = {"x-spendgate-project": "contract"}
     gpt = openai.OpenAI(base_url=proxy.url + "/openai/v1", api_key="sk-caller", max_retries=0,
                         default_headers=project)
@@ -98,6 +98,11 @@ def _drive_main_proxy(proxy: ProxyProcess, fake: FakeUpstream) -> None:
         pass
     with pytest.raises(openai.RateLimitError):  # worst case over contract-cap's limit
         blocked.chat.completions.create(model="gpt-4o-mini", max_tokens=100,
+                                        messages=[{"role": "user", "content": "Hi"}])
+    limited = openai.OpenAI(base_url=proxy.url + "/openai/v1", api_key="sk-caller",
+                            max_retries=0, default_headers={"x-spendgate-project": "limited"})
+    with pytest.raises(openai.RateLimitError):  # its estimate over contract-limit's tokens
+        limited.chat.completions.create(model="gpt-4o-mini", max_tokens=100,
                                         messages=[{"role": "user", "content": "Hi"}])
 
 
@@ -159,6 +164,7 @@ def metric_labels(spawn: Any, fake: FakeUpstream, tmp_path_factory: pytest.TempP
         fake,
         budgets=[{"name": "contract-cap", "project": "blocked", "limit_usd": "0.000001",
                   "window": "day", "action": "block"}],
+        limits=[{"name": "contract-limit", "project": "limited", "tokens_per_minute": 1}],
         telemetry={"usage_log": {"path": "/dev/full"}},  # ENOSPC: spendgate_sink_errors_total
         attribution={"tag_keys": ["feature"]},           # spendgate_tag_*: value "" untagged
     ))
@@ -209,7 +215,7 @@ ALERT_NAMES = {
     "SpendgateBudgetWarning", "SpendgateBudgetExhausted", "SpendgateBudgetForecastExhaustion",
     "SpendgateUpstreamErrorRateHigh", "SpendgateUpstreamLatencyHigh",
     "SpendgateTimeToFirstTokenHigh", "SpendgateUnpricedModel", "SpendgateStoreErrors",
-    "SpendgateProviderCostDrift"}
+    "SpendgateProviderCostDrift", "SpendgateRateLimited"}
 
 # ------------------------------------------------------------------ PromQL helpers
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool",

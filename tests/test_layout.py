@@ -34,6 +34,9 @@ ALLOWED: dict[str, set[str]] = {
     "spendgate.demo": {"spendgate.providers", "spendgate.accounting"},
     # Beside the flow: the provider's bill against the ledger (its command opens the store).
     "spendgate.reconcile": {"spendgate.budgets"},
+    # Rate limits: counted in the budget store, estimated as budget reservations are.
+    "spendgate.limits": {"spendgate.budgets", "spendgate.accounting", "spendgate.providers",
+                         "spendgate.exporters.base"},
 }
 
 

@@ -119,6 +119,23 @@ def test_a_three_node_cluster_holds_budgets_spanning_two_budgets(
     assert proxy.sample("spendgate_store_errors_total") is None
 
 
+def test_a_three_node_cluster_holds_rate_limits_spanning_two_limits(
+        spawn: Any, upstream: FakeUpstream, cluster: list[int]) -> None:
+    """Every key of a call's limits is in the store's hash slot: one script, no CROSSSLOT."""
+    url = f"redis+cluster://127.0.0.1:{cluster[0]},127.0.0.1:{cluster[1]}"
+    limits = [{"name": "rpm", "requests_per_minute": 3},
+              {"name": "flight", "upstream": "openai", "max_concurrent": 2,
+               "tokens_per_minute": 100000}]
+    proxy: ProxyProcess = spawn(budget_config(upstream, [], limits=limits,
+                                              store={"url": url, "timeout_s": 1}))
+    upstream.queue(*[chat_reply(100) for _ in range(4)])
+    assert calls(proxy, 4) == [200] * 3 + [429]
+    client = RedisCluster(host="127.0.0.1", port=cluster[0])
+    assert client.zcard("{spendgate:}limitlog:rpm") == 3
+    assert wait_for(lambda: client.zcard("{spendgate:}limitslots:flight") == 0)
+    assert proxy.sample("spendgate_store_errors_total") is None
+
+
 def test_sentinel_failover_keeps_every_cent(spawn: Any, upstream: FakeUpstream,
                                             tmp_path: Path) -> None:
     master_port, replica_port, sentinel_port = free_port(), free_port(), free_port()

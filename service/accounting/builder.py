@@ -199,7 +199,7 @@ class RecordBuilder:
             request_json=info.json if self.keep_request and info is not None else None,
             output_text=summary.output_text if self.keep_output else None,
             reservation=outcome.reservation, budget_decision=outcome.budget_decision,
-            tags=outcome.tags,
+            tags=outcome.tags, limit_ticket=outcome.limit_ticket,
             price_tier=quote.tier if price_source else None, context_tier=quote.context_tier,
             fees_usd=quote.fees, price_fallbacks=tuple(sorted(quote.fallbacks)),
             method=outcome.method[:16], path=loggable_path(outcome.path),

@@ -78,6 +78,19 @@ def prompt_tokens_bound(info: RequestInfo) -> int:
     return len(body) + images * IMAGE_TOKENS_WORST
 
 
+def output_tokens_bound(info: RequestInfo, catalog: PriceCatalog, matched: str | None) -> int:
+    """The most a call can generate: ``max_tokens`` (x n), else the catalog's
+    ``max_output_tokens`` of the entry ``matched`` (the model as the catalog resolved it),
+    else ``DEFAULT_OUTPUT_TOKENS``; 0 for embeddings."""
+    if info.operation == "embeddings":
+        return 0
+    output = info.max_tokens or 0
+    if not output:
+        entry = catalog.entries.get(matched) if matched is not None else None
+        output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
+    return output * info.choices
+
+
 def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog) -> int:
     """The most this call can cost, rounded up to a nano-dollar (see the module docstring)."""
     info = outcome.request
@@ -86,13 +99,7 @@ def worst_case_nano(outcome: CallOutcome, catalog: PriceCatalog) -> int:
     resolved = catalog.resolve(info.model, upstream=outcome.upstream, provider=outcome.provider)
     if resolved is None:
         return 0
-    output = 0
-    if info.operation != "embeddings":
-        output = info.max_tokens or 0
-        if not output:
-            entry = catalog.entries.get(resolved.matched)
-            output = (entry.max_output_tokens if entry else None) or DEFAULT_OUTPUT_TOKENS
-        output *= info.choices
+    output = output_tokens_bound(info, catalog, resolved.matched)
     # The byte bound can only overstate the prompt, so the context tier it falls in is never
     # cheaper than the one the call will be priced at: the reservation stays an upper bound.
     prompt = prompt_tokens_bound(info)

@@ -3,9 +3,10 @@
 The composition root (``app.Spendgate``) builds one ``BudgetManager`` and uses it as: the
 source of the proxy's ``BudgetGate`` (``proxy_gate``: None when no budget blocks), a
 record sink (``export``: the ledger's ``LedgerSink``), readiness (``problem``), the admin
-views and reload (``update``). The ledger (and its store) exists when budgets or an admin key are
-configured, or ``store`` is set explicitly; without one, everything here is a no-op and no
-file is created.
+views and reload (``update``). The ledger (and its store) exists when budgets, rate limits
+(``spendgate.limits`` keep their counts in the same store) or an admin key are configured,
+or ``store`` is set explicitly; without one, everything here is a no-op and no file is
+created.
 
 Lifetime: construct (opens the store: a SQLite file is created, Redis is not contacted),
 ``await start()`` in the event loop, ``await close()`` after the record pipeline is closed
@@ -61,7 +62,8 @@ def journal_path(store: StoreConfig) -> Path | None:
 
 
 def wants_ledger(config: Config) -> bool:
-    return bool(config.budgets or config.admin_key or "store" in config.model_fields_set
+    return bool(config.budgets or config.limits or config.admin_key
+                or "store" in config.model_fields_set
                 or any(up.admin_key for up in config.upstreams.values()))
 
 

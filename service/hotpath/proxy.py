@@ -3,7 +3,8 @@
 Per call it does the minimum on the event loop: check the ``Host`` it was reached by
 (``exposure``), route, authenticate, check a browser's ``Origin`` and attribute the call,
 all from its headers (``attribution``: no body is read for a caller without a valid key),
-read the body, parse it once (provider), forward with a pooled keep-alive connection, and
+read the body, parse it once (provider), admit it under rate limits and budgets (the
+``RateLimiter`` and ``BudgetGate`` Protocols), forward with a pooled keep-alive connection, and
 send the upstream's status, headers and bytes back as they arrive. Usage extraction,
 estimation, pricing and every export happen later, in the ``RecordPipeline`` thread, after
 the caller has its last byte; the proxy hands over one ``CallOutcome`` per call.
@@ -124,6 +125,23 @@ class BudgetGate(Protocol):
     async def reserve(self, outcome: CallOutcome) -> None: ...
 
 
+class RateLimiter(Protocol):
+    """Admission control for rate (implemented by ``limits.gate``): requests and tokens per
+    minute, calls in flight.
+
+    ``admit`` (asked only while ``active``) raises ``ProxyError`` (429 ``RateLimitExceeded``)
+    to refuse the call; it records what the call holds on ``outcome.limit_ticket``, which
+    ``release`` frees once the call has ended, whatever its outcome.
+    """
+
+    @property
+    def active(self) -> bool: ...
+
+    async def admit(self, outcome: CallOutcome) -> None: ...
+
+    async def release(self, ticket: object) -> None: ...
+
+
 class OutcomeSink(Protocol):
     """Where a finished call goes (``accounting.pipeline.RecordPipeline``): once per call,
     after the caller has its last byte."""
@@ -146,6 +164,7 @@ class ProxyApp:
     def __init__(self, config: Config, client: UpstreamClient, outcomes: OutcomeSink,
                  in_flight: Callable[[str], Any], *, hosts: HostAllowList,
                  origins: OriginAllowList, gate: BudgetGate | None = None,
+                 limiter: RateLimiter | None = None,
                  propagate: bool = False, sample_new_traces: bool | float = True) -> None:
         self.upstreams = {name: Upstream(name, cfg, in_flight(name))
                           for name, cfg in config.upstreams.items()}
@@ -163,6 +182,7 @@ class ProxyApp:
         self.propagate = propagate
         self.sample_new_traces = sample_new_traces
         self._policy: tuple[KeyRing, BudgetGate | None] = (KeyRing(config.keys), gate)
+        self.limiter = limiter   # one for the process: it swaps its own limits on reload
 
     def reconfigure(self, keyring: KeyRing, gate: BudgetGate | None) -> None:
         """Reload: the virtual keys and the budget gate new calls are admitted with."""
@@ -215,7 +235,12 @@ class ProxyApp:
         finally:
             upstream.in_flight.dec()
             outcome.duration_s = time.perf_counter() - started
+            ticket = outcome.limit_ticket
             self.outcomes.submit(outcome)
+            if ticket is not None and self.limiter is not None:
+                # After the caller has its last byte, before this call's task ends: a caller
+                # that waits for each answer finds its slot free for the next call.
+                await self.limiter.release(ticket)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send,
                        headers: dict[bytes, bytes], upstream: Upstream, target: Route,
@@ -261,6 +286,9 @@ class ProxyApp:
             out_headers.append(("traceparent", trace.traceparent()))
         elif trace.parent_span_id is not None:  # no span of ours: the caller's stays the parent
             out_headers.append(("traceparent", trace.parent_traceparent()))
+        limiter = self.limiter
+        if limiter is not None and limiter.active:
+            await limiter.admit(outcome)
         if gate is not None:
             await gate.reserve(outcome)
         payload = info.upstream_body if body or method in ("POST", "PUT", "PATCH") else None

@@ -37,6 +37,20 @@ Operations, each atomic in the store:
 * ``remember(name, value, ttl_s)`` / ``recall(name)``: a small string every replica can read
   back until ``ttl_s`` ends (who created a batch; ``accounting.batches``).
 
+Rate limits (``spendgate.limits``), per limit name, in their own keys or tables:
+
+* ``limit_admit(rid, holds, now)``: per limit, a sliding-window log of the calls admitted in
+  the last ``window_s`` seconds (each with its token count) and the calls in flight (each
+  with a lease that ends ``lease_s`` after ``now``). Entries that left the window and
+  expired leases are dropped first; then a call is refused (``limit_exhausted``) when one
+  more request, its ``cost`` tokens or one more call in flight would go over a limit. All
+  holds or none: admitted, ``rid`` is logged with ``cost`` tokens in each (``LimitState``
+  says why not, and when to retry).
+* ``limit_release(rid, limits)``: the call ended, its in-flight slots are free.
+* ``limit_end(ends)``: calls that finished, as the record pipeline saw them: each one's real
+  tokens replace its estimate in each log that still holds it (a call older than the window
+  is gone already) and its slots are freed (again: idempotent).
+
 Every operation is bounded by ``timeout_s`` and raises ``StoreError`` on any failure (each
 backend translates its library's errors in one place); values live until their window ends
 plus a margin (``ttl_s``; 0 = forever). Thread-safety: every method may be called from any
@@ -131,6 +145,61 @@ class SettleBatch:
         return bool(self.releases or self.charges or self.dims or self.days)
 
 
+@dataclass(frozen=True, slots=True)
+class LimitHold:
+    """One rate limit's part of a call's admission; 0: that limit is not set."""
+
+    limit: str
+    requests: int       # requests_per_minute
+    tokens: int         # tokens_per_minute
+    concurrent: int     # max_concurrent
+    cost: int           # this call's token estimate
+    window_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """Why ``limit_admit`` said no: the first limit that had no room and its state then.
+
+    ``exhausted``: ``requests``, ``tokens`` or ``concurrent``. ``retry_after_s``: when the
+    call would fit, as far as the window can tell (None: never, the call alone is over the
+    tokens limit; 1 s for ``concurrent``: nobody knows when a call ends). ``reset_s``: when
+    the window is empty again (its newest entry leaves)."""
+
+    limit: str
+    exhausted: str
+    requests: int
+    tokens: int
+    in_flight: int
+    retry_after_s: float | None
+    reset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimitEnd:
+    """A finished call in one limit: its real ``tokens`` replace its estimate in the log
+    (None: leave it), and its in-flight slot is freed when ``slot``."""
+
+    limit: str
+    rid: str
+    tokens: int | None
+    slot: bool
+
+
+CONCURRENT_RETRY_S = 1.0
+
+
+def limit_exhausted(hold: LimitHold, requests: int, tokens: int, in_flight: int) -> str | None:
+    """The admission rule of a rate limit: what would go over, if anything."""
+    if hold.requests and requests + 1 > hold.requests:
+        return "requests"
+    if hold.tokens and tokens + hold.cost > hold.tokens:
+        return "tokens"
+    if hold.concurrent and in_flight + 1 > hold.concurrent:
+        return "concurrent"
+    return None
+
+
 def fits(spend: int, reserved: int, amount: int, limit: int) -> bool:
     """The admission rule of a block budget."""
     used = spend + reserved
@@ -178,6 +247,20 @@ class Store(ABC):
 
     async def aclose(self) -> None:
         return None
+
+    @abstractmethod
+    def limit_admit(self, rid: str, holds: Sequence[LimitHold], now: float
+                    ) -> LimitState | None: ...
+
+    @abstractmethod
+    async def limit_admit_async(self, rid: str, holds: Sequence[LimitHold], now: float
+                                ) -> LimitState | None: ...
+
+    @abstractmethod
+    async def limit_release_async(self, rid: str, limits: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def limit_end(self, ends: Sequence[LimitEnd]) -> None: ...
 
     @abstractmethod
     def remember(self, name: str, value: str, ttl_s: int, now: float) -> None:

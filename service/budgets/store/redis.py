@@ -10,6 +10,7 @@ Keys (``P`` is ``store.key_prefix``; budget names are user text, window ids neve
     P claim:{name}               string alert dedupe (SET NX)
     P settled:{source}           string last batch seq applied from a process (one day)
     P memo:{name}                string ``remember``'s value (batch owners), until its TTL
+    P limit*:{name}              rate limits (``redis_limits.py``)
 
 Each script runs atomically in Redis, so the check-and-increment of ``reserve`` holds under
 any number of replicas. Amounts travel as decimal strings and are added with ``HINCRBY``
@@ -33,12 +34,16 @@ import orjson
 import redis
 import redis.asyncio
 
+import spendgate.budgets.store.redis_limits as redis_limits
 from spendgate.budgets.store.base import (
     DIM_CAP,
     HISTORY_CAP,
     Dims,
     HistoryKey,
     Hold,
+    LimitEnd,
+    LimitHold,
+    LimitState,
     Refusal,
     SettleBatch,
     Store,
@@ -156,6 +161,10 @@ class RedisStore(Store):
         self._reserve_sync = self._sync.register_script(_RESERVE)
         self._settle_sync = self._sync.register_script(_SETTLE)
         self._reserve_async: Any = None
+        self._limit_admit_sync = self._sync.register_script(redis_limits.ADMIT)
+        self._limit_end_sync = self._sync.register_script(redis_limits.END)
+        self._limit_admit_async: Any = None
+        self._limit_release_async: Any = None
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -280,3 +289,44 @@ class RedisStore(Store):
         with self._errors():
             value = self._sync.get(f"{self.prefix}memo:{name}")
         return value.decode() if isinstance(value, bytes) else None
+
+    # -- rate limits (redis_limits.py) ------------------------------------------------------
+
+    def _async_client(self) -> Any:
+        """The asyncio client (made in the loop on first use), its limit scripts with it."""
+        if self._async is None:
+            self._async = self._topology.async_client(self._options)
+            self._reserve_async = self._async.register_script(_RESERVE)
+            self._limit_admit_async = self._limit_release_async = None
+        return self._async
+
+    def limit_admit(self, rid: str, holds: Sequence[LimitHold], now: float
+                    ) -> LimitState | None:
+        keys, args = redis_limits.admit_args(self.prefix, rid, holds, now, self.lease_s)
+        with self._errors():
+            reply = self._limit_admit_sync(keys=keys, args=args)
+        return redis_limits.admit_reply(holds, reply)
+
+    async def limit_admit_async(self, rid: str, holds: Sequence[LimitHold], now: float
+                                ) -> LimitState | None:
+        client = self._async_client()
+        if self._limit_admit_async is None:
+            self._limit_admit_async = client.register_script(redis_limits.ADMIT)
+        keys, args = redis_limits.admit_args(self.prefix, rid, holds, now, self.lease_s)
+        with self._errors():
+            reply = await asyncio.wait_for(self._limit_admit_async(keys=keys, args=args),
+                                           self.timeout_s)
+        return redis_limits.admit_reply(holds, reply)
+
+    async def limit_release_async(self, rid: str, limits: Sequence[str]) -> None:
+        client = self._async_client()
+        if self._limit_release_async is None:
+            self._limit_release_async = client.register_script(redis_limits.RELEASE)
+        with self._errors():
+            await asyncio.wait_for(self._limit_release_async(
+                keys=redis_limits.slot_keys(self.prefix, limits), args=[rid]), self.timeout_s)
+
+    def limit_end(self, ends: Sequence[LimitEnd]) -> None:
+        keys, args = redis_limits.end_args(self.prefix, ends)
+        with self._errors():
+            self._limit_end_sync(keys=keys, args=args)

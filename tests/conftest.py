@@ -80,6 +80,16 @@ class ProxyProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_line(self, request_id: str, timeout_s: float = 5.0) -> str:
+        """The one access-log line of a call (written after the caller has its bytes)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = [ln for ln in self.log().splitlines() if request_id in ln]
+            if lines or time.monotonic() > deadline:
+                assert len(lines) == 1, self.log()[-3000:]
+                return lines[0]
+            time.sleep(0.05)
+
     def peak_rss_mb(self) -> float:
         """The process's peak resident memory so far (``VmHWM``, Linux), in MiB."""
         assert self.proc is not None

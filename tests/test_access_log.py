@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,15 +44,6 @@ def logged(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
     proxy.stop()
 
 
-def _line(proxy: ProxyProcess, request_id: str, timeout_s: float = 5.0) -> str:
-    """The access-log line of one call (it is written after the caller has its bytes)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        lines = [ln for ln in proxy.log().splitlines() if request_id in ln]
-        if lines or time.monotonic() > deadline:
-            assert len(lines) == 1, proxy.log()[-3000:]
-            return lines[0]
-        time.sleep(0.05)
 
 
 def test_a_200_is_one_line_with_every_field(logged: ProxyProcess,
@@ -63,7 +53,7 @@ def test_a_200_is_one_line_with_every_field(logged: ProxyProcess,
                    headers={"x-spendgate-project": "search", "x-spendgate-user": "alice smith",
                             "authorization": "Bearer sk-secret-caller-key"})
     assert r.status_code == 200
-    line = _line(logged, r.headers["x-spendgate-request-id"])
+    line = logged.log_line(r.headers["x-spendgate-request-id"])
     usage = json.loads(fixture("openai_chat_response.json"))["usage"]
     assert " POST /openai/v1/chat/completions 200 upstream=openai model=gpt-4o-mini " in line
     assert "api-version" not in line  # no query string
@@ -83,7 +73,7 @@ def test_a_budget_block_is_a_429_line_with_the_decision(logged: ProxyProcess,
     r = httpx.post(logged.url + "/openai/v1/chat/completions", content=CHAT,
                    headers={"x-spendgate-project": "capped"})
     assert r.status_code == 429
-    line = _line(logged, r.headers["x-spendgate-request-id"])
+    line = logged.log_line(r.headers["x-spendgate-request-id"])
     assert " 429 upstream=openai " in line and " project=capped " in line
     assert " budget=blocked error=budget_exceeded cause=" in line
     assert r.json()["error"]["message"] in json.loads(line.split(" cause=", 1)[1])
@@ -106,7 +96,7 @@ def test_a_502_names_the_host_and_the_cause_for_caller_and_log(
     message = caught.value.body["message"]  # type: ignore[index]
     host = "no-such-host.invalid:8080" if name == "nxdomain" else "127.0.0.1:"
     assert message.startswith(f"upstream {name!r} ({host}") and message.endswith(cause), message
-    line = _line(logged, caught.value.response.headers["x-spendgate-request-id"])
+    line = logged.log_line(caught.value.response.headers["x-spendgate-request-id"])
     assert " 502 upstream=" + name in line and " error=upstream_unreachable " in line
     assert json.loads(line.split(" cause=", 1)[1]) == message
     assert "sk-secret" not in logged.log()
@@ -118,7 +108,7 @@ def test_a_504_says_how_long_it_waited(logged: ProxyProcess, upstream: FakeUpstr
     assert r.status_code == 504
     assert r.json()["error"]["message"].endswith("did not answer: no response headers "
                                                  "within 1 s (timeout_s)")
-    line = _line(logged, r.headers["x-spendgate-request-id"])
+    line = logged.log_line(r.headers["x-spendgate-request-id"])
     assert " 504 upstream=local " in line and " error=upstream_timeout " in line
 
 
@@ -130,7 +120,7 @@ def test_a_hang_up_is_a_499_line_with_estimated_tokens(logged: ProxyProcess,
         rid = r.headers["x-spendgate-request-id"]
         for _ in r.iter_raw():
             break  # hang up after the first event
-    line = _line(logged, rid)
+    line = logged.log_line(rid)
     assert " 499 upstream=openai " in line and " error=client_closed" in line
     assert " tokens=~" in line  # the prompt, estimated
     assert " ttft=" in line
@@ -148,7 +138,7 @@ def test_a_stream_the_upstream_cut_is_a_200_counted_as_upstream_cut(
         with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
             for _ in r.iter_raw():
                 pass
-    line = _line(logged, rid)
+    line = logged.log_line(rid)
     # uvicorn logs (before it closes the connection the caller saw close) only for an app's
     # own failure to finish a response, not for this cut, recorded as upstream_cut.
     assert not [text for text in INCOMPLETE if text in logged.log()], logged.log()[-3000:]
@@ -168,7 +158,7 @@ def test_json_format_and_off(fake: FakeUpstream, upstream: FakeUpstream,
         r = httpx.post(as_json.url + "/openai/v1/chat/completions", content=CHAT,
                        headers={"x-spendgate-project": "j"})
         rid = r.headers["x-spendgate-request-id"]
-        fields = json.loads(_line(as_json, rid))
+        fields = json.loads(as_json.log_line(rid))
         assert fields["request_id"] == rid and fields["status"] == 200
         assert fields["project"] == "j" and fields["method"] == "POST"
         assert fields["path"] == "/openai/v1/chat/completions"
@@ -207,7 +197,7 @@ def test_a_stream_cut_by_the_shutdown_timeout_is_logged_as_cancelled(
         proxy.proc.wait(60)  # uvicorn re-raises the SIGTERM it handled: -15
     finally:
         proxy.stop()
-    line = _line(proxy, rid)
+    line = proxy.log_line(rid)
     assert " 200 upstream=openai " in line and " error=cancelled " in line
     assert 'cause="cut by the proxy\'s shutdown"' in line
     assert not [text for text in INCOMPLETE if text in proxy.log()], proxy.log()[-3000:]

@@ -61,15 +61,6 @@ def _anthropic(proxy: ProxyProcess, key: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=proxy.url + "/anthropic", api_key=key, max_retries=0)
 
 
-def _line(proxy: ProxyProcess, request_id: str) -> str:
-    """The access-log line of one call (written after the caller has its answer)."""
-    deadline = time.monotonic() + 5
-    while True:
-        lines = [ln for ln in proxy.log().splitlines() if request_id in ln]
-        if lines or time.monotonic() > deadline:
-            assert len(lines) == 1, proxy.log()[-3000:]
-            return lines[0]
-        time.sleep(0.05)
 
 
 # ---- models --------------------------------------------------------------------------------
@@ -231,11 +222,11 @@ def test_refusals_are_counted_and_logged_without_the_secret(limited: ProxyProces
                          json={"model": "claude-haiku-4-5", "max_tokens": 5,
                                "messages": MESSAGES})
     assert (refused.status_code, expired.status_code) == (403, 401)
-    line = _line(limited, refused.headers["x-spendgate-request-id"])
+    line = limited.log_line(refused.headers["x-spendgate-request-id"])
     assert " 403 upstream=openai model=unknown " in line and " project=team " in line
     assert " error=model_not_allowed cause=" in line
     assert "virtual key 'team' may not use model 'gpt-5'" in line
-    line = _line(limited, expired.headers["x-spendgate-request-id"])
+    line = limited.log_line(expired.headers["x-spendgate-request-id"])
     assert " 401 upstream=anthropic " in line and " project=old " in line
     assert " error=key_expired " in line
     for kind in before:

@@ -176,13 +176,18 @@ class SQLiteStore(Store):
 
     async def reserve_async(self, rid: str, holds: Sequence[Hold],
                             now: float) -> Refusal | None:
+        return await self._write_async(lambda db: self._reserve(db, rid, holds, now))
+
+    async def _write_async(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in one write transaction from the event loop (reservations, rate limits):
+        on the loop's own connection, or on the store's thread when another writer has the
+        file."""
         try:
-            return self._reserve_on_loop(rid, holds, now)
+            return self._on_loop(fn)
         except _Busy:
             pass  # another writer has the file: wait for it on the store's thread
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._guarded, self._write_after_settle,
-                                   lambda db: self._reserve(db, rid, holds, now))
+        job = loop.run_in_executor(self._executor, self._guarded, self._write_after_settle, fn)
         try:
             return await asyncio.wait_for(job, self.timeout_s)
         except TimeoutError:
@@ -197,9 +202,9 @@ class SQLiteStore(Store):
             pass
         return self._write(fn)
 
-    def _reserve_on_loop(self, rid: str, holds: Sequence[Hold], now: float) -> Refusal | None:
-        """One reservation transaction on the loop's connection; ``_Busy`` when the write
-        lock is taken (nothing was done), ``StoreError`` on any other failure."""
+    def _on_loop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in one write transaction on the loop's connection; ``_Busy`` when the
+        write lock is taken (nothing was done), ``StoreError`` on any other failure."""
         try:
             db = self._loop_db
             if db is None:
@@ -210,8 +215,7 @@ class SQLiteStore(Store):
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA wal_autocheckpoint=0")
                 self._loop_db = db
-            return self._write_on(db, lambda db: self._reserve(db, rid, holds, now),
-                                  busy_ok=True)
+            return self._write_on(db, fn, busy_ok=True)
         except sqlite3.Error as error:
             raise StoreError(f"{self.description}: {error}") from None
 
@@ -427,41 +431,7 @@ class SQLiteStore(Store):
             return str(row[0]) if row else None
         return self._run(read)
 
-    # -- rate limits (sqlite_limits.py) -----------------------------------------------------
-    # Their per-call operations run on the loop as reserve_async does (the module docstring),
-    # through _write_async: kept beside, not folded into reserve_async, while the budget
-    # store's own paths are being reworked elsewhere.
-
-    async def _write_async(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn`` in one write transaction from the event loop: on the loop's connection,
-        or on the store's thread when another writer has the file."""
-        try:
-            return self._on_loop(fn)
-        except _Busy:
-            pass  # another writer has the file: wait for it on the store's thread
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, self._guarded, self._write, fn)
-        try:
-            return await asyncio.wait_for(job, self.timeout_s)
-        except TimeoutError:
-            raise StoreError(f"{self.description} did not answer in {self.timeout_s:g} s"
-                             ) from None
-
-    def _on_loop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn`` in one write transaction on the loop's connection (``_reserve_on_loop``'s);
-        ``_Busy`` when the write lock is taken (nothing was done), ``StoreError`` on any
-        other failure."""
-        try:
-            db = self._loop_db
-            if db is None:  # as _reserve_on_loop opens it (to share once merged)
-                db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
-                                     check_same_thread=False)
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA wal_autocheckpoint=0")
-                self._loop_db = db
-            return self._write_on(db, fn, busy_ok=True)
-        except sqlite3.Error as error:
-            raise StoreError(f"{self.description}: {error}") from None
+    # -- rate limits (sqlite_limits.py): per call, on the loop as reservations are ---------
 
     def limit_admit(self, rid: str, holds: Sequence[LimitHold], now: float
                     ) -> LimitState | None:

@@ -108,8 +108,9 @@ class PrometheusSink(RecordSink):
                                    registry=registry)
         self.sink_errors = Counter("spendgate_sink_errors", "Exports that failed, by sink.",
                                    ("sink",), registry=registry)
-        # One value cap per accounted tag key (attribution.tag_keys).
-        self._tag_values = {key: LabelCap(label_limit) for key in tag_keys}
+        # Per accounted tag key (attribution.tag_keys): a cap on its values and one on its
+        # (value, model) pairs, since two capped labels still multiply.
+        self._tag_caps = {key: (LabelCap(label_limit), PairCap(pair_limit)) for key in tag_keys}
         self.tag_requests = Counter("spendgate_tag_requests", "Proxied calls by tag (the "
                                     "keys of attribution.tag_keys; tag_value \"\": untagged).",
                                     TAG_LABELS, registry=registry)
@@ -139,15 +140,16 @@ class PrometheusSink(RecordSink):
     def _export_one(self, r: UsageRecord) -> None:
         model_value = self._model(r.model)
         project, model = self._pairs(self._project(r.project), model_value)
-        tagged = [(key, cap(r.tags.get(key, ""))) for key, cap in self._tag_values.items()]
+        tagged = [(key, *pairs(values(r.tags.get(key, "")), model_value))
+                  for key, (values, pairs) in self._tag_caps.items()] if self._tag_caps else ()
         if r.charge_only:   # a GPU's idle cost: no call, but spend (under tag_value "")
             self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
-            for key, value in tagged:
-                self.tag_cost.add((key, value, r.upstream, model_value), r.cost_usd)
+            for key, value, tag_model in tagged:
+                self.tag_cost.add((key, value, r.upstream, tag_model), r.cost_usd)
             return
         self.requests.labels(r.upstream, r.provider, model, project, str(r.status)).inc()
-        for key, value in tagged:
-            self.tag_requests.labels(key, value, r.upstream, model_value).inc()
+        for key, value, tag_model in tagged:
+            self.tag_requests.labels(key, value, r.upstream, tag_model).inc()
         latency = (r.upstream, model, project)
         kind = error_kind(r)
         if kind is not None:
@@ -170,8 +172,8 @@ class PrometheusSink(RecordSink):
             self.usage_missing.labels(*latency).inc()
         if r.cost_usd:
             self.cost.add((r.upstream, r.provider, model, project), r.cost_usd)
-            for key, value in tagged:
-                self.tag_cost.add((key, value, r.upstream, model_value), r.cost_usd)
+            for key, value, tag_model in tagged:
+                self.tag_cost.add((key, value, r.upstream, tag_model), r.cost_usd)
         if not r.priced and not r.usage.is_empty:
             self.unpriced.labels(model_value).inc()  # no project: no pair to fold
         for reason in r.price_fallbacks:

@@ -716,12 +716,13 @@ def cross_field_problems(data: dict[str, Any]) -> list[str]:
         problems.append(f"limits: limit names must be unique: {twice} repeated")
     if keys:
         known = {str(k.get("name") or f"{k.get('project')}#{i}") for i, k in enumerate(keys)}
-        for i, b in enumerate(budgets):
-            key = b.get("key")
-            if isinstance(key, str) and not set("*?[") & set(key) and key not in known:
-                problems.append(f"budgets.{i}.key: budget {b.get('name')!r}: key {key!r} "
-                                "names no virtual key (give the key a name in keys, or use "
-                                "project#index)")
+        for section in ("budgets", "limits"):
+            for i, b in enumerate(_entries(data, section)):
+                key = b.get("key")
+                if isinstance(key, str) and not set("*?[") & set(key) and key not in known:
+                    problems.append(f"{section}.{i}.key: {section[:-1]} {b.get('name')!r}: "
+                                    f"key {key!r} names no virtual key (give the key a name "
+                                    "in keys, or use project#index)")
     return problems
 
 

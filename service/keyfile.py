@@ -1,7 +1,7 @@
 """Virtual keys from a file (``keys_file: PATH``), so a secret store can mount them.
 
 The file holds the same list as the config's ``keys`` (``[{key, project, name, models,
-upstreams, expires, max_reserve_usd}, ...]``), as YAML, or JSON (a ``.json`` name is read
+upstreams, expires, max_reserve_usd, tags}, ...]``), as YAML, or JSON (a ``.json`` name is read
 as JSON; any other as YAML, which reads JSON too). Its text is taken literally: no
 ``${VAR}`` interpolation (a secret store writes the secrets themselves, and a secret may
 hold ``${``). An empty file is a problem, not "no keys" (a file caught half-written must not

@@ -111,3 +111,11 @@ class SelectorIndex(Generic[S]):
             found += tuple(i for i in self._by_tags
                            if i.selector.matches(upstream, project, model, key, tags))
         return found
+
+    def any_model(self, upstream: str, project: str, key: str,
+                  tags: Tags = NO_TAGS) -> tuple[S, ...]:
+        """The items covering a call whatever its model (one whose body names none that can
+        be read: its ``model`` selectors are not consulted). Not memoised: such calls are
+        rare."""
+        return tuple(i for i in (*self._plain, *self._by_tags)
+                     if i.selector.matches(upstream, project, None, key, tags))

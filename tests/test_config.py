@@ -92,8 +92,11 @@ def test_schema_and_cross_field_problems_come_in_one_pass() -> None:
         parse_config({"upstreams": {"metrics": {"url": "http://x"}, "o": {"url": "ftp://x"}},
                       "keys": [{"key": "a", "project": "p"}, {"key": "a", "project": "q"}],
                       "budgets": [{"name": "b", "limit_usd": -1},
-                                  {"name": "b", "limit_usd": 1, "key": "nobody"}]}, {})
+                                  {"name": "b", "limit_usd": 1, "key": "nobody"}],
+                      "limits": [{"name": "l", "key": "p#9", "requests_per_minute": 5}]}, {})
     problems = caught.value.problems
+    assert any(p.startswith("limits.0.key: limit 'l': key 'p#9' names no virtual key")
+               for p in problems)
     assert "upstreams.o.url: not a URL: scheme 'ftp' is not http or https" in problems
     assert any(p.startswith("budgets.0.limit_usd:") for p in problems)
     assert "budgets: budget names must be unique: ['b'] repeated" in problems

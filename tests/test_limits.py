@@ -498,3 +498,66 @@ def test_the_window_slides_and_the_sdk_waits_for_it(spawn: Any, upstream: FakeUp
     time.sleep(window + 0.1)            # every call has left the window
     chat(oai(proxy))
     assert wait_for(lambda: window_tokens(store, "rpm") == 15, 5)
+
+
+# ---- selectors at the seams: tags (the header's and a key's), and a budget's refusal ------
+
+def test_limits_select_by_tags_and_a_budget_refusal_frees_the_slot(
+        spawn: Any, upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A limit with ``tags`` covers the calls carrying them: from ``x-spendgate-tags``, or a
+    virtual key's fixed tags, which the header cannot override. A call a block budget then
+    refuses gives its ``max_concurrent`` slot back at once."""
+    upstream.reset()
+    config = budget_config(
+        upstream, [{"name": "cap", "project": "growth", "limit_usd": 1, "action": "block"}],
+        keys=[{"key": "vk-growth", "project": "growth", "tags": {"team": "growth"}},
+              {"key": "vk-other", "project": "other"}],
+        limits=[{"name": "search-rpm", "tags": {"feature": "search"}, "requests_per_minute": 2},
+                {"name": "growth-slot", "tags": {"team": "growth"}, "max_concurrent": 1},
+                {"name": "growth-rpm", "tags": {"team": "growth"}, "requests_per_minute": 3}],
+        store={"url": f"sqlite:///{tmp_path / 'limits.sqlite3'}"})
+    proxy = spawn(config)
+
+    def call(key: str, tags: str | None = None, max_tokens: int = 10) -> httpx.Response:
+        headers = {**JSON, "authorization": f"Bearer {key}"}
+        if tags is not None:
+            headers["x-spendgate-tags"] = tags
+        return httpx.post(proxy.url + "/openai/v1/chat/completions", headers=headers,
+                          content=chat_body(max_tokens), timeout=10)
+
+    upstream.queue(*[small_reply(5, 3) for _ in range(10)])
+    # The header's tags: two feature=search calls a minute; other features are not covered.
+    assert [call("vk-other", "feature=search").status_code for _ in range(3)] == [200, 200, 429]
+    assert "'search-rpm'" in call("vk-other", "feature=search").json()["error"]["message"]
+    assert call("vk-other", "feature=chat").status_code == 200
+    # The key's fixed tags: team=growth whatever the header says. A call whose worst case
+    # is over the budget (1 USD; 1000 USD per million output tokens) is refused by the
+    # budget after the limits admitted it: its slot is free for the next call at once.
+    refused = call("vk-growth", "team=other", max_tokens=100_000)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "budget_exceeded"
+    assert call("vk-growth", "team=other").status_code == 200      # the slot was given back
+    assert call("vk-growth").status_code == 200
+    limited = call("vk-growth", "team=other")   # growth-rpm: 3 requests, the refused one too
+    assert limited.status_code == 429, limited.text
+    assert "'growth-rpm'" in limited.json()["error"]["message"]
+    assert call("vk-other", "team=other").status_code == 200      # not covered
+    assert call("vk-other", "team=growth").status_code == 429     # the header's tag: covered
+    assert proxy.eventually("spendgate_rate_limited_total", limit="growth-rpm") == 2
+    assert proxy.sample("spendgate_rate_limited_total", limit="search-rpm") == 2
+
+
+def test_a_body_no_parser_reads_is_held_to_model_limits(spawn: Any, upstream: FakeUpstream,
+                                                        tmp_path: Path) -> None:
+    """A metered body that names no model anyone can read cannot slip past a limit that
+    selects a model: it is held to every limit covering it whatever its model."""
+    upstream.reset()
+    config = limits_config(upstream, [{"name": "model-rpm", "model": MODEL,
+                                       "requests_per_minute": 1}],
+                           {"url": f"sqlite:///{tmp_path / 'limits.sqlite3'}"})
+    proxy = spawn(config)
+    upstream.queue(Reply(status=400, body=b'{"error":{"message":"bad json"}}'))
+    broken = b'{"model": "' + MODEL.encode() + b'", "max_tokens": 5, "messages": [}'
+    statuses = [httpx.post(proxy.url + "/openai/v1/chat/completions", headers=JSON,
+                           content=broken, timeout=10).status_code for _ in range(2)]
+    assert statuses == [400, 429]   # the upstream judged the first; the limit held the second
+    assert proxy.eventually("spendgate_rate_limited_total", limit="model-rpm") == 1

@@ -321,6 +321,32 @@ def test_tag_metrics_stay_within_their_caps_under_a_flood_and_sum_exactly(
     assert Decimal(repr(view["total_usd"])) == exact
 
 
+def test_tag_metrics_cap_value_and_model_pairs_per_key(
+        fake: FakeUpstream, spawn: Any, tmp_path: Path) -> None:
+    """Tag values and models are capped apart, and their pairs too: 20 values x 15 models
+    would be 300 series per key; past ``pair_limit`` a value keeps its own series with its
+    model read ``other``, and the counts still add up."""
+    fake.reset()
+    calls, pair_limit = 300, 40
+    config = tag_config(fake, ["feature"],
+                        metrics={"label_limit": 50, "pair_limit": pair_limit},
+                        store={"url": f"sqlite:///{tmp_path}/ledger.sqlite3"})
+    proxy: ProxyProcess = spawn(config)
+    fake.queue(*[chat_reply(1) for _ in range(calls)])
+    with httpx.Client(timeout=30) as http:
+        for i in range(calls):
+            r = http.post(proxy.url + "/openai/v1/chat/completions",
+                          content=chat_body(1, model=f"m-{i // 20}"),
+                          headers={**JSON, "x-spendgate-tags": f"feature=f{i % 20}"})
+            assert r.status_code == 200, r.text
+    recorded(proxy, calls)
+    requests = samples(proxy, "spendgate_tag_requests_total")
+    pairs = {(labels["tag_value"], labels["model"]) for labels, _ in requests}
+    assert len(pairs) <= pair_limit + 20          # the admitted pairs, + (value, other) each
+    assert sum(1 for _, model in pairs if model == "other") > 0
+    assert sum(v for _, v in requests) == calls
+
+
 # ---- a tag budget blocks across replicas sharing Redis -------------------------------------
 
 def test_a_tag_budget_blocks_across_two_replicas_sharing_redis(

@@ -15,10 +15,8 @@ from typing import Any
 from spendgate.budgets.windows import Window, iso, window_at, zone
 from spendgate.config import BudgetConfig
 from spendgate.money import nano_to_float, to_nano
-from spendgate.selectors import Selector, Tags
+from spendgate.selectors import Selector, SelectorIndex, Tags
 from spendgate.tags import NO_TAGS
-
-_MEMO_MAX = 4096
 
 
 class Budget:
@@ -61,32 +59,18 @@ class BudgetBook:
         self.budgets = tuple(Budget(c) for c in configs)
         self.by_name = {b.name: b for b in self.budgets}
         self.any_block = any(b.block for b in self.budgets)
-        self._memo: dict[tuple[str, str, str, str], tuple[Budget, ...]] = {}
-        self._by_tags = tuple(b for b in self.budgets if b.selector.uses_tags)
-        self._plain = tuple(b for b in self.budgets if not b.selector.uses_tags)
+        self._index = SelectorIndex(self.budgets)
 
     def match(self, upstream: str, project: str, model: str, key: str,
               tags: Tags = NO_TAGS) -> tuple[Budget, ...]:
-        """The budgets covering a call. Budgets without tag selectors are memoised; the few
-        with them are asked each time (a call's tags are free-form: no memo could bound them)."""
-        memo_key = (upstream, project, model, key)
-        found = self._memo.get(memo_key)
-        if found is None:
-            found = tuple(b for b in self._plain if b.matches(upstream, project, model, key))
-            if len(self._memo) >= _MEMO_MAX:
-                self._memo.clear()   # bounded against floods of made-up project names
-            self._memo[memo_key] = found
-        if self._by_tags and tags:
-            found += tuple(b for b in self._by_tags
-                           if b.matches(upstream, project, model, key, tags))
-        return found
+        return self._index.match(upstream, project, model, key, tags)
 
     def block_any_model(self, upstream: str, project: str, key: str,
                         tags: Tags = NO_TAGS) -> Budget | None:
-        """A block budget that would cover this call whatever its model, if there is one.
-        Not memoised: asked only for calls whose body nobody could read."""
-        return next((b for b in self.budgets
-                     if b.block and b.matches(upstream, project, None, key, tags)), None)
+        """A block budget that would cover this call whatever its model, if there is one
+        (asked only for calls whose body nobody could read)."""
+        return next((b for b in self._index.any_model(upstream, project, key, tags)
+                     if b.block), None)
 
 
 def describe(budget: Budget, spend: int, reserved: int, now: float) -> dict[str, Any]:

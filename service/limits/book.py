@@ -50,3 +50,9 @@ class LimitBook:
     def match(self, upstream: str, project: str, model: str, key: str,
               tags: Tags = NO_TAGS) -> tuple[Limit, ...]:
         return self._index.match(upstream, project, model, key, tags)
+
+    def match_any_model(self, upstream: str, project: str, key: str,
+                        tags: Tags = NO_TAGS) -> tuple[Limit, ...]:
+        """The limits covering a call whatever its model (one whose body names none that
+        can be read)."""
+        return self._index.any_model(upstream, project, key, tags)

@@ -9,9 +9,11 @@ limit), and refuses the call with ``RateLimitExceeded`` (429) when one has no ro
 * ``tokens_per_minute``: the tokens of the window plus this call's estimate would go over.
   The estimate is the bound the budget reservation uses (``budgets.gate``): the prompt as
   its body's bytes (+ 1600 per image part), plus ``max_tokens`` (x n), else the catalog's
-  ``max_output_tokens``, else 32768; 0 for embeddings' output. It can only overstate, so
-  the correction when the call ends (``sink.py``: real input + output tokens) only gives
-  tokens back, and the window never holds more than the limit. A call whose estimate alone
+  ``max_output_tokens``, else 32768; 0 for embeddings' output. It overstates what the
+  request shows, so the correction when the call ends (``sink.py``: real input + output
+  tokens) gives tokens back; input the provider adds itself (server-side search results)
+  or an image billed above its bound can make the real count larger, and then the window
+  holds more than the limit until that call leaves it. A call whose estimate alone
   is over the limit is refused for good (``x-should-retry: false``): lower ``max_tokens``.
 * ``max_concurrent``: the limit's calls in flight, each holding a slot from admission until
   ``release`` (the call's end, after its last byte, whatever the outcome) and again in the
@@ -159,9 +161,16 @@ class RateLimiter:
     async def admit(self, outcome: CallOutcome) -> None:
         book, catalog = self._state
         info = outcome.request
-        model = (info.model if info else None) or "unknown"
-        covering = book.match(outcome.upstream, outcome.project, model,
-                              outcome.virtual_key or "", outcome.tags)
+        key = outcome.virtual_key or ""
+        if info is not None and info.metered and info.json is None:
+            # A body no parser reads names no model: held to every limit that covers it
+            # whatever its model, as a block budget would (it cannot slip past model: ones).
+            covering = book.match_any_model(outcome.upstream, outcome.project, key,
+                                            outcome.tags)
+        else:
+            covering = book.match(outcome.upstream, outcome.project,
+                                  (info.model if info else None) or "unknown", key,
+                                  outcome.tags)
         ledger = self._ledger()
         if not covering or ledger is None:
             return
@@ -196,10 +205,11 @@ class RateLimiter:
 
     async def release(self, ticket: object) -> None:
         """Free the in-flight slots of a call's ``LimitTicket``; never raises (a slot the
-        store missed is freed again by the record pipeline, else when its lease ends)."""
+        store missed is freed again by the record pipeline, else when its lease ends).
+        Asked even while the store's breaker is open: a slot kept after a blip would hold
+        ``max_concurrent`` room until its lease ends, and a release is safe to repeat."""
         ledger = self._ledger()
-        if (not isinstance(ticket, LimitTicket) or not ticket.slots or ledger is None
-                or not ledger.health.usable()):
+        if not isinstance(ticket, LimitTicket) or not ticket.slots or ledger is None:
             return
         try:
             await ledger.store.limit_release_async(ticket.id, ticket.slots)

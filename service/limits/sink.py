@@ -7,8 +7,8 @@ upstream reported, else spendgate's estimate of it; 0 for a call that generated 
 replace the admission estimate in the limit's log, and its in-flight slots are freed again
 (the event loop freed them at the call's end; this catches a release the store missed).
 
-A store failure loses the batch's corrections (the estimates stay, which only overstate,
-until they leave the window) and is counted (``spendgate_store_errors_total{operation=
+A store failure loses the batch's corrections (the estimates stay until they leave the
+window) and is counted (``spendgate_store_errors_total{operation=
 "limit"}``); the slots are then reclaimed when their lease ends.
 """
 

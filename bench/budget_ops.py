@@ -45,7 +45,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="spendgate-budget-ops-"))
     ledger = Ledger(SQLiteStore(folder / "ledger.sqlite3", 5.0, 3600), time.time,
-                    lambda _: None, Journal(folder / "journal.sqlite3"))
+                    lambda _: None, Journal(folder / "journal.log"))
     n = args.calls
 
     async def reserve_all() -> list[str]:

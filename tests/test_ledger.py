@@ -200,7 +200,7 @@ def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
 
     path = tmp_path / "ledger.sqlite3"
     store = SQLiteStore(path, 0.3, 60)
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = Journal(tmp_path / "journal.log")
     errors: list[str] = []
     ledger = Ledger(store, lambda: 1000.0, errors.append, journal)
     assert asyncio.run(store.reserve_async("r1", [hold("a", 10)], 1000.0)) is None
@@ -224,7 +224,7 @@ def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
     assert asyncio.run(store.reserve_async("r3", [hold("a", 10)], 1000.0)) is None
     assert store.totals([("a", W)], 0)[("a", W)] == (7, 10)
     ledger.close()
-    again = Journal(tmp_path / "journal.sqlite3")  # acknowledged rows deleted at close
+    again = Journal(tmp_path / "journal.log")  # acknowledged rows deleted at close
     assert again.leftover().stamped == [] and again.leftover().unstamped == []
     again.close()
 
@@ -240,7 +240,7 @@ def test_recorded_spend_is_journaled_then_written_in_one_transaction(
     from spendgate.budgets.ledger import SETTLE_EVERY_S
 
     store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 60)
-    journal = Journal(tmp_path / "journal.sqlite3", fsync)
+    journal = Journal(tmp_path / "journal.log", fsync)
     told: list[Totals] = []
     ledger = Ledger(store, lambda: 1000.0, lambda _: None, journal, told.append)
     for n in range(3):
@@ -257,7 +257,7 @@ def test_recorded_spend_is_journaled_then_written_in_one_transaction(
     assert store.totals([("a", W)], 0)[("a", W)] == (23, 0)
     assert told == [{("a", W): (23, 0)}]
     ledger.close()
-    again = Journal(tmp_path / "journal.sqlite3")
+    again = Journal(tmp_path / "journal.log")
     assert again.leftover().stamped == [] and again.leftover().unstamped == []
     again.close()
 

@@ -139,6 +139,19 @@ def test_expired_leases_are_reclaimed(store: Store) -> None:
     assert totals(store, "a") == [(5, 90)]
 
 
+def test_sqlite_expired_leases_are_reclaimed_without_a_refusal(tmp_path: Path) -> None:
+    """A reservation that fits is one conditional update (no lease lookup); an expired lease
+    still leaves ``reserved`` by the store's periodic prune, not only when it would refuse."""
+    store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 60)
+    assert store.reserve("dead", [hold("a", 30)], 1000.0) is None
+    assert store.reserve("live", [hold("a", 30)], 1050.0) is None
+    assert store.reserve("also", [hold("a", 30)], 1065.0) is None   # fits: nothing reclaimed
+    assert totals(store, "a") == [(0, 90)]
+    store.settle(SettleBatch("t", 1, charges=[Charge("a", W, 1, 3600)]), 1070.0)  # prunes
+    assert totals(store, "a") == [(1, 60)]   # the dead call's lease (to 1060) is gone
+    store.close()
+
+
 def test_dimensions_are_capped_per_window(store: Store) -> None:
     dims = [DimCharge(W, ("u", f"p{i}", "m", ""), 1, 3600) for i in range(DIM_CAP + 5)]
     store.settle(SettleBatch("t", 1, dims=dims), 1000.0)

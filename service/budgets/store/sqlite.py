@@ -74,6 +74,9 @@ _PRUNE_EVERY_S = 60.0
 _CHECKPOINT_PAGES = 4000
 _RELEASES_PER_STATEMENT = 300   # x 4 values at most, far under SQLite's 32,766
 _SETTLED_TTL_S = 86400
+# A hold that fits, in one statement (``base.fits``): ?1 amount, ?2 expires, ?5 limit.
+_RESERVE_IF_FITS = ("UPDATE budget_spend SET reserved=reserved+?1, expires=?2 WHERE budget=?3 "
+                    "AND win=?4 AND spend+reserved<?5 AND spend+reserved+?1<=?5")
 
 
 class _Busy(Exception):
@@ -221,14 +224,30 @@ class SQLiteStore(Store):
 
     def _reserve(self, db: sqlite3.Connection, rid: str, holds: Sequence[Hold],
                  now: float) -> Refusal | None:
+        """The usual call: per hold, one UPDATE that adds the amount only if it fits (and
+        the window's row exists), then the reservation's row. Anything else (a hold that
+        does not fit, a window's first call) undoes those updates and takes
+        ``_reserve_checked`` in the same transaction, which reclaims expired leases first:
+        a lease that expired (its replica died) never refuses a call, and is otherwise
+        reclaimed by the periodic prune (``_settle``)."""
+        for n, h in enumerate(holds):
+            if db.execute(_RESERVE_IF_FITS, (h.amount, _expires(now, h.ttl_s), h.budget,
+                                             h.window, h.limit)).rowcount != 1:
+                for done in holds[:n]:
+                    db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? "
+                               "AND win=?", (done.amount, done.budget, done.window))
+                return self._reserve_checked(db, rid, holds, now)
+        lease_until = now + self.lease_s
+        for h in holds:
+            db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?)",
+                       (rid, h.budget, h.window, h.amount, lease_until))
+        return None
+
+    def _reserve_checked(self, db: sqlite3.Connection, rid: str, holds: Sequence[Hold],
+                         now: float) -> Refusal | None:
         for h in holds:  # reclaim leases of calls whose proxy never settled them
-            expired = db.execute("SELECT rid, amount FROM reservations WHERE budget=? AND win=? "
-                                 "AND lease_until<=? LIMIT 100", (h.budget, h.window, now))
-            for old, amount in expired.fetchall():
-                db.execute("DELETE FROM reservations WHERE rid=? AND budget=? AND win=?",
-                           (old, h.budget, h.window))
-                db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? AND win=?",
-                           (amount, h.budget, h.window))
+            self._reclaim(db, "budget=? AND win=? AND lease_until<=?",
+                          (h.budget, h.window, now))
         for h in holds:
             row = db.execute("SELECT spend, reserved FROM budget_spend WHERE budget=? AND win=?",
                              (h.budget, h.window)).fetchone()
@@ -243,6 +262,17 @@ class SQLiteStore(Store):
             db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?)",
                        (rid, h.budget, h.window, h.amount, now + self.lease_s))
         return None
+
+    @staticmethod
+    def _reclaim(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
+        """Delete the reservations ``where`` selects (expired leases, at most 1,000 at once)
+        and take their amounts off ``reserved``."""
+        expired = db.execute("DELETE FROM reservations WHERE (rid, budget, win) IN (SELECT "
+                             f"rid, budget, win FROM reservations WHERE {where} LIMIT 1000) "
+                             "RETURNING budget, win, amount", args).fetchall()
+        for budget, window, amount in expired:
+            db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? AND win=?",
+                       (amount, budget, window))
 
     def settle(self, batch: SettleBatch, now: float) -> Totals:
         """On the caller's thread (the ledger's, never the loop), on a connection of its own
@@ -285,6 +315,7 @@ class SQLiteStore(Store):
                 self._add_day(db, h, now, day_rows)
         if now - self._pruned > _PRUNE_EVERY_S:
             self._pruned = now
+            self._reclaim(db, "lease_until<=?", (now,))
             for table in ("budget_spend", "dim_spend", "day_usage", "claims", "settled"):
                 db.execute(f"DELETE FROM {table} WHERE expires IS NOT NULL AND expires<?",
                            (now,))

@@ -11,15 +11,18 @@ local file):
   writer holds the file (a settlement, another process) does it go to the store's thread,
   which waits up to ``timeout_s`` as every other operation does;
 * ``settle`` runs on the caller's thread (the ledger's sync thread), on a connection of its
-  own that waits up to ``timeout_s`` for the write lock.
+  own that waits up to ``timeout_s`` for the write lock, and then, at most once a second,
+  checkpoints the WAL (PASSIVE, outside any lock a reservation could wait for).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -48,6 +51,7 @@ from spendgate.budgets.store.base import (
 from spendgate.labels import OTHER
 
 T = TypeVar("T")
+log = logging.getLogger("spendgate.budgets")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS budget_spend (budget TEXT NOT NULL, win TEXT NOT NULL,
@@ -72,6 +76,8 @@ CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value TEXT NOT NULL, ex
 """
 _PRUNE_EVERY_S = 60.0
 _CHECKPOINT_PAGES = 4000
+_CHECKPOINT_EVERY_S = 0.25
+_WAL_LIMIT_BYTES = 16 << 20    # the WAL file is cut back to this when a checkpoint empties it
 _RELEASES_PER_STATEMENT = 300   # x 4 values at most, far under SQLite's 32,766
 _SETTLED_TTL_S = 86400
 # A hold that fits, in one statement (``base.fits``): ?1 amount, ?2 expires, ?5 limit.
@@ -110,6 +116,9 @@ class SQLiteStore(Store):
         self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
         self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
         self._settle_lock = threading.Lock()
+        self._checkpoint_db: sqlite3.Connection | None = None  # under _checkpoint_lock
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointed = 0.0
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +132,9 @@ class SQLiteStore(Store):
         db = sqlite3.connect(self._path, timeout=self.timeout_s, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # A backstop only: settlements checkpoint the WAL (``_checkpoint``).
+        db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         db.executescript(_SCHEMA)
         db.executescript(sqlite_limits.SCHEMA)
         self._db = db
@@ -214,9 +226,11 @@ class SQLiteStore(Store):
                 db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
                                      check_same_thread=False)  # closed from close()'s thread
                 # The file is already in WAL mode; synchronous is per connection. The WAL
-                # is checkpointed by the store thread's commits, never on the loop.
+                # is checkpointed by settlements (``_checkpoint``), never on the loop.
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA wal_autocheckpoint=0")
+                # The loop's commits are those that restart an emptied WAL: cut it back then.
+                db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
                 self._loop_db = db
             return self._write_on(db, fn, busy_ok=True)
         except sqlite3.Error as error:
@@ -285,14 +299,38 @@ class SQLiteStore(Store):
                     db = sqlite3.connect(self._path, timeout=self.timeout_s,
                                          isolation_level=None, check_same_thread=False)
                     db.execute("PRAGMA synchronous=NORMAL")
-                    # This connection checkpoints the WAL (the loop's never does). Past 1,000
-                    # pages (SQLite's default) checkpoints ran so often that they cost 2-3x
-                    # the settlements themselves; 4,000 (16 MB of WAL at most) costs ~1/4.
-                    db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+                    db.execute("PRAGMA wal_autocheckpoint=0")   # ``_checkpoint``, below
+                    db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
                     self._settle_db = db
-                return self._write_on(db, lambda db: self._settle(db, batch, now))
+                totals = self._write_on(db, lambda db: self._settle(db, batch, now))
             except sqlite3.Error as error:
                 raise StoreError(f"{self.description}: {error}") from None
+        self._checkpoint()
+        return totals
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint of the WAL every ``_CHECKPOINT_EVERY_S`` at most, on the
+        settling thread once its commit is done, outside ``_settle_lock``: a checkpoint never
+        holds the write lock (the loop's reservations go on writing meanwhile) and releases
+        the GIL. Run inside a commit (SQLite's autocheckpoint) it held up the reservations
+        that waited for that commit. Frequent, it copies few pages (the same rows are
+        written over and over), so the WAL stays a few MB at a few thousand calls a second."""
+        started = time.monotonic()
+        if started - self._checkpointed < _CHECKPOINT_EVERY_S:
+            return
+        if not self._checkpoint_lock.acquire(blocking=False):
+            return
+        try:
+            self._checkpointed = started
+            db = self._checkpoint_db
+            if db is None:
+                db = self._checkpoint_db = sqlite3.connect(
+                    self._path, timeout=0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as error:  # tried again in a second; the WAL only grows
+            log.warning("%s: WAL checkpoint failed: %s", self.description, error)
+        finally:
+            self._checkpoint_lock.release()
 
     def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
         touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
@@ -437,6 +475,11 @@ class SQLiteStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     self._settle_db.close()
                 self._settle_db = None
+        with self._checkpoint_lock:
+            if self._checkpoint_db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._checkpoint_db.close()
+                self._checkpoint_db = None
 
         def shut() -> None:
             if self._db is not None:

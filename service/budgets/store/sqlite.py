@@ -60,7 +60,10 @@ CREATE TABLE IF NOT EXISTS budget_spend (budget TEXT NOT NULL, win TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS reservations (rid TEXT NOT NULL, budget TEXT NOT NULL,
     win TEXT NOT NULL, amount INTEGER NOT NULL, lease_until REAL NOT NULL,
     PRIMARY KEY (rid, budget, win)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reservations_by_lease ON reservations (budget, win, lease_until);
+-- No index by lease (files of earlier versions had one): each reservation would write one
+-- more page; expired leases are looked for only before a refusal and by the prune, among
+-- the calls in flight.
+DROP INDEX IF EXISTS reservations_by_lease;
 CREATE TABLE IF NOT EXISTS dim_spend (win TEXT NOT NULL, upstream TEXT NOT NULL,
     project TEXT NOT NULL, model TEXT NOT NULL, vkey TEXT NOT NULL,
     spend INTEGER NOT NULL DEFAULT 0, expires REAL,

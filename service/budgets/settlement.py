@@ -88,21 +88,23 @@ class LedgerSink(RecordSink):
                 for hold in reservation.holds:
                     batch.releases.append((reservation.id, hold.budget, hold.window))
                     held[hold.budget] = (hold.window, hold.ttl_s)
+            cost = record.cost_usd
+            amount = cost * NANO if cost else _ZERO
             if record.metered:
-                where = (frame.day(record.start_unix), record.upstream,
-                         record.response_model or record.model)
+                day, upstream = frame.day(record.start_unix), record.upstream
+                model = record.response_model or record.model
                 for token_type, count in record.usage.items():
                     if count:
-                        tokens[(*where, token_type)] = tokens.get((*where, token_type), 0) + count
-                if record.cost_usd:
-                    history[where] = history.get(where, _ZERO) + record.cost_usd * NANO
+                        typed = (day, upstream, model, token_type)
+                        tokens[typed] = tokens.get(typed, 0) + count
+                if cost:
+                    where = (day, upstream, model)
+                    history[where] = history.get(where, _ZERO) + amount
             key: Dims = (record.upstream, record.project, record.model, record.virtual_key or "")
             if not record.charge_only:  # no call behind it
                 counted[key] = counted.get(key, 0) + 1
-            cost = record.cost_usd
             if not cost:
                 continue
-            amount = cost * NANO
             spent[key] = spent.get(key, _ZERO) + amount
             for tag_key in self.tag_keys:
                 tag = (tag_key, (record.upstream, record.tags.get(tag_key, ""), record.model, ""))

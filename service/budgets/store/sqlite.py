@@ -11,8 +11,9 @@ local file):
   writer holds the file (a settlement, another process) does it go to the store's thread,
   which waits up to ``timeout_s`` as every other operation does;
 * ``settle`` runs on the caller's thread (the ledger's sync thread), on a connection of its
-  own that waits up to ``timeout_s`` for the write lock, and then, at most once a second,
-  checkpoints the WAL (PASSIVE, outside any lock a reservation could wait for).
+  own that waits up to ``timeout_s`` for the write lock; every 0.25 s at most it then has
+  the WAL checkpointed (PASSIVE) by a thread of the store's own, which holds nothing a
+  reservation or a settlement waits for.
 """
 
 from __future__ import annotations
@@ -119,9 +120,11 @@ class SQLiteStore(Store):
         self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
         self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
         self._settle_lock = threading.Lock()
-        self._checkpoint_db: sqlite3.Connection | None = None  # under _checkpoint_lock
+        self._checkpointer: threading.Thread | None = None  # started by _checkpoint
         self._checkpoint_lock = threading.Lock()
+        self._checkpoint_due = threading.Event()
         self._checkpointed = 0.0
+        self._closing = False
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,28 +315,40 @@ class SQLiteStore(Store):
         return totals
 
     def _checkpoint(self) -> None:
-        """A PASSIVE checkpoint of the WAL every ``_CHECKPOINT_EVERY_S`` at most, on the
-        settling thread once its commit is done, outside ``_settle_lock``: a checkpoint never
-        holds the write lock (the loop's reservations go on writing meanwhile) and releases
-        the GIL. Run inside a commit (SQLite's autocheckpoint) it held up the reservations
-        that waited for that commit. Frequent, it copies few pages (the same rows are
-        written over and over), so the WAL stays a few MB at a few thousand calls a second."""
+        """Ask for a PASSIVE checkpoint of the WAL, every ``_CHECKPOINT_EVERY_S`` at most,
+        once a settlement committed; the ``spendgate-sqlite-checkpoint`` thread runs it. Run
+        inside a commit (SQLite's autocheckpoint) it held up the reservations that waited
+        for that commit; run by the settling thread, its fsyncs delayed the next
+        settlements. On a thread of its own it holds nothing anyone waits for: a PASSIVE
+        checkpoint never takes the write lock, and releases the GIL. Frequent, it copies
+        few pages (the same rows are written over and over), so the WAL stays a few MB at a
+        few thousand calls a second."""
         started = time.monotonic()
         if started - self._checkpointed < _CHECKPOINT_EVERY_S:
             return
-        if not self._checkpoint_lock.acquire(blocking=False):
-            return
+        self._checkpointed = started
+        with self._checkpoint_lock:
+            if self._checkpointer is None and not self._closing:
+                self._checkpointer = threading.Thread(
+                    target=self._checkpoints, name="spendgate-sqlite-checkpoint", daemon=True)
+                self._checkpointer.start()
+        self._checkpoint_due.set()
+
+    def _checkpoints(self) -> None:
+        """The checkpoint thread: one PASSIVE checkpoint per request, until ``close``."""
+        db = sqlite3.connect(self._path, timeout=0, isolation_level=None)
         try:
-            self._checkpointed = started
-            db = self._checkpoint_db
-            if db is None:
-                db = self._checkpoint_db = sqlite3.connect(
-                    self._path, timeout=0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as error:  # tried again in a second; the WAL only grows
-            log.warning("%s: WAL checkpoint failed: %s", self.description, error)
+            while True:
+                self._checkpoint_due.wait()
+                self._checkpoint_due.clear()
+                if self._closing:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as error:  # asked again after the next settlement
+                    log.warning("%s: WAL checkpoint failed: %s", self.description, error)
         finally:
-            self._checkpoint_lock.release()
+            db.close()
 
     def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
         touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
@@ -479,10 +494,11 @@ class SQLiteStore(Store):
                     self._settle_db.close()
                 self._settle_db = None
         with self._checkpoint_lock:
-            if self._checkpoint_db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._checkpoint_db.close()
-                self._checkpoint_db = None
+            self._closing = True
+            checkpointer = self._checkpointer
+        self._checkpoint_due.set()
+        if checkpointer is not None:
+            checkpointer.join(10)
 
         def shut() -> None:
             if self._db is not None:

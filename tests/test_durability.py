@@ -308,3 +308,24 @@ def store_totals(folder: Path) -> dict[tuple[str, str], tuple[int, int]]:
         return store.totals([("b", "total")], 0.0)
     finally:
         store.close()
+
+
+def test_an_sqlite_journal_of_an_earlier_version_is_refused_not_overwritten(
+        tmp_path: Path) -> None:
+    """The journal was an SQLite file before it was lines: such a file at ``store.journal``
+    stops the start with a clear error, and is left as it was (its unsent spend in it)."""
+    import pytest
+
+    from spendgate.budgets.journal import Journal
+    from spendgate.budgets.store.base import StoreError
+
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY, body BLOB)")
+    db.execute("INSERT INTO entries (body) VALUES ('unsent')")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="SQLite spend journal of an earlier"):
+        Journal(path)
+    assert path.read_bytes() == before

@@ -135,6 +135,11 @@ def _read(path: Path) -> tuple[_Live, int]:
         data = path.read_bytes()
     except FileNotFoundError:
         return live, 0
+    if data.startswith(b"SQLite format 3\x00"):  # never read as lines, nor rewritten
+        raise StoreError(f"store.journal: {path} is an SQLite spend journal of an earlier "
+                         "spendgate, not this version's append-only file: start that version "
+                         "once with the budget store reachable to send it, or point "
+                         "store.journal elsewhere")
     lines = data.split(b"\n")
     if lines[-1]:          # no newline after it: cut short
         skipped += 1

@@ -465,7 +465,7 @@ def start_spendgate(nginx: Nginx, workdir: Path, cpus: set[int] | None,
         settings["budgets"] = [{"name": "bench", "limit_usd": 1_000_000_000, "window": "total",
                                 "action": "block"}]
         settings["store"] = {"url": f"sqlite:///{data / 'ledger.sqlite3'}",
-                             "journal": str(data / "journal.sqlite3")}
+                             "journal": str(data / "journal.log")}
     if workers > 1:
         settings["server"] = {"workers": workers}
     config.write_text(json.dumps(settings, indent=2))  # JSON is YAML; no PyYAML needed here

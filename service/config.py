@@ -406,7 +406,7 @@ class StoreConfig(_Strict):
     # Per UTC day, upstream and model: spend and tokens by type, kept this many days
     # (what ``spendgate reconcile`` compares with the provider's bill).
     history_days: int = Field(default=35, ge=1, le=400)
-    # The spend journal (budgets.journal): a SQLite file; None puts it beside a SQLite
+    # The spend journal (budgets.journal): an append-only file; None puts it beside a SQLite
     # store's file, else in spendgate-data/; false (or "off") turns it off.
     journal: str | Literal[False] | None = None
     journal_fsync: Literal["full", "normal", "off"] = "normal"

@@ -109,7 +109,7 @@ def test_sigkill_with_the_default_sqlite_store_held_locked_loses_no_cent(
         holder.execute("ROLLBACK")
         holder.close()
     assert sqlite_spend(ledger) == 2 * NANO_PER_CALL
-    assert (ledger.parent / "journal.sqlite3").exists()
+    assert (ledger.parent / "journal.log").exists()
     proxy.start()
     assert wait_for(lambda: sqlite_spend(ledger) == 11 * NANO_PER_CALL, 10)
     view = httpx.get(proxy.url + "/admin/budgets",
@@ -156,9 +156,9 @@ def test_journal_slots_adoption_and_replay_apply_each_batch_once(tmp_path: Path)
     from spendgate.budgets.store.base import Charge, SettleBatch
     from spendgate.budgets.store.sqlite import SQLiteStore
 
-    path = tmp_path / "journal.sqlite3"
+    path = tmp_path / "journal.log"
     first, second = Journal(path), Journal(path)
-    assert (first.path, second.path) == (path, tmp_path / "journal.sqlite3.1")
+    assert (first.path, second.path) == (path, tmp_path / "journal.log.1")
     store = SQLiteStore(tmp_path / "ledger.sqlite3", 1.0, 3600)
     applied = SettleBatch("dead-process", 7, [], [Charge("b", "total", 5, 0)])
     store.settle(applied, 0.0)  # reached the store, but the process died before done()
@@ -196,7 +196,7 @@ folder = sourcetree.Path({folder!r})
 store = SQLiteStore(folder / "ledger.sqlite3", 2.0, 3600)
 for n in range(5):
     assert store.reserve(f"r{{n}}", [Hold("b", "total", 10**6, 100, 0)], time.time()) is None
-ledger = Ledger(store, time.time, print, Journal(folder / "journal.sqlite3"))
+ledger = Ledger(store, time.time, print, Journal(folder / "journal.log"))
 ledger.start()
 for n in range(5):
     ledger.record(SettleBatch("", 0, [(f"r{{n}}", "b", "total")], [Charge("b", "total", 7, 0)],
@@ -224,13 +224,108 @@ def test_recorded_spend_survives_sigkill_before_the_ledger_writes_it(tmp_path: P
     spend, reserved = store.totals([("b", "total")], 0.0)[("b", "total")]
     assert spend + reserved == 500 and spend in (0, 35)  # reserved until written: the cap held
     errors: list[str] = []
-    ledger = Ledger(store, time.time, errors.append, Journal(tmp_path / "journal.sqlite3"))
+    ledger = Ledger(store, time.time, errors.append, Journal(tmp_path / "journal.log"))
     ledger.start()
     assert wait_for(lambda: not ledger.waiting(), 5)
     assert store.totals([("b", "total")], 0.0)[("b", "total")] == (35, 0)
     assert store.dims("total") == {("up", "p", "m", ""): 35}
     ledger.close()
     assert errors == []
-    again = Journal(tmp_path / "journal.sqlite3")
+    again = Journal(tmp_path / "journal.log")
     assert again.leftover().stamped == [] and again.leftover().unstamped == []
     again.close()
+
+
+def test_journal_torn_last_line_is_ignored_and_each_batch_replayed_once(
+        tmp_path: Path) -> None:
+    """A journal is whole lines, one ``write`` each: a last line cut short (a power cut, a
+    full disk) is ignored with a warning and dropped by the rotation at open; every whole
+    line is replayed, once: what a replay sent is not sent again by the next start."""
+    from spendgate.budgets.journal import Journal
+    from spendgate.budgets.ledger import Ledger
+    from spendgate.budgets.store.base import Charge, SettleBatch
+    from spendgate.budgets.store.sqlite import SQLiteStore
+
+    path = tmp_path / "journal.log"
+    journal = Journal(path)
+    for cost in (3, 5, 7):
+        journal.append(SettleBatch("", 0, [], [Charge("b", "total", cost, 0)]))
+    journal.close()
+    whole = path.read_bytes()
+    assert whole.endswith(b"\n") and whole.count(b"\n") == 4   # identity + three batches
+    with path.open("ab") as file:  # what a write cut short leaves: no newline at the end
+        file.write(b'["u",{"r":[],"c":[["b","total",1000')
+    for _ in range(2):  # the second start finds nothing left to send
+        store = SQLiteStore(tmp_path / "ledger.sqlite3", 1.0, 3600)
+        errors: list[str] = []
+        ledger = Ledger(store, time.time, errors.append, Journal(path))
+        ledger.flush()
+        assert errors == [] and not ledger.waiting()
+        assert store.totals([("b", "total")], 0.0)[("b", "total")] == (3 + 5 + 7, 0)
+        ledger.close()   # closes the store too
+        assert b"1000" not in path.read_bytes()
+
+
+def test_journal_rotates_and_keeps_only_what_is_owed(tmp_path: Path) -> None:
+    """Past ``ROTATE_BYTES`` the ledger's tick rewrites the journal with only what the store
+    has not acknowledged: the file stays small, and a restart sends exactly what was owed."""
+    from spendgate.budgets.journal import ROTATE_BYTES, Journal
+    from spendgate.budgets.ledger import Ledger
+    from spendgate.budgets.store.base import Charge, DimCharge, SettleBatch
+    from spendgate.budgets.store.sqlite import SQLiteStore
+
+    path = tmp_path / "journal.log"
+    store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 3600)
+    ledger = Ledger(store, time.time, lambda _: None, Journal(path))
+    dims = [DimCharge(f"w{n}", ("up", "project", "model", "key"), 1, 0) for n in range(20)]
+    n = 0
+    while path.stat().st_size <= ROTATE_BYTES:
+        n += 1
+        ledger.record(SettleBatch("", 0, [], [Charge("b", "total", 1, 0)], dims))
+        if n % 100 == 0:
+            assert ledger.flush() is not None
+    assert ledger.flush() is not None
+    ledger.record(SettleBatch("", 0, [], [Charge("b", "total", 1000, 0)]))  # owed
+    assert ledger.journal is not None
+    ledger.journal.maintain()
+    assert path.stat().st_size < 1000
+    owed = ledger.journal.leftover()
+    assert owed.stamped == [] and [b.charges for b in owed.unstamped] == [
+        [Charge("b", "total", 1000, 0)]]
+    assert store.totals([("b", "total")], 0.0)[("b", "total")] == (n, 0)
+    ledger.close()
+    assert store_totals(tmp_path)[("b", "total")] == (n + 1000, 0)
+    again = Journal(path)
+    assert again.leftover().stamped == [] and again.leftover().unstamped == []
+    again.close()
+
+
+def store_totals(folder: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    from spendgate.budgets.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(folder / "ledger.sqlite3", 2.0, 3600)
+    try:
+        return store.totals([("b", "total")], 0.0)
+    finally:
+        store.close()
+
+
+def test_an_sqlite_journal_of_an_earlier_version_is_refused_not_overwritten(
+        tmp_path: Path) -> None:
+    """The journal was an SQLite file before it was lines: such a file at ``store.journal``
+    stops the start with a clear error, and is left as it was (its unsent spend in it)."""
+    import pytest
+
+    from spendgate.budgets.journal import Journal
+    from spendgate.budgets.store.base import StoreError
+
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY, body BLOB)")
+    db.execute("INSERT INTO entries (body) VALUES ('unsent')")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="SQLite spend journal of an earlier"):
+        Journal(path)
+    assert path.read_bytes() == before

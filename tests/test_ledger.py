@@ -139,6 +139,19 @@ def test_expired_leases_are_reclaimed(store: Store) -> None:
     assert totals(store, "a") == [(5, 90)]
 
 
+def test_sqlite_expired_leases_are_reclaimed_without_a_refusal(tmp_path: Path) -> None:
+    """A reservation that fits is one conditional update (no lease lookup); an expired lease
+    still leaves ``reserved`` by the store's periodic prune, not only when it would refuse."""
+    store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 60)
+    assert store.reserve("dead", [hold("a", 30)], 1000.0) is None
+    assert store.reserve("live", [hold("a", 30)], 1050.0) is None
+    assert store.reserve("also", [hold("a", 30)], 1065.0) is None   # fits: nothing reclaimed
+    assert totals(store, "a") == [(0, 90)]
+    store.settle(SettleBatch("t", 1, charges=[Charge("a", W, 1, 3600)]), 1070.0)  # prunes
+    assert totals(store, "a") == [(1, 60)]   # the dead call's lease (to 1060) is gone
+    store.close()
+
+
 def test_dimensions_are_capped_per_window(store: Store) -> None:
     dims = [DimCharge(W, ("u", f"p{i}", "m", ""), 1, 3600) for i in range(DIM_CAP + 5)]
     store.settle(SettleBatch("t", 1, dims=dims), 1000.0)
@@ -200,7 +213,7 @@ def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
 
     path = tmp_path / "ledger.sqlite3"
     store = SQLiteStore(path, 0.3, 60)
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = Journal(tmp_path / "journal.log")
     errors: list[str] = []
     ledger = Ledger(store, lambda: 1000.0, errors.append, journal)
     assert asyncio.run(store.reserve_async("r1", [hold("a", 10)], 1000.0)) is None
@@ -224,7 +237,7 @@ def test_sqlite_per_call_paths_wait_for_another_writer_only_off_the_loop(
     assert asyncio.run(store.reserve_async("r3", [hold("a", 10)], 1000.0)) is None
     assert store.totals([("a", W)], 0)[("a", W)] == (7, 10)
     ledger.close()
-    again = Journal(tmp_path / "journal.sqlite3")  # acknowledged rows deleted at close
+    again = Journal(tmp_path / "journal.log")  # acknowledged rows deleted at close
     assert again.leftover().stamped == [] and again.leftover().unstamped == []
     again.close()
 
@@ -240,7 +253,7 @@ def test_recorded_spend_is_journaled_then_written_in_one_transaction(
     from spendgate.budgets.ledger import SETTLE_EVERY_S
 
     store = SQLiteStore(tmp_path / "ledger.sqlite3", 2.0, 60)
-    journal = Journal(tmp_path / "journal.sqlite3", fsync)
+    journal = Journal(tmp_path / "journal.log", fsync)
     told: list[Totals] = []
     ledger = Ledger(store, lambda: 1000.0, lambda _: None, journal, told.append)
     for n in range(3):
@@ -257,7 +270,7 @@ def test_recorded_spend_is_journaled_then_written_in_one_transaction(
     assert store.totals([("a", W)], 0)[("a", W)] == (23, 0)
     assert told == [{("a", W): (23, 0)}]
     ledger.close()
-    again = Journal(tmp_path / "journal.sqlite3")
+    again = Journal(tmp_path / "journal.log")
     assert again.leftover().stamped == [] and again.leftover().unstamped == []
     again.close()
 

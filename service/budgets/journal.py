@@ -1,38 +1,49 @@
 """The spend journal: settled costs kept on local disk until the budget store has them.
 
-The ``Ledger`` appends every ``SettleBatch`` here as it is recorded (one small commit to a
-file only this process writes), sends the sum of what is unsent to the store every
-``ledger.SETTLE_EVERY_S`` as one *stamped* batch that replaces those rows, and removes that
-once the store acknowledged it (lazily: ``done``), so spend survives the process dying
-(SIGKILL, OOM, SIGTERM) whether the store is up, down or slow. On
-start, whatever a previous process left is loaded and sent again, exactly once:
+The ``Ledger`` appends every ``SettleBatch`` here as it is recorded (one ``write`` of one
+line to a file only this process writes: no database, no commit), sends the sum of what is
+unsent to the store every ``ledger.SETTLE_EVERY_S`` as one *stamped* batch that stands for
+those lines, and marks that acknowledged once the store took it, so spend survives the
+process dying (SIGKILL, OOM, SIGTERM) whether the store is up, down or slow. On start,
+whatever a previous process left is loaded and sent again, exactly once:
 
 * a batch already *stamped* (``source``, ``seq``: it may have reached the store before the
   process died) is sent again under the same stamp, which the store applies at most once
   (``store.base``);
 * an *unstamped* batch was never sent: it joins the new process's pending spend.
 
-Rows: ``entries(id, source, seq, body)``, ``source`` empty for unstamped rows; ``body`` is
-JSON ``{"r": releases, "c": charges, "d": dims, "h": daily history}``. At most one stamped
-row per source is in use at a time (the ledger sends one batch at a time), plus those
-adopted at start.
+**Format.** Append-only lines, each one JSON array; replaying them in order gives what is
+still owed (``_Live``)::
+
+    ["i", id]                   first line: the file's identity (adoption, below)
+    ["u", body]                 an unsent batch
+    ["s", source, seq, body]    a stamped batch; it replaces every earlier "u"
+    ["c", body]                 every earlier "u" replaced by this one (their sum)
+    ["d", source, seq]          the store acknowledged that stamped batch
+
+``body`` is ``{"r": releases, "c": charges, "d": dims, "h": daily history}``. A line is
+written by one ``write`` call, so a killed process leaves whole lines (the kernel has them);
+a last line cut short (a power cut) or unreadable is ignored. The file is *rotated* (what
+is still owed written to a new file, renamed over it) at open, at close and once it passes
+``ROTATE_BYTES``: it never grows without bound, and a torn tail is dropped.
 
 **Files and processes.** One journal belongs to one process: it holds an exclusive
 ``flock`` on ``PATH.lock`` for as long as it is open. A second process (another worker, or
 a replica sharing the data directory) takes the next free slot, ``PATH.1``, ``PATH.2``...
 A slot whose lock is free when a process starts (its owner died or the host now runs fewer
-workers) is *adopted*: its rows are moved into the process's own journal, unstamped ones
-stamped deterministically from the slot's identity first, so an adoption interrupted by a
-crash and done again is still applied once.
+workers) is *adopted*: what it owes is appended to the process's own journal, its unsent
+batches summed and stamped deterministically from the slot's identity and size first, then
+the slot's file is removed, so an adoption interrupted by a crash and done again is still
+applied once.
 
-**Durability** (``store.journal_fsync``): ``normal`` (default; SQLite WAL
-``synchronous=NORMAL``) survives the process dying in any way (SIGKILL, OOM, a crash) but
-may lose the last commits if the machine loses power; ``full`` fsyncs every commit, so an
-append also survives power loss, at the price of one fsync per recorded batch (with one
-call per batch at low traffic, about as many as calls) and one per write to the store;
-``off`` leaves flushing to the OS.
+**Durability** (``store.journal_fsync``): ``normal`` (default) survives the process dying
+in any way (SIGKILL, OOM, a crash: a line written is in the kernel's page cache) and is
+fsynced at rotation and close, so a power cut may lose what was appended since; ``full``
+fsyncs every line that adds spend (``u``, ``s``, ``c``), so an append also survives power
+loss, at the price of one fsync per recorded batch (with one call per batch at low traffic,
+about as many as calls) and one per write to the store; ``off`` never fsyncs.
 
-Thread-safety: one connection, used under an internal lock from any thread.
+Thread-safety: every method may be called from any thread (one internal lock).
 Lifetime: ``open`` (takes the lock, adopts free slots), then ``close`` once.
 """
 
@@ -42,7 +53,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
@@ -56,24 +66,19 @@ from spendgate.budgets.store.base import Charge, DayCharge, DimCharge, SettleBat
 
 log = logging.getLogger("spendgate.journal")
 MAX_SLOTS = 256
-_SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY AUTOINCREMENT,
-    source TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+ROTATE_BYTES = 1 << 20
+FSYNC_POLICIES = ("full", "normal", "off")
 
 
-def encode(batch: SettleBatch) -> bytes:
-    return orjson.dumps({
-        "r": [list(r) for r in batch.releases],
-        "c": [[c.budget, c.window, c.amount, c.ttl_s] for c in batch.charges],
-        "d": [[d.window, list(d.dims), d.amount, d.ttl_s] for d in batch.dims],
-        "h": [[h.day, h.upstream, h.model, h.kind, h.amount, h.ttl_s] for h in batch.days]})
+def body(batch: SettleBatch) -> dict[str, Any]:
+    return {
+        "r": batch.releases,
+        "c": [(c.budget, c.window, c.amount, c.ttl_s) for c in batch.charges],
+        "d": [(d.window, d.dims, d.amount, d.ttl_s) for d in batch.dims],
+        "h": [(h.day, h.upstream, h.model, h.kind, h.amount, h.ttl_s) for h in batch.days]}
 
 
-def decode(source: str, seq: int, body: bytes) -> SettleBatch:
-    data: dict[str, Any] = orjson.loads(body)
+def decode(source: str, seq: int, data: dict[str, Any]) -> SettleBatch:
     return SettleBatch(
         source, seq, [(r, b, w) for r, b, w in data["r"]],
         [Charge(b, w, a, t) for b, w, a, t in data["c"]],
@@ -89,33 +94,62 @@ class Leftover:
     unstamped: list[SettleBatch]
 
 
-class _Slot:
-    """One journal file with its lock held."""
+class _Live:
+    """What a journal file still owes, as its lines (replayed from the file, kept up to date
+    by each write): the unsent ``u``/``c`` lines and the unacknowledged ``s`` lines."""
 
-    def __init__(self, path: Path, lock_fd: int, sync: str) -> None:
-        self.path = path
-        self.lock_fd = lock_fd
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={_SYNC[sync]}")
-        self.db.execute("PRAGMA wal_autocheckpoint=4000")   # as the store's (store/sqlite.py)
-        self.db.executescript(_SCHEMA)
-        row = self.db.execute("SELECT value FROM meta WHERE name='id'").fetchone()
-        if row is None:
-            self.id = uuid.uuid4().hex[:16]
-            self.db.execute("INSERT INTO meta VALUES ('id', ?)", (self.id,))
-        else:
-            self.id = str(row[0])
+    __slots__ = ("id", "stamped", "unstamped")
 
-    def rows(self) -> list[tuple[int, str, int, bytes]]:
-        return self.db.execute("SELECT id, source, seq, body FROM entries ORDER BY id"
-                               ).fetchall()
+    def __init__(self) -> None:
+        self.id = ""
+        self.unstamped: list[bytes] = []
+        self.stamped: dict[tuple[str, int], bytes] = {}
 
-    def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.db.close()
-        with contextlib.suppress(OSError):
-            os.close(self.lock_fd)
+    def apply(self, line: bytes, entry: list[Any]) -> None:
+        kind = entry[0]
+        if kind == "u":
+            self.unstamped.append(line)
+        elif kind == "s":
+            self.unstamped.clear()
+            self.stamped[(entry[1], entry[2])] = line
+        elif kind == "c":
+            self.unstamped[:] = [line]
+        elif kind == "d":
+            self.stamped.pop((entry[1], entry[2]), None)
+        elif kind == "i":
+            self.id = entry[1]
+
+    def lines(self) -> list[bytes]:
+        return [*self.stamped.values(), *self.unstamped]
+
+    def leftover(self) -> Leftover:
+        stamped = [orjson.loads(line) for line in self.stamped.values()]
+        return Leftover([decode(s, q, b) for _, s, q, b in stamped],
+                        [decode("", 0, orjson.loads(line)[1]) for line in self.unstamped])
+
+
+def _read(path: Path) -> tuple[_Live, int]:
+    """Replay ``path`` (missing: empty); with the number of lines skipped as unreadable."""
+    live, skipped = _Live(), 0
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return live, 0
+    if data.startswith(b"SQLite format 3\x00"):  # never read as lines, nor rewritten
+        raise StoreError(f"store.journal: {path} is an SQLite spend journal of an earlier "
+                         "spendgate, not this version's append-only file: start that version "
+                         "once with the budget store reachable to send it, or point "
+                         "store.journal elsewhere")
+    lines = data.split(b"\n")
+    if lines[-1]:          # no newline after it: cut short
+        skipped += 1
+    for line in lines[:-1]:
+        try:
+            entry = orjson.loads(line)
+            live.apply(line, entry)
+        except (orjson.JSONDecodeError, IndexError, TypeError, KeyError):
+            skipped += 1
+    return live, skipped
 
 
 def _lock(path: Path) -> int | None:
@@ -137,13 +171,16 @@ class Journal:
     """This process's journal (module docstring). Raises ``StoreError`` if it cannot open."""
 
     def __init__(self, path: Path, fsync: str = "normal") -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"store.journal_fsync: {fsync!r}")
         self.fsync = fsync
         self._lock = threading.Lock()
-        self._done: list[tuple[str, int]] = []  # acknowledged, not yet deleted (``done``)
+        self._fd = -1
+        self._size = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            own: _Slot | None = None
-            others: list[_Slot] = []
+            own: tuple[Path, int] | None = None
+            others: list[tuple[Path, int]] = []
             for index in range(MAX_SLOTS):
                 slot_path = _slot_path(path, index)
                 if own is not None and not slot_path.exists():
@@ -151,113 +188,135 @@ class Journal:
                 fd = _lock(slot_path)
                 if fd is None:
                     continue
-                slot = _Slot(slot_path, fd, fsync)
                 if own is None:
-                    own = slot
+                    own = (slot_path, fd)
                 else:
-                    others.append(slot)
-        except (OSError, sqlite3.Error) as error:
+                    others.append((slot_path, fd))
+            if own is None:
+                raise StoreError(f"store.journal: all {MAX_SLOTS} slots of {path} are in use")
+            self.path, self._lock_fd = own
+            self._live, skipped = _read(self.path)
+            if skipped:
+                log.warning("spend journal %s: %d unreadable line(s) ignored (a write cut "
+                            "short)", self.path, skipped)
+            if not self._live.id:
+                self._live.id = uuid.uuid4().hex[:16]
+            self._rotate()
+            for other_path, other_fd in others:
+                self._adopt(other_path, other_fd)
+        except OSError as error:
             raise StoreError(f"store.journal: cannot open {path}: {error}") from None
-        if own is None:
-            raise StoreError(f"store.journal: all {MAX_SLOTS} slots of {path} are in use")
-        self._own = own
-        self.path = own.path
-        for other in others:
-            self._adopt(other)
 
-    def _adopt(self, other: _Slot) -> None:
-        """Move ``other``'s rows here (module docstring: stamped first, so a crash between
-        the two commits leaves duplicates that the store applies once)."""
-        rows = other.rows()
-        if rows:
-            unstamped = [decode("", 0, body) for _, source, _, body in rows if not source]
-            stamped = [(source, seq, body) for _, source, seq, body in rows if source]
-            if unstamped:
-                merged = summed(unstamped)
-                stamped.append((f"journal-{other.id}-{rows[-1][0]}", 1, encode(merged)))
-            db = self._own.db
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO entries (source, seq, body) VALUES (?, ?, ?)", stamped)
-            db.execute("COMMIT")
-            other.db.execute("DELETE FROM entries")
-            log.warning("spend journal %s: adopted %d entries left by an earlier process",
-                        other.path, len(rows))
-        other.close()
+    def _adopt(self, path: Path, lock_fd: int) -> None:
+        """Append what ``path`` owes here, then remove it (module docstring: a crash between
+        the two leaves duplicates that the store applies once)."""
+        try:
+            other, _ = _read(path)
+            size = path.stat().st_size if path.exists() else 0
+            lines = list(other.stamped.values())
+            if other.unstamped:
+                merged = summed(other.leftover().unstamped)
+                lines.append(orjson.dumps(["s", f"journal-{other.id}-{size}", 1, body(merged)]))
+            if lines:
+                with self._lock:
+                    for line in lines:
+                        self._append(line, orjson.loads(line))
+                log.warning("spend journal %s: adopted %d entries left by an earlier process",
+                            path, len(other.stamped) + len(other.unstamped))
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        finally:
+            os.close(lock_fd)
 
     def leftover(self) -> Leftover:
-        """What this journal held at open, for the ledger to send again."""
+        """What this journal owes now (at open: what earlier processes left)."""
         with self._lock:
-            rows = self._own.rows()
-        return Leftover([decode(s, q, b) for _, s, q, b in rows if s],
-                        [decode("", 0, b) for _, s, _, b in rows if not s])
+            return self._live.leftover()
 
     def append(self, batch: SettleBatch) -> None:
         """Keep an unsent batch (unstamped)."""
-        self._write([], [("", 0, encode(batch))])
+        self._write(["u", body(batch)])
 
     def stamp(self, batch: SettleBatch) -> None:
-        """``batch`` (stamped) now stands for every unstamped row: replace them by it."""
-        self._write(["DELETE FROM entries WHERE source=''"],
-                    [(batch.source, batch.seq, encode(batch))])
+        """``batch`` (stamped) now stands for every unstamped batch."""
+        self._write(["s", batch.source, batch.seq, body(batch)])
 
     def compact(self, batch: SettleBatch) -> None:
-        """Replace every unstamped row by ``batch`` (their sum), unstamped."""
-        self._write(["DELETE FROM entries WHERE source=''"], [("", 0, encode(batch))])
+        """Replace every unstamped batch by ``batch`` (their sum), unstamped."""
+        self._write(["c", body(batch)])
 
     def done(self, batch: SettleBatch) -> None:
-        """The store acknowledged ``batch``: forget it. Deleted with the next write (one
-        commit per batch instead of two), or by ``forget_done`` (the ledger's next tick,
-        ``ledger.SETTLE_EVERY_S``), or at ``close``; a process that dies before has it
-        replayed on restart, which the store applies at most once."""
-        with self._lock:
-            self._done.append((batch.source, batch.seq))
+        """The store acknowledged ``batch``: forget it. Never fsynced: lost (a power cut),
+        the batch is replayed on restart, which the store applies at most once."""
+        self._write(["d", batch.source, batch.seq])
 
-    def forget_done(self) -> None:
-        """Delete the rows of acknowledged batches now."""
-        with self._lock:
-            if self._done:
+    def maintain(self) -> None:
+        """Rotate the file once it passed ``ROTATE_BYTES`` (the ledger's thread, per tick)."""
+        if self._size > ROTATE_BYTES:
+            with self._lock:
                 try:
-                    self._delete_done()  # autocommit
-                except sqlite3.Error as error:  # replayed later, and applied once: harmless
+                    self._rotate()
+                except OSError as error:  # the old file still holds everything
                     log.warning("spend journal %s: %s", self.path, error)
-                self._done.clear()
-
-    def _delete_done(self) -> None:
-        """Called with ``_lock`` held; forgets them only once the caller has committed."""
-        self._own.db.executemany("DELETE FROM entries WHERE source=? AND seq=?", self._done)
 
     def unstamped_rows(self) -> int:
         with self._lock:
-            return int(self._own.db.execute(
-                "SELECT count(*) FROM entries WHERE source=''").fetchone()[0])
+            return len(self._live.unstamped)
 
-    def _write(self, statements: list[str], rows: list[tuple[str, int, bytes]]) -> None:
+    def _write(self, entry: list[Any]) -> None:
+        line = orjson.dumps(entry)
         with self._lock:
-            db = self._own.db
             try:
-                if not statements and not self._done and len(rows) == 1:
-                    # An append (once per recorded batch): one statement, its own commit.
-                    db.execute("INSERT INTO entries (source, seq, body) VALUES (?, ?, ?)",
-                               rows[0])
-                    return
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    if self._done:
-                        self._delete_done()
-                    for statement in statements:
-                        db.execute(statement)
-                    db.executemany("INSERT INTO entries (source, seq, body) VALUES (?, ?, ?)",
-                                   rows)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-                self._done.clear()
-            except sqlite3.Error as error:
+                self._append(line, entry)
+            except OSError as error:
                 raise StoreError(f"spend journal {self.path}: {error}") from None
 
-    def close(self) -> None:
-        self.forget_done()
-        with self._lock:
-            self._own.close()
+    def _append(self, line: bytes, entry: list[Any]) -> None:
+        """One ``write`` of ``line`` (called with ``_lock`` held)."""
+        if self._fd < 0:
+            raise OSError("closed")
+        data = line + b"\n"
+        written = os.write(self._fd, data)
+        if written != len(data):  # a full disk: the line is cut short, and ignored on read
+            raise OSError(f"short write ({written} of {len(data)} bytes)")
+        self._size += written
+        if self.fsync == "full" and entry[0] != "d":
+            os.fdatasync(self._fd)
+        self._live.apply(line, entry)
 
+    def _rotate(self) -> None:
+        """Write what is owed to ``PATH.tmp`` and rename it over ``PATH`` (``_lock`` held or
+        not yet shared)."""
+        data = b"".join(line + b"\n" for line in
+                        [orjson.dumps(["i", self._live.id]), *self._live.lines()])
+        tmp = f"{self.path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            if self.fsync != "off":
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if self.fsync != "off":
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._size = len(data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            with contextlib.suppress(OSError):  # the file as it stands still holds it all
+                self._rotate()
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)

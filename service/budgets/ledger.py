@@ -321,7 +321,7 @@ class Ledger:
                         batch = self._pending.batch()
                     self._journal("compact", batch)
             if self.journal is not None:
-                self.journal.forget_done()
+                self.journal.maintain()
 
     def probe(self) -> None:
         """Ask the store a cheap question, to learn whether it is back."""

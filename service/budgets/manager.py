@@ -51,14 +51,14 @@ TAG_GROUP = "tag:"        # group_by=tag:KEY: spend per value of a tag key
 
 def journal_path(store: StoreConfig) -> Path | None:
     """Where the spend journal lives: ``store.journal``, else beside a SQLite store's file,
-    else ``spendgate-data/journal.sqlite3``; None when turned off."""
+    else ``spendgate-data/journal.log``; None when turned off."""
     if store.journal is False:
         return None
     if store.journal:
         return Path(store.journal)
     if store.url.startswith("sqlite:///"):
-        return Path(store.url.removeprefix("sqlite:///")).with_name("journal.sqlite3")
-    return Path("spendgate-data/journal.sqlite3")
+        return Path(store.url.removeprefix("sqlite:///")).with_name("journal.log")
+    return Path("spendgate-data/journal.log")
 
 
 def wants_ledger(config: Config) -> bool:

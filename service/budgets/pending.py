@@ -28,13 +28,22 @@ class PendingSpend:
         return bool(self._charges or self._dims or self._days or self._releases)
 
     def add(self, batch: SettleBatch) -> None:
+        charges, dims, days = self._charges, self._dims, self._days
         for c in batch.charges:
-            self._charges.setdefault((c.budget, c.window), [0, c.ttl_s])[0] += c.amount
+            if (entry := charges.get(key := (c.budget, c.window))) is None:
+                charges[key] = [c.amount, c.ttl_s]
+            else:
+                entry[0] += c.amount
         for d in batch.dims:
-            self._dims.setdefault((d.window, d.dims), [0, d.ttl_s])[0] += d.amount
+            if (entry := dims.get(dim := (d.window, d.dims))) is None:
+                dims[dim] = [d.amount, d.ttl_s]
+            else:
+                entry[0] += d.amount
         for h in batch.days:
-            self._days.setdefault((h.day, h.upstream, h.model, h.kind), [0, h.ttl_s]
-                                  )[0] += h.amount
+            if (entry := days.get(day := (h.day, h.upstream, h.model, h.kind))) is None:
+                days[day] = [h.amount, h.ttl_s]
+            else:
+                entry[0] += h.amount
         room = MAX_RELEASES - len(self._releases)
         self._releases.extend(batch.releases[:max(room, 0)])
 

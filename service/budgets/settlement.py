@@ -11,8 +11,11 @@ spend and calls (``history``: every call counts there, free or not). A call that
 before generating costs 0: its reservation is simply released.
 
 Costs are exact ``Decimal`` USD and the ledger counts whole nano-dollars: the fraction left
-over is carried to the next charge of the same budget window (per process), so a total is
-never off by more than one nano-dollar per process, however many calls it sums.
+over is carried to the next charge of the same budget window, or of the same dimensions
+(per process), so a total is never off by more than one nano-dollar per process, however
+many calls it sums. The dimensions carry one fraction for all their windows (each window
+gets the same whole nano-dollars of a batch: one carry per batch, not one per window); a
+window then starts with at most the fraction its predecessor left, still under one.
 
 It also writes the daily history (``store.history_days``): per UTC day of the call's start,
 upstream and model (the one the upstream reported, else the one asked for: what provider
@@ -69,15 +72,15 @@ class LedgerSink(RecordSink):
         now = self._clock()
         book = self._book()
         batch = SettleBatch()
-        charges: dict[tuple[str, str], _Sum] = {}
-        dims: dict[tuple[str, Dims], _Sum] = {}
         frame = self._frame
         if frame is None or not frame.minute <= now < frame.minute + 60:
-            frame = self._frame = _Frame(now)
-        utc_windows, series = frame.windows, frame.series
+            frame = self._frame = _Frame(now, self.tag_keys)
+        charges: dict[tuple[str, str], _Sum] = {}
+        spent: dict[Dims, Decimal] = {}             # per dimensions, in every window
+        tagged: dict[tuple[str, Dims], Decimal] = {}  # per tag key and its dimensions
+        counted: dict[Dims, int] = {}                # calls per dimensions
         history: dict[tuple[str, str, str], Decimal] = {}
         tokens: dict[tuple[str, str, str, str], int] = {}
-        calls: dict[tuple[str, Dims], list[int]] = {}
         for record in records:
             held: dict[str, tuple[str, int]] = {}
             reservation = record.reservation
@@ -85,21 +88,27 @@ class LedgerSink(RecordSink):
                 for hold in reservation.holds:
                     batch.releases.append((reservation.id, hold.budget, hold.window))
                     held[hold.budget] = (hold.window, hold.ttl_s)
+            cost = record.cost_usd
+            amount = cost * NANO if cost else _ZERO
             if record.metered:
-                day = datetime.fromtimestamp(record.start_unix, UTC).date().isoformat()
-                where = (day, record.upstream, record.response_model or record.model)
+                day, upstream = frame.day(record.start_unix), record.upstream
+                model = record.response_model or record.model
                 for token_type, count in record.usage.items():
                     if count:
-                        tokens[(*where, token_type)] = tokens.get((*where, token_type), 0) + count
-                if record.cost_usd:
-                    history[where] = history.get(where, _ZERO) + record.cost_usd * NANO
+                        typed = (day, upstream, model, token_type)
+                        tokens[typed] = tokens.get(typed, 0) + count
+                if cost:
+                    where = (day, upstream, model)
+                    history[where] = history.get(where, _ZERO) + amount
             key: Dims = (record.upstream, record.project, record.model, record.virtual_key or "")
-            for _, calls_id, ttl in series if not record.charge_only else ():  # no call
-                calls.setdefault((calls_id, key), [0, ttl])[0] += 1
-            cost = record.cost_usd
+            if not record.charge_only:  # no call behind it
+                counted[key] = counted.get(key, 0) + 1
             if not cost:
                 continue
-            amount = cost * NANO
+            spent[key] = spent.get(key, _ZERO) + amount
+            for tag_key in self.tag_keys:
+                tag = (tag_key, (record.upstream, record.tags.get(tag_key, ""), record.model, ""))
+                tagged[tag] = tagged.get(tag, _ZERO) + amount
             for budget in book.match(record.upstream, record.project, record.model,
                                      record.virtual_key or "", record.tags):
                 if budget.name in held:
@@ -110,26 +119,16 @@ class LedgerSink(RecordSink):
                 if (total := charges.get((budget.name, window_id))) is None:
                     total = charges[(budget.name, window_id)] = _Sum(ttl)
                 total.add(amount)
-            for window_id, ttl in utc_windows:
-                if (total := dims.get((window_id, key))) is None:
-                    total = dims[(window_id, key)] = _Sum(ttl)
-                total.add(amount)
-                for tag_key in self.tag_keys:
-                    tagged = (tag_window(tag_key, window_id),
-                              (record.upstream, record.tags.get(tag_key, ""), record.model, ""))
-                    if (total := dims.get(tagged)) is None:
-                        total = dims[tagged] = _Sum(ttl)
-                    total.add(amount)
-            for spend_id, _, ttl in series:
-                if (total := dims.get((spend_id, key))) is None:
-                    total = dims[(spend_id, key)] = _Sum(ttl)
-                total.add(amount)
         for (budget_name, window_id), total in charges.items():
             if whole := self._whole(("budget", budget_name, window_id), total.amount):
                 batch.charges.append(Charge(budget_name, window_id, whole, total.ttl))
-        for (window_id, key), total in dims.items():
-            if whole := self._whole(("dims", window_id, key), total.amount):
-                batch.dims.append(DimCharge(window_id, key, whole, total.ttl))
+        dims = batch.dims
+        for key, amount in spent.items():
+            if whole := self._whole(("dims", key), amount):
+                dims += [DimCharge(w, key, whole, ttl) for w, ttl in frame.spend]
+        for (tag_key, key), amount in tagged.items():
+            if whole := self._whole(("tag", tag_key, key), amount):
+                dims += [DimCharge(w, key, whole, ttl) for w, ttl in frame.tags[tag_key]]
         keep = self.history_days * 86400
         for (day, upstream, model), nano in history.items():
             if whole := self._whole(("day", day, upstream, model), nano):
@@ -138,8 +137,8 @@ class LedgerSink(RecordSink):
         for (day, upstream, model, kind), count in tokens.items():
             batch.days.append(DayCharge(day, upstream, model, kind, count,
                                         frame.history_ttl(day, keep, now)))
-        batch.dims += [DimCharge(calls_id, key, count, ttl)
-                       for (calls_id, key), (count, ttl) in calls.items()]
+        for key, count in counted.items():
+            dims += [DimCharge(w, key, count, ttl) for w, ttl in frame.calls]
         return batch
 
     def _whole(self, key: Hashable, amount: Decimal) -> int:
@@ -159,14 +158,29 @@ class _Frame:
     computed once for the minute: a ttl from earlier in the minute only keeps a value up
     to a minute longer. Used by the pipeline's thread only."""
 
-    __slots__ = ("_day_ends", "minute", "series", "windows")
+    __slots__ = ("_day_ends", "_days", "calls", "minute", "spend", "tags")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, tag_keys: Sequence[str]) -> None:
         self.minute = now - now % 60
-        self.windows = [(w.id, w.ttl_s(now, TTL_MARGIN_S))
-                        for w in (window_at(kind, UTC, now) for kind in WINDOW_KINDS)]
-        self.series = [(b.spend_id, b.calls_id, b.ttl_s(now)) for b in current_buckets(now)]
+        windows = [(w.id, w.ttl_s(now, TTL_MARGIN_S))
+                   for w in (window_at(kind, UTC, now) for kind in WINDOW_KINDS)]
+        buckets = current_buckets(now)
+        # A call's spend goes to every UTC window and spend bucket, its count to every calls
+        # bucket, its spend per tag key to that key's family of the UTC windows.
+        self.spend = windows + [(b.spend_id, b.ttl_s(now)) for b in buckets]
+        self.calls = [(b.calls_id, b.ttl_s(now)) for b in buckets]
+        self.tags = {k: [(tag_window(k, w), ttl) for w, ttl in windows] for k in tag_keys}
         self._day_ends: dict[str, float] = {}
+        self._days: dict[int, str] = {}
+
+    def day(self, unix: float) -> str:
+        """The UTC day (``YYYY-MM-DD``) of ``unix``."""
+        number = int(unix // 86400)
+        day = self._days.get(number)
+        if day is None:
+            day = self._days[number] = datetime.fromtimestamp(number * 86400, UTC
+                                                              ).date().isoformat()
+        return day
 
     def history_ttl(self, day: str, keep_s: int, now: float) -> int:
         """Seconds from ``now`` until ``keep_s`` after the end of UTC ``day`` (at least 1)."""

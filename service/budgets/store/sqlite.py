@@ -11,15 +11,19 @@ local file):
   writer holds the file (a settlement, another process) does it go to the store's thread,
   which waits up to ``timeout_s`` as every other operation does;
 * ``settle`` runs on the caller's thread (the ledger's sync thread), on a connection of its
-  own that waits up to ``timeout_s`` for the write lock.
+  own that waits up to ``timeout_s`` for the write lock; every 0.25 s at most it then has
+  the WAL checkpointed (PASSIVE) by a thread of the store's own, which holds nothing a
+  reservation or a settlement waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -48,6 +52,7 @@ from spendgate.budgets.store.base import (
 from spendgate.labels import OTHER
 
 T = TypeVar("T")
+log = logging.getLogger("spendgate.budgets")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS budget_spend (budget TEXT NOT NULL, win TEXT NOT NULL,
@@ -56,7 +61,10 @@ CREATE TABLE IF NOT EXISTS budget_spend (budget TEXT NOT NULL, win TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS reservations (rid TEXT NOT NULL, budget TEXT NOT NULL,
     win TEXT NOT NULL, amount INTEGER NOT NULL, lease_until REAL NOT NULL,
     PRIMARY KEY (rid, budget, win)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reservations_by_lease ON reservations (budget, win, lease_until);
+-- No index by lease (files of earlier versions had one): each reservation would write one
+-- more page; expired leases are looked for only before a refusal and by the prune, among
+-- the calls in flight.
+DROP INDEX IF EXISTS reservations_by_lease;
 CREATE TABLE IF NOT EXISTS dim_spend (win TEXT NOT NULL, upstream TEXT NOT NULL,
     project TEXT NOT NULL, model TEXT NOT NULL, vkey TEXT NOT NULL,
     spend INTEGER NOT NULL DEFAULT 0, expires REAL,
@@ -72,8 +80,13 @@ CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value TEXT NOT NULL, ex
 """
 _PRUNE_EVERY_S = 60.0
 _CHECKPOINT_PAGES = 4000
+_CHECKPOINT_EVERY_S = 0.25
+_WAL_LIMIT_BYTES = 16 << 20    # the WAL file is cut back to this when a checkpoint empties it
 _RELEASES_PER_STATEMENT = 300   # x 4 values at most, far under SQLite's 32,766
 _SETTLED_TTL_S = 86400
+# A hold that fits, in one statement (``base.fits``): ?1 amount, ?2 expires, ?5 limit.
+_RESERVE_IF_FITS = ("UPDATE budget_spend SET reserved=reserved+?1, expires=?2 WHERE budget=?3 "
+                    "AND win=?4 AND spend+reserved<?5 AND spend+reserved+?1<=?5")
 
 
 class _Busy(Exception):
@@ -107,6 +120,11 @@ class SQLiteStore(Store):
         self._loop_db: sqlite3.Connection | None = None   # reserve_async's, on the loop
         self._settle_db: sqlite3.Connection | None = None  # settle's, under _settle_lock
         self._settle_lock = threading.Lock()
+        self._checkpointer: threading.Thread | None = None  # started by _checkpoint
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_due = threading.Event()
+        self._checkpointed = 0.0
+        self._closing = False
         self._pruned = 0.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +138,9 @@ class SQLiteStore(Store):
         db = sqlite3.connect(self._path, timeout=self.timeout_s, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # A backstop only: settlements checkpoint the WAL (``_checkpoint``).
+        db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         db.executescript(_SCHEMA)
         db.executescript(sqlite_limits.SCHEMA)
         self._db = db
@@ -211,9 +232,11 @@ class SQLiteStore(Store):
                 db = sqlite3.connect(self._path, timeout=0, isolation_level=None,
                                      check_same_thread=False)  # closed from close()'s thread
                 # The file is already in WAL mode; synchronous is per connection. The WAL
-                # is checkpointed by the store thread's commits, never on the loop.
+                # is checkpointed by settlements (``_checkpoint``), never on the loop.
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA wal_autocheckpoint=0")
+                # The loop's commits are those that restart an emptied WAL: cut it back then.
+                db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
                 self._loop_db = db
             return self._write_on(db, fn, busy_ok=True)
         except sqlite3.Error as error:
@@ -221,14 +244,30 @@ class SQLiteStore(Store):
 
     def _reserve(self, db: sqlite3.Connection, rid: str, holds: Sequence[Hold],
                  now: float) -> Refusal | None:
+        """The usual call: per hold, one UPDATE that adds the amount only if it fits (and
+        the window's row exists), then the reservation's row. Anything else (a hold that
+        does not fit, a window's first call) undoes those updates and takes
+        ``_reserve_checked`` in the same transaction, which reclaims expired leases first:
+        a lease that expired (its replica died) never refuses a call, and is otherwise
+        reclaimed by the periodic prune (``_settle``)."""
+        for n, h in enumerate(holds):
+            if db.execute(_RESERVE_IF_FITS, (h.amount, _expires(now, h.ttl_s), h.budget,
+                                             h.window, h.limit)).rowcount != 1:
+                for done in holds[:n]:
+                    db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? "
+                               "AND win=?", (done.amount, done.budget, done.window))
+                return self._reserve_checked(db, rid, holds, now)
+        lease_until = now + self.lease_s
+        for h in holds:
+            db.execute("INSERT OR REPLACE INTO reservations VALUES (?, ?, ?, ?, ?)",
+                       (rid, h.budget, h.window, h.amount, lease_until))
+        return None
+
+    def _reserve_checked(self, db: sqlite3.Connection, rid: str, holds: Sequence[Hold],
+                         now: float) -> Refusal | None:
         for h in holds:  # reclaim leases of calls whose proxy never settled them
-            expired = db.execute("SELECT rid, amount FROM reservations WHERE budget=? AND win=? "
-                                 "AND lease_until<=? LIMIT 100", (h.budget, h.window, now))
-            for old, amount in expired.fetchall():
-                db.execute("DELETE FROM reservations WHERE rid=? AND budget=? AND win=?",
-                           (old, h.budget, h.window))
-                db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? AND win=?",
-                           (amount, h.budget, h.window))
+            self._reclaim(db, "budget=? AND win=? AND lease_until<=?",
+                          (h.budget, h.window, now))
         for h in holds:
             row = db.execute("SELECT spend, reserved FROM budget_spend WHERE budget=? AND win=?",
                              (h.budget, h.window)).fetchone()
@@ -244,6 +283,17 @@ class SQLiteStore(Store):
                        (rid, h.budget, h.window, h.amount, now + self.lease_s))
         return None
 
+    @staticmethod
+    def _reclaim(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
+        """Delete the reservations ``where`` selects (expired leases, at most 1,000 at once)
+        and take their amounts off ``reserved``."""
+        expired = db.execute("DELETE FROM reservations WHERE (rid, budget, win) IN (SELECT "
+                             f"rid, budget, win FROM reservations WHERE {where} LIMIT 1000) "
+                             "RETURNING budget, win, amount", args).fetchall()
+        for budget, window, amount in expired:
+            db.execute("UPDATE budget_spend SET reserved=reserved-? WHERE budget=? AND win=?",
+                       (amount, budget, window))
+
     def settle(self, batch: SettleBatch, now: float) -> Totals:
         """On the caller's thread (the ledger's, never the loop), on a connection of its own
         that waits up to ``timeout_s`` for the write lock: the hand-off to the store's thread
@@ -255,14 +305,50 @@ class SQLiteStore(Store):
                     db = sqlite3.connect(self._path, timeout=self.timeout_s,
                                          isolation_level=None, check_same_thread=False)
                     db.execute("PRAGMA synchronous=NORMAL")
-                    # This connection checkpoints the WAL (the loop's never does). Past 1,000
-                    # pages (SQLite's default) checkpoints ran so often that they cost 2-3x
-                    # the settlements themselves; 4,000 (16 MB of WAL at most) costs ~1/4.
-                    db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+                    db.execute("PRAGMA wal_autocheckpoint=0")   # ``_checkpoint``, below
+                    db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
                     self._settle_db = db
-                return self._write_on(db, lambda db: self._settle(db, batch, now))
+                totals = self._write_on(db, lambda db: self._settle(db, batch, now))
             except sqlite3.Error as error:
                 raise StoreError(f"{self.description}: {error}") from None
+        self._checkpoint()
+        return totals
+
+    def _checkpoint(self) -> None:
+        """Ask for a PASSIVE checkpoint of the WAL, every ``_CHECKPOINT_EVERY_S`` at most,
+        once a settlement committed; the ``spendgate-sqlite-checkpoint`` thread runs it. Run
+        inside a commit (SQLite's autocheckpoint) it held up the reservations that waited
+        for that commit; run by the settling thread, its fsyncs delayed the next
+        settlements. On a thread of its own it holds nothing anyone waits for: a PASSIVE
+        checkpoint never takes the write lock, and releases the GIL. Frequent, it copies
+        few pages (the same rows are written over and over), so the WAL stays a few MB at a
+        few thousand calls a second."""
+        started = time.monotonic()
+        if started - self._checkpointed < _CHECKPOINT_EVERY_S:
+            return
+        self._checkpointed = started
+        with self._checkpoint_lock:
+            if self._checkpointer is None and not self._closing:
+                self._checkpointer = threading.Thread(
+                    target=self._checkpoints, name="spendgate-sqlite-checkpoint", daemon=True)
+                self._checkpointer.start()
+        self._checkpoint_due.set()
+
+    def _checkpoints(self) -> None:
+        """The checkpoint thread: one PASSIVE checkpoint per request, until ``close``."""
+        db = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+        try:
+            while True:
+                self._checkpoint_due.wait()
+                self._checkpoint_due.clear()
+                if self._closing:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as error:  # asked again after the next settlement
+                    log.warning("%s: WAL checkpoint failed: %s", self.description, error)
+        finally:
+            db.close()
 
     def _settle(self, db: sqlite3.Connection, batch: SettleBatch, now: float) -> Totals:
         touched = list(dict.fromkeys([(b, w) for _, b, w in batch.releases]
@@ -285,6 +371,7 @@ class SQLiteStore(Store):
                 self._add_day(db, h, now, day_rows)
         if now - self._pruned > _PRUNE_EVERY_S:
             self._pruned = now
+            self._reclaim(db, "lease_until<=?", (now,))
             for table in ("budget_spend", "dim_spend", "day_usage", "claims", "settled"):
                 db.execute(f"DELETE FROM {table} WHERE expires IS NOT NULL AND expires<?",
                            (now,))
@@ -406,6 +493,12 @@ class SQLiteStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     self._settle_db.close()
                 self._settle_db = None
+        with self._checkpoint_lock:
+            self._closing = True
+            checkpointer = self._checkpointer
+        self._checkpoint_due.set()
+        if checkpointer is not None:
+            checkpointer.join(10)
 
         def shut() -> None:
             if self._db is not None:

@@ -11,6 +11,7 @@ sink, the ledger (and so the journal) included.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -310,22 +311,58 @@ def store_totals(folder: Path) -> dict[tuple[str, str], tuple[int, int]]:
         store.close()
 
 
-def test_an_sqlite_journal_of_an_earlier_version_is_refused_not_overwritten(
-        tmp_path: Path) -> None:
-    """The journal was an SQLite file before it was lines: such a file at ``store.journal``
-    stops the start with a clear error, and is left as it was (its unsent spend in it)."""
-    import pytest
-
-    from spendgate.budgets.journal import Journal
-    from spendgate.budgets.store.base import StoreError
-
-    path = tmp_path / "journal.sqlite3"
+def _old_sqlite_journal(path: Path) -> None:
+    """A journal as spendgate wrote it before it was lines (``entries``, ``meta``): one
+    batch never sent (5 nano-dollars) and one stamped batch in flight (7)."""
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY, body BLOB)")
-    db.execute("INSERT INTO entries (body) VALUES ('unsent')")
+    db.executescript("CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, source "
+                     "TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL); CREATE TABLE "
+                     "meta (name TEXT PRIMARY KEY, value TEXT NOT NULL); PRAGMA "
+                     "journal_mode=WAL;")
+    db.execute("INSERT INTO meta VALUES ('id', 'old0')")
+    for source, seq, amount in (("", 0, 5), ("replica-a", 3, 7)):
+        body = {"r": [["rid1", "b", "total"]] if source else [],
+                "c": [["b", "total", amount, 3600]],
+                "d": [["day:2026-12-07", ["u", "p", "m", ""], amount, 3600]], "h": []}
+        db.execute("INSERT INTO entries (source, seq, body) VALUES (?, ?, ?)",
+                   (source, seq, json.dumps(body)))
     db.commit()
     db.close()
-    before = path.read_bytes()
-    with pytest.raises(StoreError, match="SQLite spend journal of an earlier"):
-        Journal(path)
-    assert path.read_bytes() == before
+
+
+def test_an_sqlite_journal_of_an_earlier_version_is_carried_over(tmp_path: Path) -> None:
+    """The journal was an SQLite file before it was lines. At ``store.journal`` itself, it
+    is read and rewritten as lines, owing the same; as the old default ``journal.sqlite3``
+    beside the new ``journal.log``, it is adopted (its unsent spend stamped once) and
+    removed. Nothing it owed is lost or owed twice."""
+    from spendgate.budgets.journal import Journal
+
+    explicit = tmp_path / "explicit" / "journal.sqlite3"
+    explicit.parent.mkdir()
+    _old_sqlite_journal(explicit)
+    for _ in range(2):   # read as lines the second time
+        journal = Journal(explicit)
+        left = journal.leftover()
+        journal.close()
+        assert [(b.source, b.seq, [c.amount for c in b.charges]) for b in left.stamped] == [
+            ("replica-a", 3, [7])]
+        assert [[c.amount for c in b.charges] for b in left.unstamped] == [[5]]
+        assert left.stamped[0].releases == [("rid1", "b", "total")]
+        assert not explicit.read_bytes().startswith(b"SQLite format 3")
+    assert not explicit.with_name("journal.sqlite3-wal").exists()
+
+    beside = tmp_path / "default"
+    beside.mkdir()
+    _old_sqlite_journal(beside / "journal.sqlite3")
+    journal = Journal(beside / "journal.log")
+    left = journal.leftover()
+    journal.close()
+    assert sorted((b.seq, sum(c.amount for c in b.charges)) for b in left.stamped) == [
+        (1, 5), (3, 7)]   # the unsent batch, stamped from the old file's identity
+    assert {b.source for b in left.stamped} >= {"replica-a"}
+    assert left.unstamped == []
+    assert sorted(p.name for p in beside.iterdir() if not p.name.endswith(".lock")) == [
+        "journal.log"]   # the SQLite file and its -wal / -shm are gone
+    again = Journal(beside / "journal.log")   # adopted once: the new file owes it now
+    assert len(again.leftover().stamped) == 2
+    again.close()

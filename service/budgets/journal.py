@@ -43,6 +43,11 @@ fsyncs every line that adds spend (``u``, ``s``, ``c``), so an append also survi
 loss, at the price of one fsync per recorded batch (with one call per batch at low traffic,
 about as many as calls) and one per write to the store; ``off`` never fsyncs.
 
+**Earlier versions** kept the journal in SQLite (``entries``/``meta`` tables, by default
+``journal.sqlite3``). Such a file at ``PATH`` is read and rewritten as lines at open (the
+rename makes that atomic: a crash before it leaves the SQLite file to read again); beside
+the default ``journal.log``, ``journal.sqlite3`` and its slots are adopted as above.
+
 Thread-safety: every method may be called from any thread (one internal lock).
 Lifetime: ``open`` (takes the lock, adopts free slots), then ``close`` once.
 """
@@ -53,6 +58,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
@@ -67,6 +73,9 @@ from spendgate.budgets.store.base import Charge, DayCharge, DimCharge, SettleBat
 log = logging.getLogger("spendgate.journal")
 MAX_SLOTS = 256
 ROTATE_BYTES = 1 << 20
+DEFAULT_NAME = "journal.log"
+OLD_DEFAULT_NAME = "journal.sqlite3"     # the journal before it was lines (adopted at open)
+SQLITE_MAGIC = b"SQLite format 3\x00"
 FSYNC_POLICIES = ("full", "normal", "off")
 
 
@@ -135,11 +144,8 @@ def _read(path: Path) -> tuple[_Live, int]:
         data = path.read_bytes()
     except FileNotFoundError:
         return live, 0
-    if data.startswith(b"SQLite format 3\x00"):  # never read as lines, nor rewritten
-        raise StoreError(f"store.journal: {path} is an SQLite spend journal of an earlier "
-                         "spendgate, not this version's append-only file: start that version "
-                         "once with the budget store reachable to send it, or point "
-                         "store.journal elsewhere")
+    if data.startswith(SQLITE_MAGIC):
+        return _read_sqlite(path), 0
     lines = data.split(b"\n")
     if lines[-1]:          # no newline after it: cut short
         skipped += 1
@@ -150,6 +156,32 @@ def _read(path: Path) -> tuple[_Live, int]:
         except (orjson.JSONDecodeError, IndexError, TypeError, KeyError):
             skipped += 1
     return live, skipped
+
+
+def _read_sqlite(path: Path) -> _Live:
+    """What an SQLite journal of an earlier spendgate owes (``entries(id, source, seq,
+    body)``, ``meta('id')``), as the lines this version writes; a table it lacks owes
+    nothing. Raises ``OSError`` when SQLite cannot read it (the file is then left alone)."""
+    live = _Live()
+    try:
+        db = sqlite3.connect(path)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if "meta" in tables:
+                row = db.execute("SELECT value FROM meta WHERE name='id'").fetchone()
+                live.id = str(row[0]) if row else ""
+            rows = (db.execute("SELECT source, seq, body FROM entries ORDER BY id").fetchall()
+                    if "entries" in tables else [])
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        raise OSError(f"{path}: an SQLite journal SQLite cannot read ({error})") from None
+    # Stamped rows first: there, unlike in lines, a stamped batch never stood for the
+    # unsent rows before it.
+    for source, seq, data in sorted(rows, key=lambda row: not row[0]):
+        entry = ["s", source, seq, orjson.loads(data)] if source else ["u", orjson.loads(data)]
+        live.apply(orjson.dumps(entry), entry)
+    return live
 
 
 def _lock(path: Path) -> int | None:
@@ -201,9 +233,20 @@ class Journal:
                             "short)", self.path, skipped)
             if not self._live.id:
                 self._live.id = uuid.uuid4().hex[:16]
-            self._rotate()
+            self._rotate()   # an SQLite journal at PATH (an earlier version's) now lines
+            for gone in ("-wal", "-shm"):   # that SQLite journal's companions, if it was one
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.with_name(self.path.name + gone).unlink()
             for other_path, other_fd in others:
                 self._adopt(other_path, other_fd)
+            if path.name == DEFAULT_NAME:   # an earlier version's default journal beside it
+                for index in range(MAX_SLOTS):
+                    old = _slot_path(path.with_name(OLD_DEFAULT_NAME), index)
+                    if old.exists() and (fd := _lock(old)) is not None:
+                        try:
+                            self._adopt(old, fd)
+                        except OSError as error:  # left as it was, for a person to look at
+                            log.error("spend journal %s: not adopted: %s", old, error)
         except OSError as error:
             raise StoreError(f"store.journal: cannot open {path}: {error}") from None
 
@@ -223,8 +266,10 @@ class Journal:
                         self._append(line, orjson.loads(line))
                 log.warning("spend journal %s: adopted %d entries left by an earlier process",
                             path, len(other.stamped) + len(other.unstamped))
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            for gone in (path, path.with_name(f"{path.name}-wal"),
+                         path.with_name(f"{path.name}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    gone.unlink()
         finally:
             os.close(lock_fd)
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from spendgate.providers.base import RequestInfo, StreamTracker
-from spendgate.tags import NO_TAGS as NO_TAGS  # re-exported: records.NO_TAGS
+from spendgate.tags import NO_TAGS
 from spendgate.usage import Usage
 
 STATUS_CLIENT_CLOSED = 499  # nginx's convention: the caller hung up before the response ended

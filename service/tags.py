@@ -32,8 +32,8 @@ HEADER = b"x-spendgate-tags"
 MAX_TAGS = 10
 MAX_KEY_CHARS = 32
 MAX_VALUE_CHARS = 64
-_KEY = re.compile(r"[a-z0-9_.-]{1,32}")
-_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]{1,64}")
+_KEY = re.compile(rf"[a-z0-9_.-]{{1,{MAX_KEY_CHARS}}}")
+_VALUE = re.compile(rf"[A-Za-z0-9_.:/@+-]{{1,{MAX_VALUE_CHARS}}}")
 NO_TAGS: Mapping[str, str] = MappingProxyType({})   # shared by every untagged call
 _MAX_HEADER_BYTES = 2048    # 10 pairs of 32 + 64 characters, separators and spaces
 

@@ -197,10 +197,7 @@ class BudgetGate:
         info = outcome.request
         key = outcome.virtual_key
         if info is not None and info.metered and info.json is None:
-            raise BadRequest(
-                "the request body is not JSON spendgate can read (as orjson or Python's json "
-                f"read it), so virtual key {key!r}'s max_reserve_usd cannot be held to it: "
-                "send valid JSON")
+            raise _unreadable(f"virtual key {key!r}'s max_reserve_usd")
         worst = worst_case_nano(outcome, self.catalog)
         if worst > ceiling:
             raise MaxReserveExceeded(
@@ -213,9 +210,7 @@ class BudgetGate:
         budget = self.book.block_any_model(outcome.upstream, outcome.project,
                                            outcome.virtual_key or "", outcome.tags)
         if budget is not None:
-            raise BadRequest(
-                "the request body is not JSON spendgate can read (as orjson or Python's json "
-                f"read it), so budget {budget.name!r} cannot be held to it: send valid JSON")
+            raise _unreadable(f"budget {budget.name!r}")
 
     def _degraded(self, outcome: CallOutcome, covering: list[Budget], windows: dict[str, Window],
                   holds: tuple[Hold, ...], now: float) -> None:
@@ -244,3 +239,10 @@ class BudgetGate:
             headers.insert(0, (b"retry-after", str(max(math.ceil(left), 1)).encode()))
         raise BudgetExceeded(refusal_message(budget, window, spend, reserved, amount, now),
                              headers=headers)
+
+
+def _unreadable(limit: str) -> BadRequest:
+    """The refusal of a metered body no parser reads, under ``limit`` (a budget, a key's
+    ceiling), which cannot be held to it."""
+    return BadRequest("the request body is not JSON spendgate can read (as orjson or "
+                      f"Python's json read it), so {limit} cannot be held to it: send valid JSON")
